@@ -1,0 +1,61 @@
+"""CLI: python -m testhosts {build,up,down,status,ssh}."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from testhosts import hosts, image
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testhosts", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_build = sub.add_parser("build", help="build (or reuse) the cached root filesystems")
+    p_build.add_argument("suites", nargs="*", default=sorted(image.SUITES))
+    p_up = sub.add_parser("up", help="start hosts, restarting any of the same name")
+    p_up.add_argument("names", nargs="*", help="e.g. bookworm trixie (suite from the name)")
+    p_up.add_argument("--suite", choices=sorted(image.SUITES))
+    p_up.add_argument("--count", type=int, help="start NAME1..NAMEcount for each name given")
+    p_down = sub.add_parser("down", help="stop hosts and clear their leftovers")
+    p_down.add_argument("names", nargs="*")
+    p_down.add_argument("--all", action="store_true")
+    sub.add_parser("status", help="list hosts and addresses")
+    p_ssh = sub.add_parser("ssh", help="open a shell (or run a command) on a host")
+    p_ssh.add_argument("name")
+    p_ssh.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+
+    if os.geteuid() != 0:
+        parser.error("must run as root (network namespaces, mounts, systemd-nspawn)")
+    if args.cmd == "build":
+        for suite, path in image.build_all(args.suites).items():
+            print(f"{suite}\t{path}")
+    elif args.cmd == "up":
+        names = args.names or ["bookworm", "trixie"]
+        if args.count:
+            names = [f"{n}{i}" for n in names for i in range(1, args.count + 1)]
+        for h in hosts.up(names, suite=args.suite, log=lambda m: print(m, file=sys.stderr)):
+            print(f"{h.name}\t{h.suite}\t{h.address}")
+    elif args.cmd == "down":
+        if args.all:
+            hosts.down_all()
+        elif args.names:
+            hosts.down(args.names)
+        else:
+            parser.error("name hosts or pass --all")
+    elif args.cmd == "status":
+        for h, alive in hosts.status():
+            print(f"{h.name}\t{h.suite}\t{h.address}\t{'running' if alive else 'dead'}")
+    elif args.cmd == "ssh":
+        host = hosts.get(args.name)
+        if not host:
+            print(f"no running host {args.name!r}", file=sys.stderr)
+            return 1
+        os.execvp("ssh", host.ssh_argv(*args.command))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""Start, stop and list test hosts: systemd-nspawn containers in their own network namespaces.
+
+Everything a host owns is named after it (state file, tmpfs root, netns, cgroups) so that
+`down NAME` can clear a host that is whole, half-made or left over from a crashed run
+without ever killing anything by process name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from testhosts import image
+
+STATE_DIR = Path(os.environ.get("MAILTLS_STATE_DIR", "/run/mailtls-testhosts"))
+ROOTS_DIR = Path("/var/lib/mailtls-testhosts")
+KEY = image.CACHE_DIR / "id_ed25519"
+DOMAIN = "mailtls.test"
+NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+CGROUP_ROOTS = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+MAX_HOSTS = 250
+
+
+@dataclass
+class Host:
+    name: str
+    suite: str
+    index: int
+    pid: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"10.213.{self.index}.2"
+
+    @property
+    def controller_address(self) -> str:
+        return f"10.213.{self.index}.1"
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.name}.{DOMAIN}"
+
+    @property
+    def netns(self) -> str:
+        return f"mailtls-{self.name}"
+
+    @property
+    def veth(self) -> str:
+        return f"mtls{self.index}"
+
+    @property
+    def root(self) -> Path:
+        return ROOTS_DIR / self.name
+
+    @property
+    def log(self) -> Path:
+        return STATE_DIR / f"{self.name}.log"
+
+    def pyinfra_data(self) -> dict:
+        """Host data for pyinfra's SSH connector (no known_hosts: hosts are re-created)."""
+        return {
+            "ssh_hostname": self.address,
+            "ssh_user": "root",
+            "ssh_key": str(KEY),
+            "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "off",
+            "ssh_allow_agent": False,
+            "ssh_look_for_keys": False,
+        }
+
+    def ssh_argv(self, *command: str) -> list[str]:
+        return [
+            "ssh", "-i", str(KEY), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3",
+            f"root@{self.address}", *command,
+        ]
+
+    def ssh(self, command: str, check: bool = True, timeout: float = 120,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a shell command on the host as root; text output captured."""
+        return subprocess.run(self.ssh_argv(command), check=check, timeout=timeout, text=True,
+                              capture_output=True, input=input)
+
+
+def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=check, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def _registry_lock():
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / ".lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _state_file(name: str) -> Path:
+    return STATE_DIR / f"{name}.json"
+
+
+def _load(name: str) -> Host | None:
+    try:
+        return Host(**json.loads(_state_file(name).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def _known() -> list[Host]:
+    hosts = [_load(p.stem) for p in sorted(STATE_DIR.glob("*.json"))] if STATE_DIR.exists() else []
+    return sorted((h for h in hosts if h), key=lambda h: h.index)
+
+
+def _ensure_key() -> None:
+    if not KEY.exists():
+        KEY.parent.mkdir(parents=True, exist_ok=True)
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailtls-testhosts", "-f", str(KEY))
+
+
+def _is_our_nspawn(pid: int, name: str) -> bool:
+    """True when pid is the nspawn of host `name` (guards against PID reuse)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and argv[0].endswith(b"systemd-nspawn") and name.encode() in argv
+
+
+def _cgroups(name: str) -> list[Path]:
+    return [Path(root) / "testhosts" / name for root in CGROUP_ROOTS if Path(root).is_dir()]
+
+
+def _kill_cgroup_tree(path: Path) -> None:
+    """SIGKILL every process left in a host's cgroups, then remove them deepest first."""
+    if not path.is_dir():
+        return
+    for _ in range(50):
+        pids = {int(p) for f in path.rglob("cgroup.procs") for p in f.read_text().split()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    for sub in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _stop(name: str, pid: int = 0, index: int | None = None) -> None:
+    """Tear down everything named after host `name`; safe on half-made or absent hosts."""
+    if pid and _is_our_nspawn(pid, name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)  # nspawn halts the container in order
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _is_our_nspawn(pid, name):
+            time.sleep(0.1)
+        if _is_our_nspawn(pid, name):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    for cg in _cgroups(name):
+        _kill_cgroup_tree(cg)
+    if pid:  # reap our own child if it was one
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+    _run("ip", "netns", "del", f"mailtls-{name}", check=False)
+    if index is not None:
+        _run("ip", "link", "del", f"mtls{index}", check=False)
+    root = ROOTS_DIR / name
+    while os.path.ismount(root):
+        if _run("umount", str(root), check=False).returncode != 0:
+            _run("umount", "-l", str(root), check=False)
+    with contextlib.suppress(OSError):
+        root.rmdir()
+    _state_file(name).unlink(missing_ok=True)
+
+
+def _sweep_dead() -> None:
+    """Clear hosts whose nspawn is gone (a crashed or killed run)."""
+    for host in _known():
+        if not _is_our_nspawn(host.pid, host.name):
+            _stop(host.name, host.pid, host.index)
+
+
+def _free_index(taken: set[int]) -> int:
+    links = _run("ip", "-o", "link", "show").stdout
+    for i in range(MAX_HOSTS):
+        if i not in taken and f"mtls{i}:" not in links and f"mtls{i}@" not in links:
+            return i
+    raise RuntimeError("no free test-host address")
+
+
+def _write_identity(host: Host) -> None:
+    etc = host.root / "etc"
+    (etc / "hostname").write_text(host.fqdn + "\n")
+    (etc / "hosts").write_text(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        f"{host.address}\t{host.fqdn} {host.name}\n"
+        f"{host.controller_address}\tcontroller.{DOMAIN} controller\n"
+    )
+    ssh_dir = host.root / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, exist_ok=True)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(KEY.with_suffix(".pub").read_text())
+    keys.chmod(0o600)
+
+
+def _network(host: Host) -> None:
+    ns, veth = host.netns, host.veth
+    _run("ip", "netns", "add", ns)
+    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}c")
+    _run("ip", "link", "set", f"{veth}c", "netns", ns)
+    _run("ip", "-n", ns, "link", "set", f"{veth}c", "name", "eth0")
+    _run("ip", "-n", ns, "addr", "add", f"{host.address}/30", "dev", "eth0")
+    _run("ip", "-n", ns, "link", "set", "eth0", "up")
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    _run("ip", "addr", "add", f"{host.controller_address}/30", "dev", veth)
+    _run("ip", "link", "set", veth, "up")
+
+
+def _boot(host: Host) -> int:
+    cgroups = _cgroups(host.name)
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
+
+    def enter_cgroups() -> None:  # runs in the child before exec: nspawn starts inside them
+        os.setsid()
+        for cg in cgroups:
+            (cg / "cgroup.procs").write_text(str(os.getpid()))
+
+    env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+    with open(host.log, "wb") as log:
+        proc = subprocess.Popen(
+            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
+             "-D", str(host.root), "-M", host.name,
+             f"--network-namespace-path=/run/netns/{host.netns}", "--console=read-only",
+             "--resolv-conf=off", "--timezone=off", "--link-journal=no"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=enter_cgroups, env=env,
+        )
+    return proc.pid
+
+
+def _wait_ready(host: Host, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        if not _is_our_nspawn(host.pid, host.name):
+            raise RuntimeError(f"{host.name}: container exited; see {host.log}")
+        try:
+            res = host.ssh("systemctl is-system-running --wait", check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            continue
+        last = (res.stdout + res.stderr).strip()
+        if res.returncode == 0 or last in ("degraded",):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{host.name}: not ready after {timeout:.0f}s (last: {last!r})")
+
+
+def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
+    """Start hosts (restarting any of the same name) and return them once SSH answers.
+
+    A name's suite is `suite`, or else the name's leading letters (``bookworm``, ``trixie2``).
+    """
+    plan = []
+    for name in names:
+        if not NAME_RE.match(name):
+            raise ValueError(f"bad host name {name!r}: lowercase letters and digits, 1-12 chars")
+        s = suite or re.sub(r"\d+$", "", name)
+        if s not in image.SUITES:
+            raise ValueError(f"host {name!r}: no suite given and {s!r} is not one of {sorted(image.SUITES)}")
+        plan.append((name, s))
+    if len({n for n, _ in plan}) != len(plan):
+        raise ValueError("duplicate host names")
+    images = image.build_all({s for _, s in plan}, log=log)
+    _ensure_key()
+    hosts = []
+    with _registry_lock():
+        _sweep_dead()
+        for name, _ in plan:
+            old = _load(name)
+            _stop(name, old.pid if old else 0, old.index if old else None)
+        taken = {h.index for h in _known()}
+        for name, s in plan:
+            host = Host(name=name, suite=s, index=_free_index(taken))
+            taken.add(host.index)
+            _state_file(name).write_text(json.dumps(asdict(host)))  # so `down` can clear a half-made host
+            host.root.mkdir(parents=True, exist_ok=True)
+            _run("mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", f"mailtls-{name}", str(host.root))
+            _run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-I", "zstd",
+                 "-C", str(host.root), "-xf", str(images[s]))
+            _write_identity(host)
+            _network(host)
+            host.pid = _boot(host)
+            _state_file(name).write_text(json.dumps(asdict(host)))
+            hosts.append(host)
+    try:
+        for host in hosts:
+            _wait_ready(host)
+    except Exception:
+        down([h.name for h in hosts])
+        raise
+    return hosts
+
+
+def down(names: list[str]) -> None:
+    """Stop the named hosts; names that are not running are cleared of leftovers anyway."""
+    with _registry_lock():
+        for name in names:
+            host = _load(name)
+            _stop(name, host.pid if host else 0, host.index if host else None)
+
+
+def down_all() -> None:
+    with _registry_lock():
+        for host in _known():
+            _stop(host.name, host.pid, host.index)
+        # leftovers with no state file (state lost with a reboot of /run, or a crash mid-write)
+        for ns in _run("ip", "netns", "list", check=False).stdout.split():
+            if ns.startswith("mailtls-"):
+                _stop(ns.removeprefix("mailtls-"))
+        if ROOTS_DIR.is_dir():
+            for root in ROOTS_DIR.iterdir():
+                _stop(root.name)
+        for cgroot in CGROUP_ROOTS:
+            base = Path(cgroot) / "testhosts"
+            if base.is_dir():
+                for cg in base.iterdir():
+                    if cg.is_dir():
+                        _kill_cgroup_tree(cg)
+
+
+def status() -> list[tuple[Host, bool]]:
+    """Known hosts and whether each one's container is alive."""
+    return [(h, _is_our_nspawn(h.pid, h.name)) for h in _known()]
+
+
+def get(name: str) -> Host | None:
+    host = _load(name)
+    return host if host and _is_our_nspawn(host.pid, host.name) else None

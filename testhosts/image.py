@@ -1,0 +1,147 @@
+"""Root filesystem images for the test hosts, built once with debootstrap and cached.
+
+An image is a zstd tarball of a customised minbase Debian, stored outside the
+checkout under CACHE_DIR and keyed by suite and by a hash of the recipe below,
+so changing the recipe rebuilds it and a fresh machine builds it on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+CACHE_DIR = Path(os.environ.get("MAILTLS_CACHE_DIR", "/var/cache/mailtls-testhosts"))
+
+SUITES = {"bookworm": "12", "trixie": "13"}
+
+# What a host runs. No apt inside a host later (no route out): add here what tests need.
+PACKAGES = [
+    "openssh-server", "postfix", "dovecot-imapd", "dovecot-pop3d", "cron", "rsyslog",
+    "ca-certificates", "openssl", "ssl-cert", "procps", "iproute2", "systemd-sysv", "dbus",
+]
+
+# Units that only make noise (or fail) in a container.
+MASKED_UNITS = [
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service", "systemd-pstore.service",
+]
+
+# A test mailbox user; the password is for tests only (these hosts never leave this machine).
+TEST_USER = "mailtest"
+TEST_PASSWORD = "mailtest-pw"
+
+# Run inside the new root (chroot, own UTS namespace). The postfix postinst applies debconf
+# answers only when main.cf is absent, and bakes the build machine's name into myhostname
+# and the snakeoil certificate: undo both so each host's own FQDN is used.
+CUSTOMISE = f"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+hostname build.mailtls.test
+debconf-set-selections <<'SEL'
+postfix postfix/main_mailer_type select Internet Site
+postfix postfix/mailname string mailtls.test
+postfix postfix/destinations string $myhostname, localhost.localdomain, localhost
+SEL
+echo mailtls.test > /etc/mailname
+rm -f /etc/postfix/main.cf
+dpkg-reconfigure -f noninteractive postfix
+postconf -X myhostname
+make-ssl-cert generate-default-snakeoil --force-overwrite
+useradd -m -s /bin/bash {TEST_USER}
+echo '{TEST_USER}:{TEST_PASSWORD}' | chpasswd
+: > /etc/machine-id
+mkdir -p /var/lib/dbus && ln -sf /etc/machine-id /var/lib/dbus/machine-id
+: > /etc/resolv.conf
+for u in {" ".join(MASKED_UNITS)}; do ln -sf /dev/null /etc/systemd/system/$u; done
+rm -f /var/cache/apt/archives/*.deb /var/lib/apt/lists/*_* /etc/ssh/ssh_host_*
+ssh-keygen -A -q
+install -d -m 0700 /root/.ssh
+"""
+
+RECIPE_VERSION = "1"
+
+
+def recipe_hash(suite: str) -> str:
+    text = "\n".join([RECIPE_VERSION, suite, ",".join(PACKAGES), CUSTOMISE])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def image_path(suite: str) -> Path:
+    return CACHE_DIR / f"{suite}-{recipe_hash(suite)}.tar.zst"
+
+
+def debian_mirror() -> str:
+    """The Debian mirror the controller's own apt uses (MAILTLS_MIRROR overrides)."""
+    if os.environ.get("MAILTLS_MIRROR"):
+        return os.environ["MAILTLS_MIRROR"]
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for path in sources:
+        if not path.is_file() or not path.name.endswith((".list", ".sources")):
+            continue
+        text = path.read_text(errors="replace")
+        for url in re.findall(r"(?:^deb\s+(?:\[[^]]*\]\s+)?|^URIs:\s*)(\S+)", text, re.M):
+            if url.rstrip("/").endswith("/debian"):
+                return url
+    raise RuntimeError("no Debian mirror in the controller's apt sources; set MAILTLS_MIRROR")
+
+
+@contextlib.contextmanager
+def _lock(name: str):
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def build(suite: str, log=print) -> Path:
+    """Return the cached image for `suite`, building it first if the recipe changed."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
+    target = image_path(suite)
+    with _lock(suite):
+        if target.exists():
+            return target
+        log(f"building {suite} image (debootstrap, about a minute)...")
+        work = Path(tempfile.mkdtemp(prefix=f"{suite}-", dir=CACHE_DIR))
+        root = work / "root"
+        try:
+            env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                 suite, str(root), debian_mirror()],
+                check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            subprocess.run(["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],
+                           check=True, env=env, stdout=subprocess.DEVNULL)
+            partial = work / "image.tar.zst"
+            subprocess.run(
+                ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(root),
+                 "-I", "zstd -T0 -3", "-cf", str(partial), "."],
+                check=True,
+            )
+            os.replace(partial, target)
+        except subprocess.CalledProcessError as exc:
+            detail = (exc.stderr or b"").decode(errors="replace")[-2000:]
+            raise RuntimeError(f"building the {suite} image failed: {exc}\n{detail}") from exc
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        for old in CACHE_DIR.glob(f"{suite}-*.tar.zst"):
+            if old != target:
+                old.unlink(missing_ok=True)
+        log(f"built {target} ({target.stat().st_size // 2**20} MiB)")
+        return target
+
+
+def build_all(suites, log=print) -> dict[str, Path]:
+    """Build the images of several suites in parallel (debootstrap is mostly network-bound)."""
+    suites = sorted(set(suites))
+    with ThreadPoolExecutor(max_workers=len(suites) or 1) as pool:
+        return dict(zip(suites, pool.map(lambda s: build(s, log), suites)))
