@@ -270,13 +270,15 @@ def _wait_ready(host: Host, timeout: float = 60) -> None:
 def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
     """Start hosts (restarting any of the same name) and return them once SSH answers.
 
-    A name's suite is `suite`, or else the name's leading letters (``bookworm``, ``trixie2``).
+    A name's suite is the part after ``:`` (``web1:trixie``), else `suite`, else the name
+    without its trailing digits (``bookworm``, ``trixie2``).
     """
     plan = []
-    for name in names:
+    for spec in names:
+        name, _, own_suite = spec.partition(":")
         if not NAME_RE.match(name):
             raise ValueError(f"bad host name {name!r}: lowercase letters and digits, 1-12 chars")
-        s = suite or re.sub(r"\d+$", "", name)
+        s = own_suite or suite or re.sub(r"\d+$", "", name)
         if s not in image.SUITES:
             raise ValueError(f"host {name!r}: no suite given and {s!r} is not one of {sorted(image.SUITES)}")
         plan.append((name, s))

@@ -1,0 +1,20 @@
+"""Which mail servers to deploy to, without editing code.
+
+In order of precedence:
+  MAILTLS_HOSTS="mx1.example.org,root@mx2.example.org:2222"   comma-separated SSH targets
+  MAILTLS_HOSTS_FILE=hosts.txt    one host per line: `HOST [key=value ...]` (# comments);
+                                  the key=values become that host's data (e.g. tls_profile=modern)
+  neither: the local test hosts started by `python -m testhosts up` (the embedded demo
+  default); MAILTLS_TESTHOSTS="name1,name2" picks some of them.
+Group-wide settings go in group_data/all.py; `--data key=value` on the command line beats both.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tasks.inventory_source import hosts_from_env  # noqa: E402
+
+mail_servers = hosts_from_env(os.environ)

@@ -1,0 +1,86 @@
+"""Custom pyinfra facts: everything the deploy needs from a host, read in one round trip."""
+
+from __future__ import annotations
+
+from pyinfra.api import FactBase
+
+from tasks.policy import HostCaps, parse_version
+
+# Each section starts with a `@@name` line. Missing daemons print nothing in their section.
+_SCRIPT = r"""
+export LC_ALL=C
+echo @@postfix_version; command -v postconf >/dev/null && postconf -h mail_version 2>/dev/null
+echo @@dovecot_version; command -v dovecot >/dev/null && dovecot --version 2>/dev/null
+echo @@openssl_version; openssl version 2>/dev/null
+echo @@postconf_n; command -v postconf >/dev/null && postconf -n 2>/dev/null
+echo @@postconf_m; command -v postconf >/dev/null && postconf -M 2>/dev/null
+echo @@postconf_p; command -v postconf >/dev/null && postconf -P 2>/dev/null
+echo @@dovecot_ssl; command -v doveconf >/dev/null && doveconf -n 2>/dev/null | grep -E '^ *ssl(_server)?_(cert|key)(_file)? '
+echo @@files; for f in {files}; do [ -f "$f" ] && echo "$f $(sha256sum < "$f" | cut -d' ' -f1)"; done
+echo @@pending; ls /var/lib/mailtls/pending 2>/dev/null
+echo @@end
+"""
+
+
+def _kv(lines: list[str], sep: str = " = ") -> dict[str, str]:
+    out = {}
+    for line in lines:
+        key, found, value = line.partition(sep)
+        if found:
+            out[key.strip()] = value.strip()
+    return out
+
+
+class MailHost(FactBase):
+    """Versions, current Postfix/Dovecot TLS config, checksums of managed files, pending reloads.
+
+    Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
+    ``services`` (master.cf service name -> line), ``master_params`` ('svc/type/param' -> value),
+    ``dovecot_ssl`` (cert/key settings), ``files`` (path -> sha256), ``pending`` (set of daemons).
+
+    Example:
+        info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
+    """
+
+    def command(self, files=()) -> str:
+        quoted = " ".join("'" + f.replace("'", "") + "'" for f in files) or "''"
+        return _SCRIPT.replace("{files}", quoted)
+
+    def process(self, output: list[str]) -> dict:
+        sections: dict[str, list[str]] = {}
+        current = None
+        for line in output:
+            if line.startswith("@@"):
+                current = line[2:].strip()
+                sections[current] = []
+            elif current:
+                sections[current].append(line)
+
+        def version(name):
+            text = " ".join(sections.get(name, [])).strip()
+            return parse_version(text) if text else None
+
+        services = {}
+        for line in sections.get("postconf_m", []):
+            parts = line.split()
+            if len(parts) >= 2:
+                services[f"{parts[0]}/{parts[1]}"] = " ".join(parts)
+        dovecot_ssl = _kv(sections.get("dovecot_ssl", []))
+        dovecot_ssl = {k: v.lstrip("<").strip() for k, v in dovecot_ssl.items()}
+        files = {}
+        for line in sections.get("files", []):
+            path, _, digest = line.rpartition(" ")
+            files[path] = digest
+        return {
+            "caps": HostCaps(
+                postfix=version("postfix_version"),
+                dovecot=version("dovecot_version"),
+                openssl=version("openssl_version") or (0,),
+            ),
+            "postconf": _kv(sections.get("postconf_n", [])),
+            "services": services,
+            "master_params": _kv(sections.get("postconf_p", [])),
+            "dovecot_ssl": dovecot_ssl,
+            "files": files,
+            "pending": set(" ".join(sections.get("pending", [])).split()),
+        }

@@ -1,0 +1,77 @@
+"""Parse the inventory sources that inventory.py documents; pure except for the test-host registry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyinfra_cli.util import parse_cli_arg  # the same value parsing as `--data key=value`
+
+
+class InventoryError(ValueError):
+    pass
+
+
+def _target(text: str, where: str) -> tuple[str, dict]:
+    """'root@mx.example.org:2222' -> ('mx.example.org', {'ssh_user': 'root', 'ssh_port': 2222})."""
+    data: dict = {}
+    user, at, rest = text.rpartition("@")
+    if at:
+        if not user:
+            raise InventoryError(f"{where}: empty user in {text!r}")
+        data["ssh_user"] = user
+    host, colon, port = rest.partition(":")
+    if colon:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise InventoryError(f"{where}: bad port in {text!r}")
+        data["ssh_port"] = int(port)
+    if not host or any(c.isspace() or c in "'\"`$;&|<>" for c in host):
+        raise InventoryError(f"{where}: bad host {text!r}")
+    return host, data
+
+
+def parse_hosts_list(text: str) -> list:
+    return [_target(t.strip(), "MAILTLS_HOSTS") for t in text.split(",") if t.strip()]
+
+
+def parse_hosts_file(path: Path) -> list:
+    hosts = []
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{path}:{n}"
+        first, *pairs = line.split()
+        name, data = _target(first, where)
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not eq or not key:
+                raise InventoryError(f"{where}: expected key=value, got {pair!r}")
+            data[key] = parse_cli_arg(value)
+        hosts.append((name, data))
+    return hosts
+
+
+def local_test_hosts(names: str | None = None) -> list:
+    from testhosts import hosts as th
+
+    wanted = {n.strip() for n in names.split(",") if n.strip()} if names else None
+    found = [(h.name, h.pyinfra_data()) for h, alive in th.status()
+             if alive and (wanted is None or h.name in wanted)]
+    if wanted and len(found) != len(wanted):
+        missing = wanted - {n for n, _ in found}
+        raise InventoryError(f"MAILTLS_TESTHOSTS: no running test host {', '.join(sorted(missing))}")
+    if not found:
+        raise InventoryError(
+            "no hosts: set MAILTLS_HOSTS or MAILTLS_HOSTS_FILE, or start local test hosts with "
+            "`python -m testhosts up`"
+        )
+    return found
+
+
+def hosts_from_env(env: Mapping[str, str]) -> list:
+    if env.get("MAILTLS_HOSTS"):
+        return parse_hosts_list(env["MAILTLS_HOSTS"])
+    if env.get("MAILTLS_HOSTS_FILE"):
+        return parse_hosts_file(Path(env["MAILTLS_HOSTS_FILE"]))
+    return local_test_hosts(env.get("MAILTLS_TESTHOSTS"))

@@ -1,0 +1,182 @@
+"""The TLS policy model: profiles as data, resolved for what a host can do. No I/O here.
+
+One guidelines table (after Mozilla's ssl-config guidelines 6.0) is the single source of
+protocols, suites and groups; the daemon views (postfix_conf, dovecot_conf) only render it.
+
+    >>> caps = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
+    >>> p = resolve("intermediate", caps)
+    >>> p.groups[0], p.mandatory_min_protocol
+    ('X25519MLKEM768', 'TLSv1.2')
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+Version = tuple[int, ...]
+
+# TLS 1.2 suites (OpenSSL names). All ECDHE + AEAD: forward secret by construction.
+ECDHE_AEAD = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+)
+# Finite-field DHE + AEAD, for the legacy-dhe profile (Mozilla intermediate 5.7).
+DHE_AEAD = (
+    "DHE-RSA-AES128-GCM-SHA256",
+    "DHE-RSA-AES256-GCM-SHA384",
+    "DHE-RSA-CHACHA20-POLY1305",
+)
+# TLS 1.3 suites: every one is (EC)DHE + AEAD.
+TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
+
+# Hybrid post-quantum key exchange; OpenSSL 3.5+ only (3.0 accepts the name in some
+# configs and then fails every handshake: never offer it there).
+PQ_HYBRID = "X25519MLKEM768"
+PQ_MIN_OPENSSL: Version = (3, 5)
+CLASSIC_GROUPS = ("X25519", "prime256v1", "secp384r1")
+
+PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+MIN_DH_BITS = 2048
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One row of the guidelines table.
+
+    opportunistic_*: port 25, where TLS is optional and a failed handshake means plaintext.
+    mandatory_*: where TLS is required (587 STARTTLS, 465, IMAP/POP3 with TLS).
+    """
+
+    name: str
+    description: str
+    opportunistic_min_protocol: str
+    mandatory_min_protocol: str
+    tls12_suites: tuple[str, ...]
+    server_preference: bool  # prefer the server's order (needed when weaker DHE suites are offered)
+    uses_dh_file: bool
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="intermediate",
+            description="Mozilla intermediate 6.0: TLS >= 1.2, ECDHE + AEAD only, no DH file",
+            opportunistic_min_protocol="TLSv1.2",
+            mandatory_min_protocol="TLSv1.2",
+            tls12_suites=ECDHE_AEAD,
+            server_preference=False,
+            uses_dh_file=False,
+        ),
+        Profile(
+            name="modern",
+            description="TLS 1.3 only where TLS is mandatory; port 25 keeps the intermediate floor",
+            opportunistic_min_protocol="TLSv1.2",
+            mandatory_min_protocol="TLSv1.3",
+            tls12_suites=ECDHE_AEAD,  # still offered on port 25
+            server_preference=False,
+            uses_dh_file=False,
+        ),
+        Profile(
+            name="legacy-dhe",
+            description="intermediate plus DHE + AEAD suites for old clients, with a DH parameter file",
+            opportunistic_min_protocol="TLSv1.2",
+            mandatory_min_protocol="TLSv1.2",
+            tls12_suites=ECDHE_AEAD + DHE_AEAD,
+            server_preference=True,  # ECDHE before DHE for every client that has both
+            uses_dh_file=True,
+        ),
+    )
+}
+DEFAULT_PROFILE = "intermediate"
+
+
+@dataclass(frozen=True)
+class HostCaps:
+    """What a host runs; versions as integer tuples. dovecot=None when Dovecot is absent."""
+
+    postfix: Version | None
+    dovecot: Version | None
+    openssl: Version
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A profile resolved for one host: exactly what every daemon on it must offer."""
+
+    profile: Profile
+    groups: tuple[str, ...]
+    tls13_suites: tuple[str, ...] = TLS13_SUITES
+    dh_file: str | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def tls12_suites(self) -> tuple[str, ...]:
+        return self.profile.tls12_suites
+
+    @property
+    def opportunistic_min_protocol(self) -> str:
+        return self.profile.opportunistic_min_protocol
+
+    @property
+    def mandatory_min_protocol(self) -> str:
+        return self.profile.mandatory_min_protocol
+
+    @property
+    def server_preference(self) -> bool:
+        return self.profile.server_preference
+
+    @property
+    def offers_dhe(self) -> bool:
+        return any(s.startswith("DHE-") for s in self.tls12_suites)
+
+
+def parse_version(text: str) -> Version:
+    """'3.7.11' -> (3, 7, 11); '2.4.1-4 (7d8c0e5759)' -> (2, 4, 1); 'OpenSSL 3.5.9 ...' -> (3, 5, 9)."""
+    for word in text.split():
+        head = word.split("-")[0]
+        parts = head.split(".")
+        if len(parts) >= 2 and all(p.isdigit() for p in parts):
+            return tuple(int(p) for p in parts)
+    raise ValueError(f"no version number in {text!r}")
+
+
+def offers_pq_hybrid(caps: HostCaps, pq_hybrid: bool = True) -> bool:
+    return pq_hybrid and caps.openssl[:2] >= PQ_MIN_OPENSSL
+
+
+def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: str | None = None) -> Policy:
+    """The policy for `profile` on a host with `caps`.
+
+    pq_hybrid: offer X25519MLKEM768 first where the host's OpenSSL can (>= 3.5).
+    dh_file: path of the DH parameter file on the host; required when the profile offers DHE.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown TLS profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    prof = PROFILES[profile]
+    groups = ((PQ_HYBRID,) if offers_pq_hybrid(caps, pq_hybrid) else ()) + CLASSIC_GROUPS
+    notes = []
+    if prof.uses_dh_file:
+        if not dh_file:
+            raise ValueError(f"profile {profile!r} offers DHE and needs a DH parameter file")
+        if caps.postfix and caps.postfix[:2] >= (3, 9):
+            notes.append(
+                "Postfix >= 3.9 deprecates smtpd_tls_dh1024_param_file: postconf will warn while "
+                "the legacy-dhe profile is in use"
+            )
+    else:
+        dh_file = None
+    return Policy(profile=prof, groups=groups, dh_file=dh_file, notes=tuple(notes))
+
+
+def protocols_at_least(minimum: str) -> tuple[str, ...]:
+    """The protocol versions a floor admits: 'TLSv1.2' -> ('TLSv1.2', 'TLSv1.3')."""
+    return PROTOCOLS[PROTOCOLS.index(minimum):]

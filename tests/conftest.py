@@ -1,0 +1,92 @@
+"""Shared fixtures: real Debian 12 (bookworm) and 13 (trixie) test hosts over real SSH.
+
+- `stock`: one untouched host per release for the whole session (never deploy to it).
+- `deployed`: one host per release deployed once with the default profile; tests may read,
+  send mail and handshake, and must leave its config as they found it.
+- `fresh_host(suite)`: a new host of its own for a test that changes or breaks things;
+  stopped after the test.
+- `run_pyinfra(hosts, script, *args)`: runs the real `pyinfra` CLI as a user would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testhosts import hosts as th  # noqa: E402
+
+SUITES = ("bookworm", "trixie")
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+_counter = itertools.count(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def _up(specs: list[str]) -> list[th.Host]:
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (systemd-nspawn, network namespaces)")
+    return th.up(specs, log=lambda m: print(m, file=sys.stderr))
+
+
+def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None = None,
+                check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`pyinfra -y inventory.py SCRIPT ARGS` against local test hosts; output captured as text."""
+    names = ",".join(h.name for h in (hosts if isinstance(hosts, (list, tuple)) else [hosts]))
+    full_env = dict(os.environ, MAILTLS_TESTHOSTS=names, **(env or {}))
+    full_env.pop("MAILTLS_HOSTS", None)
+    full_env.pop("MAILTLS_HOSTS_FILE", None)
+    res = subprocess.run([PYINFRA, "-y", "inventory.py", script, *args], cwd=ROOT, env=full_env,
+                         capture_output=True, text=True, timeout=timeout)
+    if check and res.returncode != 0:
+        raise AssertionError(f"pyinfra {script} {' '.join(args)} failed ({res.returncode}):\n"
+                             f"{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def stock():
+    """{'bookworm': Host, 'trixie': Host}, never deployed to."""
+    started = _up([f"stock{s[0]}:{s}" for s in SUITES])
+    yield dict(zip(SUITES, started))
+    th.down([h.name for h in started])
+
+
+@pytest.fixture(scope="session")
+def deployed():
+    """{'bookworm': Host, 'trixie': Host}, deployed once with the default profile."""
+    started = _up([f"dep{s[0]}:{s}" for s in SUITES])
+    run_pyinfra(started)
+    yield dict(zip(SUITES, started))
+    th.down([h.name for h in started])
+
+
+@pytest.fixture
+def fresh_host():
+    """Factory: fresh_host('trixie') -> a new stock host, stopped after the test."""
+    made = []
+
+    def make(suite: str) -> th.Host:
+        host = _up([f"f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}"])[0]
+        made.append(host)
+        return host
+
+    yield make
+    if made:
+        th.down([h.name for h in made])
+
+
+@pytest.fixture(params=SUITES)
+def suite(request) -> str:
+    return request.param
