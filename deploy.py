@@ -1,14 +1,28 @@
-"""Make every TLS session of Postfix and Dovecot forward-secret. Run: pyinfra -y inventory.py deploy.py"""
+"""Make every TLS session of Postfix and Dovecot forward-secret.
+
+    pyinfra -y inventory.py deploy.py                     # hosts from inventory.py
+    pyinfra -y mx1.example.org deploy.py --data tls_profile=modern
+
+Settings (host data) and their defaults: tasks/settings.py, also listed in the README.
+"""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pyinfra import host, logger  # noqa: E402
+from pyinfra import host, state  # noqa: E402
+from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
-from tasks.facts import MailHost  # noqa: E402
+from tasks.deploy import mail_tls  # noqa: E402
+from tasks.settings import SettingsError, validate  # noqa: E402
 
-info = host.get_fact(MailHost)
-caps = info["caps"]
-logger.info(f"{host.name}: Postfix {caps.postfix}, Dovecot {caps.dovecot}, OpenSSL {caps.openssl}")
+# Every host's settings are checked before any operation runs on any host: one bad value
+# stops the whole run with a one-line error, and no host is changed.
+try:
+    for each in state.inventory:
+        validate(each.data.dict(), each.name)
+except SettingsError as exc:
+    raise PyinfraError(f"invalid settings: {exc}") from None
+
+mail_tls(settings=validate(host.data.dict(), host.name))

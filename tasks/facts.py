@@ -15,17 +15,17 @@ echo @@openssl_version; openssl version 2>/dev/null
 echo @@postconf_n; command -v postconf >/dev/null && postconf -n 2>/dev/null
 echo @@postconf_m; command -v postconf >/dev/null && postconf -M 2>/dev/null
 echo @@postconf_p; command -v postconf >/dev/null && postconf -P 2>/dev/null
-echo @@dovecot_ssl; command -v doveconf >/dev/null && doveconf -n 2>/dev/null | grep -E '^ *ssl(_server)?_(cert|key)(_file)? '
 echo @@files; for f in {files}; do [ -f "$f" ] && echo "$f $(sha256sum < "$f" | cut -d' ' -f1)"; done
 echo @@pending; ls /var/lib/mailtls/pending 2>/dev/null
 echo @@end
 """
 
 
-def _kv(lines: list[str], sep: str = " = ") -> dict[str, str]:
+def _kv(lines: list[str]) -> dict[str, str]:
+    """'name = value' lines (postconf -n/-P) to a dict; 'name =' is an empty value."""
     out = {}
     for line in lines:
-        key, found, value = line.partition(sep)
+        key, found, value = f"{line} ".partition(" = ")
         if found:
             out[key.strip()] = value.strip()
     return out
@@ -35,8 +35,8 @@ class MailHost(FactBase):
     """Versions, current Postfix/Dovecot TLS config, checksums of managed files, pending reloads.
 
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
-    ``services`` (master.cf service name -> line), ``master_params`` ('svc/type/param' -> value),
-    ``dovecot_ssl`` (cert/key settings), ``files`` (path -> sha256), ``pending`` (set of daemons).
+    ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
+    ``files`` (path -> sha256 for the paths asked for), ``pending`` (daemons with a reload pending).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
@@ -65,8 +65,6 @@ class MailHost(FactBase):
             parts = line.split()
             if len(parts) >= 2:
                 services[f"{parts[0]}/{parts[1]}"] = " ".join(parts)
-        dovecot_ssl = _kv(sections.get("dovecot_ssl", []))
-        dovecot_ssl = {k: v.lstrip("<").strip() for k, v in dovecot_ssl.items()}
         files = {}
         for line in sections.get("files", []):
             path, _, digest = line.rpartition(" ")
@@ -80,7 +78,6 @@ class MailHost(FactBase):
             "postconf": _kv(sections.get("postconf_n", [])),
             "services": services,
             "master_params": _kv(sections.get("postconf_p", [])),
-            "dovecot_ssl": dovecot_ssl,
             "files": files,
             "pending": set(" ".join(sections.get("pending", [])).split()),
         }

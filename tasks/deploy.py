@@ -1,0 +1,78 @@
+"""The mail TLS deploy as a reusable pyinfra @deploy: `from tasks.deploy import mail_tls`.
+
+One host, in order: read everything (one fact), resolve the policy for what the host runs,
+then DH file -> Postfix -> Dovecot, each committed (checked, reloaded, probed) only when
+something changed or a reload is still pending from an interrupted run.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+
+from tasks import dovecot_conf, ops, postfix_conf
+from tasks.facts import MailHost
+from tasks.policy import resolve
+from tasks.settings import Settings, validate
+
+try:  # the DH task lands separately; until then only profiles without DHE are deployable
+    from tasks import dh
+except ImportError:  # pragma: no cover
+    dh = None
+
+
+def settings_for(current_host=None) -> Settings:
+    h = current_host or host
+    return validate(h.data.dict(), h.name)
+
+
+@deploy("Mail TLS: forward-secret Postfix and Dovecot")
+def mail_tls(settings: Settings | None = None) -> None:
+    """Apply the TLS policy to the current host.
+
+    **Example:**
+
+    .. code:: python
+
+        from tasks.deploy import mail_tls
+        mail_tls()  # settings from host data (tls_profile, dh_source, ...)
+    """
+    settings = settings or settings_for()
+    apply_script = (ops.FILES / "mailtls-apply").read_bytes()
+    files = (ops.APPLY, dovecot_conf.CONF_PATH) + tuple(getattr(dh, "DH_FACT_FILES", ()))
+    info = host.get_fact(MailHost, files=files)
+    caps = info["caps"]
+    if caps.postfix is None:
+        raise RuntimeError(f"{host.name}: Postfix is not installed")
+    policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
+                     dh_file=settings.dh_file)
+    for note in policy.notes:
+        logger.warning(f"{host.name}: {note}")
+
+    ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
+                  dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
+    if dh is not None:
+        dh.apply_dh(settings, policy, info)
+    elif policy.offers_dhe:
+        raise RuntimeError(f"{host.name}: profile {policy.name} needs the DH task")
+
+    pf = postfix_conf.render(
+        policy, caps, info["postconf"], info["services"],
+        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
+        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
+    )
+    pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=pf,
+                                 postconf=info["postconf"], services=info["services"],
+                                 master_params=info["master_params"])
+    ops.commit(name="Postfix: check, reload, probe", daemon="postfix",
+               needed=pf_op.will_change or "postfix" in info["pending"])
+
+    if caps.dovecot is None:
+        logger.info(f"{host.name}: Dovecot is not installed, skipping it")
+        return
+    text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file, settings.dovecot_key_file)
+    dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=text.encode(),
+                          dest=dovecot_conf.CONF_PATH,
+                          current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending="dovecot")
+    ops.commit(name="Dovecot: check, reload, probe", daemon="dovecot",
+               needed=dc_op.will_change or "dovecot" in info["pending"])

@@ -1,0 +1,108 @@
+"""The project's pyinfra operations. Each compares against the MailHost fact (one round trip for
+the whole host), yields commands only for what differs, and says host.noop() otherwise.
+
+Every change to a daemon's config goes `mailtls-apply begin` (mark pending, back up) ->
+change -> `commit` (check, reload, probe, roll back on failure): see files/mailtls-apply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shlex
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, StringCommand, operation
+
+from tasks.postfix_conf import PostfixConf
+
+FILES = Path(__file__).resolve().parent.parent / "files"
+APPLY = "/usr/local/sbin/mailtls-apply"
+POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _upload(data: bytes, dest: str, mode: str) -> list:
+    """Upload next to `dest`, then rename: the file is whole or absent, never half-written."""
+    tmp = f"{dest}.mailtls-new"
+    q_tmp, q_dest = shlex.quote(tmp), shlex.quote(dest)
+    return [
+        StringCommand(f"mkdir -p {shlex.quote(str(Path(dest).parent))}"),
+        FileUploadCommand(io.BytesIO(data), tmp),
+        StringCommand(f"chmod {mode} {q_tmp} && mv -f {q_tmp} {q_dest}"),
+    ]
+
+
+@operation()
+def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | None = None,
+              pending: str | None = None):
+    """Put `data` at `dest` unless its checksum (from the MailHost fact) already matches.
+
+    + pending: daemon (postfix/dovecot) whose config this file is: backs it up and marks a
+      reload pending first, via mailtls-apply.
+
+    **Example:**
+
+    .. code:: python
+
+        put_bytes(name="Dovecot TLS", data=text.encode(), dest="/etc/dovecot/conf.d/99-mailtls.conf",
+                  current_sha256=info["files"].get(path), pending="dovecot")
+    """
+    if current_sha256 == sha256(data):
+        host.noop(f"{dest} is up to date")
+        return
+    if pending:
+        yield f"{APPLY} begin {pending} {shlex.quote(dest)}"
+    yield from _upload(data, dest, mode)
+
+
+@operation()
+def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_params: dict):
+    """Bring main.cf and master.cf to `conf` with one batch of postconf commands.
+
+    + postconf/services/master_params: `postconf -n`, `-M` and `-P` from the MailHost fact
+
+    **Example:**
+
+    .. code:: python
+
+        postfix_settings(conf=postfix_conf.render(...), postconf=info["postconf"],
+                         services=info["services"], master_params=info["master_params"])
+    """
+    main = {k: v for k, v in conf.main.items() if postconf.get(k) != v}
+    remove = [k for k in conf.remove if k in postconf]
+    create = {svc: line for svc, line in conf.services.items() if svc not in services}
+    params = {k: v for k, v in conf.params.items() if master_params.get(k) != v}
+    if not (main or remove or create or params):
+        host.noop("Postfix TLS settings are in place")
+        return
+    yield f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}"
+    if main:
+        yield "postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in main.items())
+    if remove:
+        yield "postconf -X " + " ".join(remove)
+    for svc, line in create.items():
+        yield f"postconf -M {shlex.quote(f'{svc}={line}')}"
+    if params:
+        yield "postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items())
+
+
+@operation()
+def commit(daemon: str, needed: bool):
+    """Check, reload and probe `daemon` when its config changed or a reload is still pending;
+    roll back and fail when the daemon rejects it.
+
+    **Example:**
+
+    .. code:: python
+
+        commit(daemon="postfix", needed=op.will_change or "postfix" in info["pending"])
+    """
+    if not needed:
+        host.noop(f"{daemon}: nothing to reload")
+        return
+    yield f"{APPLY} commit {daemon}"
