@@ -42,12 +42,14 @@ def _up(specs: list[str]) -> list[th.Host]:
 
 def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None = None,
                 check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`pyinfra -y inventory.py SCRIPT ARGS` against local test hosts; output captured as text."""
+    """`pyinfra -y inventory.py SCRIPT ARGS` against local test hosts (named `hosts`, via
+    MAILTLS_TESTHOSTS); output captured as text."""
     names = ",".join(h.name for h in (hosts if isinstance(hosts, (list, tuple)) else [hosts]))
     full_env = dict(os.environ, MAILTLS_TESTHOSTS=names, **(env or {}))
     full_env.pop("MAILTLS_HOSTS", None)
     full_env.pop("MAILTLS_HOSTS_FILE", None)
-    res = subprocess.run([PYINFRA, "-y", "inventory.py", script, *args], cwd=ROOT, env=full_env,
+    yes = [] if "--dry" in args else ["-y"]  # -y skips the change report a dry run exists for
+    res = subprocess.run([PYINFRA, *yes, "inventory.py", script, *args], cwd=ROOT, env=full_env,
                          capture_output=True, text=True, timeout=timeout)
     if check and res.returncode != 0:
         raise AssertionError(f"pyinfra {script} {' '.join(args)} failed ({res.returncode}):\n"

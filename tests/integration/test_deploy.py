@@ -1,0 +1,145 @@
+"""The deploy on real Debian 12 and 13 hosts: real handshakes, real mail, real logs, idempotence."""
+
+from __future__ import annotations
+
+import hashlib
+import imaplib
+import re
+import smtplib
+import ssl
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from conftest import run_pyinfra
+
+PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
+MANDATORY = (587, 465, 143, 993)
+CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
+
+
+def s_client(address: str, port: int, *args: str, on_host=None) -> str:
+    """One real handshake; returns openssl's output. on_host: run it on that test host instead."""
+    starttls = ["-starttls", PORTS[port]] if PORTS.get(port) else []
+    argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
+    if on_host is not None:
+        return on_host.ssh(" ".join(argv) + " </dev/null 2>&1", check=False).stdout
+    res = subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
+    return res.stdout + res.stderr
+
+
+def established(out: str) -> bool:
+    return bool(re.search(r"^New, TLSv1\.[0-3], Cipher is (?!\(NONE\))", out, re.M))
+
+
+# Client-side SECLEVEL=0 so the controller's OpenSSL really offers old protocols and suites:
+# a refusal must come from the server.
+LEGACY = "DEFAULT:@SECLEVEL=0"
+
+
+def test_every_port_negotiates_forward_secret_key_exchange(deployed, suite):
+    host = deployed[suite]
+    for port in PORTS:
+        out = s_client(host.address, port)
+        assert established(out), (port, out)
+        assert re.search(r"Server Temp Key: (X25519|ECDH)", out), (port, out)
+
+
+def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
+    host = deployed[suite]
+    for port in (25, 993):
+        out = s_client("127.0.0.1", port, "-groups", "X25519MLKEM768:X25519", on_host=host)
+        if suite == "trixie":
+            assert "Negotiated TLS1.3 group: X25519MLKEM768" in out, (port, out)
+        else:  # OpenSSL 3.0 has no ML-KEM: the client cannot even ask; X25519 must still work
+            assert established(s_client(host.address, port)), port
+
+
+@pytest.mark.parametrize("proto", ["-tls1", "-tls1_1"])
+def test_old_protocols_refused_everywhere(deployed, suite, proto):
+    host = deployed[suite]
+    for port in PORTS:
+        out = s_client(host.address, port, proto, "-cipher", LEGACY)
+        assert not established(out), (port, proto, out)
+
+
+@pytest.mark.parametrize("cipher", ["AES128-GCM-SHA256", "AES256-SHA", "ADH-AES128-GCM-SHA256",
+                                    "DHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA"])
+def test_non_fs_and_non_aead_suites_refused(deployed, suite, cipher):
+    host = deployed[suite]
+    for port in PORTS:
+        out = s_client(host.address, port, "-tls1_2", "-cipher", f"{cipher}:@SECLEVEL=0")
+        assert not established(out), (port, cipher, out)
+
+
+def test_the_refusal_checks_can_fail(stock, suite):
+    """The stock host accepts what the deployed one refuses: the probes above really probe."""
+    host = stock[suite]
+    assert established(s_client(host.address, 25, "-tls1_1", "-cipher", LEGACY))
+    assert established(s_client(host.address, 25, "-tls1_2", "-cipher", "AES128-GCM-SHA256:@SECLEVEL=0"))
+
+
+def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
+    host = deployed[suite]
+    tag = uuid.uuid4().hex
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP(host.address, 25, timeout=30) as smtp:
+        smtp.starttls(context=ctx)
+        smtp.sendmail("probe@controller.mailtls.test", [f"mailtest@{host.fqdn}"],
+                      f"Subject: {tag}\r\n\r\nhello\r\n")
+    with imaplib.IMAP4_SSL(host.address, 993, ssl_context=ctx, timeout=30) as imap:
+        imap.login("mailtest", "mailtest-pw")
+        imap.logout()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        log = host.ssh("tail -n 300 /var/log/mail.log").stdout
+        if tag in host.ssh("cat /var/mail/mailtest", check=False).stdout and re.search(r"imap-login: (Login|Logged in): user=<mailtest>", log):
+            break
+        time.sleep(0.5)
+    assert re.search(r"postfix/smtpd\[\d+\]: (Anonymous|Untrusted|Trusted|Verified) TLS connection "
+                     r"established from controller\S*: TLSv1\.3 with cipher TLS_\w+", log), log
+    assert re.search(r"imap-login: (Login|Logged in): user=<mailtest>.*TLSv1\.3 with cipher TLS_\w+", log), log
+    assert tag in host.ssh("cat /var/mail/mailtest").stdout  # delivered
+
+
+def test_postfix_and_postconf_print_no_warning(deployed, suite):
+    host = deployed[suite]
+    out = host.ssh("postfix check 2>&1; postconf -n 2>&1 >/dev/null; postconf -P 2>&1 >/dev/null").stdout
+    assert out == "", out
+
+
+def test_second_run_changes_nothing(deployed, suite):
+    res = run_pyinfra(deployed[suite])
+    assert "No changes" in res.stderr, res.stderr[-3000:]
+    grand = next(l for l in res.stderr.splitlines() if "Grand total" in l).split()
+    assert grand[3] == "-", grand  # Success column: nothing changed
+
+
+def _config_digest(host) -> str:
+    out = host.ssh(f"cat {CONFIG} 2>/dev/null | sha256sum; ls /var/lib/mailtls /usr/local/sbin 2>&1; true").stdout
+    return hashlib.sha256(out.encode()).hexdigest()
+
+
+def test_dry_run_lists_changes_and_changes_nothing(fresh_host, suite):
+    host = fresh_host(suite)
+    before = _config_digest(host)
+    res = run_pyinfra(host, "deploy.py", "--dry")
+    changes = res.stderr.split("Detected changes:")[1]
+    for op in ("Postfix TLS settings", "Postfix: check, reload", "Dovecot TLS settings",
+               "Dovecot: check, reload"):
+        assert re.search(re.escape(op) + r".*\s1 \(" + host.name + r"\)", changes), (op, changes)
+    assert _config_digest(host) == before
+
+
+def test_modern_refuses_tls12_where_tls_is_mandatory(fresh_host, suite):
+    host = fresh_host(suite)
+    run_pyinfra(host, "deploy.py", "--data", "tls_profile=modern")
+    for port in MANDATORY:
+        assert not established(s_client(host.address, port, "-tls1_2")), port
+        assert established(s_client(host.address, port, "-tls1_3")), port
+    # port 25 keeps the intermediate floor: refusing TLS 1.2 there would push senders to plaintext
+    out = s_client(host.address, 25, "-tls1_2")
+    assert established(out) and "ECDHE" in out, out

@@ -1,0 +1,82 @@
+"""Parsing the MailHost fact's output, and the inventory sources."""
+
+import pytest
+
+from tasks.facts import MailHost
+from tasks.inventory_source import InventoryError, hosts_from_env, parse_hosts_file, parse_hosts_list
+
+FACT_OUTPUT = """@@postfix_version
+3.10.13
+@@dovecot_version
+2.4.1-4 (7d8c0e5759)
+@@openssl_version
+OpenSSL 3.5.9 29 Sep 2026 (Library: OpenSSL 3.5.9 29 Sep 2026)
+@@postconf_n
+smtpd_tls_security_level = may
+tls_ffdhe_auto_groups =
+@@postconf_m
+smtp       inet  n       -       y       -       -       smtpd
+submission inet  n       -       y       -       -       smtpd -o syslog_name=postfix/submission
+@@postconf_p
+submission/inet/syslog_name = postfix/submission
+@@files
+/etc/dovecot/conf.d/99-mailtls.conf 4f2a
+@@pending
+postfix
+@@end""".splitlines()
+
+
+def test_mailhost_fact_parses_every_section():
+    info = MailHost().process(FACT_OUTPUT)
+    assert info["caps"].postfix == (3, 10, 13)
+    assert info["caps"].dovecot == (2, 4, 1)
+    assert info["caps"].openssl == (3, 5, 9)
+    assert info["postconf"] == {"smtpd_tls_security_level": "may", "tls_ffdhe_auto_groups": ""}
+    assert set(info["services"]) == {"smtp/inet", "submission/inet"}
+    assert info["master_params"] == {"submission/inet/syslog_name": "postfix/submission"}
+    assert info["files"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a"}
+    assert info["pending"] == {"postfix"}
+
+
+def test_mailhost_fact_without_dovecot():
+    out = [l for l in FACT_OUTPUT if not l.startswith("2.4.1")]
+    assert MailHost().process(out)["caps"].dovecot is None
+
+
+def test_fact_command_quotes_paths():
+    assert "'/etc/a b'" in MailHost().command(files=("/etc/a b",))
+
+
+def test_hosts_list():
+    assert parse_hosts_list("mx1.example.org, root@mx2.example.org:2222") == [
+        ("mx1.example.org", {}), ("mx2.example.org", {"ssh_user": "root", "ssh_port": 2222})]
+
+
+@pytest.mark.parametrize("bad", ["mx1:99999", "@mx1", "mx1;reboot", "mx1:port"])
+def test_hosts_list_refuses_bad_targets(bad):
+    with pytest.raises(InventoryError, match="MAILTLS_HOSTS"):
+        parse_hosts_list(bad)
+
+
+def test_hosts_file(tmp_path):
+    f = tmp_path / "hosts.txt"
+    f.write_text("# mail servers\nmx1.example.org tls_profile=modern dh_rotation=false\n\n"
+                 "admin@mx2.example.org:22  # second\n")
+    assert parse_hosts_file(f) == [
+        ("mx1.example.org", {"tls_profile": "modern", "dh_rotation": False}),
+        ("mx2.example.org", {"ssh_user": "admin", "ssh_port": 22}),
+    ]
+
+
+def test_hosts_file_bad_pair(tmp_path):
+    f = tmp_path / "hosts.txt"
+    f.write_text("mx1.example.org tls_profile\n")
+    with pytest.raises(InventoryError, match=r"hosts.txt:1: expected key=value"):
+        parse_hosts_file(f)
+
+
+def test_env_precedence(tmp_path):
+    f = tmp_path / "hosts.txt"
+    f.write_text("from-file\n")
+    assert hosts_from_env({"MAILTLS_HOSTS": "from-env", "MAILTLS_HOSTS_FILE": str(f)}) == [("from-env", {})]
+    assert hosts_from_env({"MAILTLS_HOSTS_FILE": str(f)}) == [("from-file", {})]

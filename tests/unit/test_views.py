@@ -1,0 +1,112 @@
+"""The daemon views: each policy rendered for Postfix 3.7/3.10 and Dovecot 2.3/2.4."""
+
+import pytest
+
+from tasks import dovecot_conf, postfix_conf
+from tasks.policy import HostCaps, resolve
+
+DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
+DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
+DH = "/etc/ssl/mailtls/dh.pem"
+STOCK_MAIN = {"smtpd_tls_security_level": "may", "smtp_tls_security_level": "may",
+              "smtpd_tls_eecdh_grade": "strong"}
+STOCK_SERVICES = {"smtp/inet": "smtp inet n - y - - smtpd"}
+
+
+def pf(profile, caps, **kw):
+    policy = resolve(profile, caps, dh_file=DH)
+    return postfix_conf.render(policy, caps, STOCK_MAIN, STOCK_SERVICES, **kw)
+
+
+def test_postfix_37_intermediate():
+    conf = pf("intermediate", DEB12)
+    assert conf.main["smtpd_tls_protocols"] == ">=TLSv1.2"
+    assert conf.main["tls_high_cipherlist"].split(":")[0] == "ECDHE-ECDSA-AES128-GCM-SHA256"
+    assert conf.main["smtpd_tls_ciphers"] == "high"
+    assert conf.main["tls_eecdh_auto_curves"] == "X25519 prime256v1 secp384r1"
+    assert conf.main["tls_ssl_options"] == "NO_RENEGOTIATION"
+    assert "tls_ffdhe_auto_groups" not in conf.main  # unknown to 3.7: would warn
+    assert "smtpd_tls_dh1024_param_file" in conf.remove
+    assert "smtpd_tls_eecdh_grade" in conf.remove  # the seed's obsolete line
+    assert conf.main["smtpd_tls_loglevel"] == "1"
+    assert "smtp_tls_security_level" not in conf.main  # outbound left as it is ("may")
+
+
+def test_postfix_310_intermediate():
+    conf = pf("intermediate", DEB13)
+    assert conf.main["tls_eecdh_auto_curves"].split()[0] == "X25519MLKEM768"
+    assert conf.main["tls_ffdhe_auto_groups"] == ""
+    assert "tls_ssl_options" not in conf.main  # renegotiation is always off on 3.10
+
+
+def test_postfix_legacy_dhe_sets_dh_file_and_server_preference():
+    conf = pf("legacy-dhe", DEB13)
+    assert conf.main["smtpd_tls_dh1024_param_file"] == DH
+    assert "smtpd_tls_dh1024_param_file" not in conf.remove
+    assert conf.main["tls_preempt_cipherlist"] == "yes"
+    assert "DHE-RSA-AES256-GCM-SHA384" in conf.main["tls_high_cipherlist"]
+
+
+def test_postfix_submission_services_created_and_hardened():
+    conf = pf("modern", DEB12)
+    assert set(conf.services) == {"submission/inet", "submissions/inet"}
+    assert conf.params["submission/inet/smtpd_tls_security_level"] == "encrypt"
+    assert conf.params["submission/inet/smtpd_tls_mandatory_protocols"] == ">=TLSv1.3"
+    assert conf.params["submissions/inet/smtpd_tls_wrappermode"] == "yes"
+    assert "submission/inet/smtpd_tls_wrappermode" not in conf.params
+
+
+def test_postfix_existing_service_hardened_even_when_not_enabled():
+    services = dict(STOCK_SERVICES, **{"submission/inet": "submission inet n - y - - smtpd"})
+    policy = resolve("intermediate", DEB12)
+    conf = postfix_conf.render(policy, DEB12, STOCK_MAIN, services, submission=False,
+                               submissions=False)
+    assert conf.services == {}
+    assert conf.params["submission/inet/smtpd_tls_security_level"] == "encrypt"
+    assert not any(k.startswith("submissions/") for k in conf.params)
+
+
+def test_postfix_turns_tls_on_where_it_was_off():
+    conf = postfix_conf.render(resolve("intermediate", DEB12), DEB12, {}, STOCK_SERVICES)
+    assert conf.main["smtpd_tls_security_level"] == "may"
+    assert conf.main["smtp_tls_security_level"] == "may"
+
+
+def test_postfix_certificate_from_settings():
+    conf = pf("intermediate", DEB12, cert_file="/etc/ssl/mx.pem", key_file="/etc/ssl/mx.key")
+    assert conf.main["smtpd_tls_cert_file"] == "/etc/ssl/mx.pem"
+
+
+def lines(text):
+    return dict(l.split(" = ", 1) for l in text.splitlines() if " = " in l and not l.startswith("#"))
+
+
+def test_dovecot_23():
+    conf = lines(dovecot_conf.render(resolve("intermediate", DEB12), DEB12))
+    assert conf["ssl_min_protocol"] == "TLSv1.2"
+    assert conf["ssl_prefer_server_ciphers"] == "no"
+    assert conf["ssl_curve_list"] == "X25519:prime256v1:secp384r1"  # never ML-KEM on OpenSSL 3.0
+    assert "%{ssl_security}" in conf["login_log_format_elements"]
+    assert "ssl_server_prefer_ciphers" not in conf and "ssl_dh" not in conf
+
+
+def test_dovecot_24_modern_with_cert():
+    text = dovecot_conf.render(resolve("modern", DEB13), DEB13, "/etc/ssl/imap.pem", "/etc/ssl/imap.key")
+    conf = lines(text)
+    assert conf["ssl_min_protocol"] == "TLSv1.3"
+    assert conf["ssl_server_prefer_ciphers"] == "client"
+    assert conf["ssl_curve_list"].startswith("X25519MLKEM768:")
+    assert conf["ssl_server_cert_file"] == "/etc/ssl/imap.pem"  # 2.4: no '<'
+    assert "%{user}" in conf["login_log_format_elements"]  # 2.4 removed one-letter variables
+    assert "%u" not in conf["login_log_format_elements"] and "%k" not in text
+
+
+def test_dovecot_dh_file_per_version():
+    assert "ssl_dh = <" + DH in dovecot_conf.render(resolve("legacy-dhe", DEB12, dh_file=DH), DEB12)
+    assert "ssl_server_dh_file = " + DH in dovecot_conf.render(resolve("legacy-dhe", DEB13, dh_file=DH), DEB13)
+
+
+def test_dovecot_unsupported_version():
+    caps = HostCaps(postfix=(3, 7), dovecot=(2, 2, 36), openssl=(3, 0))
+    with pytest.raises(ValueError, match="Dovecot 2.2 is not supported"):
+        dovecot_conf.render(resolve("intermediate", caps), caps)
