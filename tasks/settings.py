@@ -184,3 +184,16 @@ def _check_combinations(s: Settings, host: str) -> None:
 
 def defaults() -> dict[str, Any]:
     return {s.key: s.default for s in SETTINGS}
+
+
+def markdown_table() -> str:
+    """The README's settings table, generated from SETTINGS (a unit test keeps them equal)."""
+    rows = ["| key | default | what it does |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = "unset" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        rows.append(f"| `{s.key}` | {default} | {s.doc} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
