@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import run_pyinfra
+from conftest import PYINFRA, ROOT, run_pyinfra
 
 PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 MANDATORY = (587, 465, 143, 993)
@@ -135,8 +135,13 @@ def test_dry_run_lists_changes_and_changes_nothing(fresh_host, suite):
 
 
 def test_modern_refuses_tls12_where_tls_is_mandatory(fresh_host, suite):
+    """Deployed with the host given inline, without inventory.py, as `pyinfra HOST deploy.py`."""
     host = fresh_host(suite)
-    run_pyinfra(host, "deploy.py", "--data", "tls_profile=modern")
+    data = [a for k, v in host.pyinfra_data().items() if k != "ssh_hostname"
+            for a in ("--data", f"{k}={v}")]
+    res = subprocess.run([PYINFRA, "-y", host.address, "deploy.py", *data, "--data", "tls_profile=modern"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
     for port in MANDATORY:
         assert not established(s_client(host.address, port, "-tls1_2")), port
         assert established(s_client(host.address, port, "-tls1_3")), port
