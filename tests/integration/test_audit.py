@@ -1,0 +1,106 @@
+"""audit.py against real Debian 12/13 hosts: it must fail stock, pass deployed, count real sessions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_pyinfra
+from testhosts.image import TEST_PASSWORD, TEST_USER
+
+
+def run_audit(host, tmp_path, *args) -> tuple[object, dict]:
+    res = run_pyinfra(host, "audit.py", *args, check=False, timeout=300,
+                      env={"MAILTLS_AUDIT_JSON": str(tmp_path / "{host}.json")})
+    path = tmp_path / f"{host.name}.json"
+    assert path.exists(), f"no JSON written:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    result = json.loads(path.read_text())
+    print(res.stdout[-6000:])
+    print(f"sslyze scan time {host.name} ({host.suite}): {result['scan_seconds']} s")
+    return res, result
+
+
+def port(result: dict, number: int) -> dict:
+    return next(p for p in result["ports"] if p["port"] == number)
+
+
+def test_stock_host_fails_and_names_offenders(stock, suite, tmp_path):
+    host = stock[suite]
+    res, result = run_audit(host, tmp_path)
+    assert res.returncode != 0 and not result["ok"]
+    assert "TLS audit FAILED" in res.stderr + res.stdout
+    p25 = port(result, 25)
+    assert {"TLSv1", "TLSv1.1"} <= set(p25["protocols"])
+    assert "accepts TLSv1 (floor TLSv1.2)" in p25["failures"]
+    assert "accepts TLSv1.1 (floor TLSv1.2)" in p25["failures"]
+    text = "\n".join(p25["failures"])
+    assert "TLS_RSA_WITH_AES_128_CBC_SHA (RSA key exchange, not forward-secret)" in text
+    assert "_anon_" in text and "anonymous, no authentication" in text
+    # stock master.cf has no submission services: expected ports that are closed fail
+    assert port(result, 587)["state"] == "closed" and port(result, 587)["failures"]
+    assert port(result, 993)["state"] == "open" and port(result, 993)["tls13"]
+
+
+def test_pq_probe_agrees_with_openssl_on_the_host(stock, suite, tmp_path):
+    """Our controller-side probe vs the host's own OpenSSL (3.5 on trixie, 3.0 on bookworm) over loopback."""
+    from tasks.scan import probe_pq_hybrid
+
+    host = stock[suite]
+    for number in (25, 993):
+        ours, why = probe_pq_hybrid(host.address, number)
+        assert ours is not None, why
+        starttls = "-starttls smtp" if number == 25 else ""
+        check = host.ssh(f"echo | timeout 10 openssl s_client -connect 127.0.0.1:{number} {starttls} "
+                         f"-groups X25519MLKEM768 -tls1_3 2>&1", check=False)
+        host_says = "Negotiated TLS1.3 group: X25519MLKEM768" in check.stdout or (
+            "Server Temp Key: X25519MLKEM768" in check.stdout)
+        if suite == "bookworm":
+            assert ours is False  # OpenSSL 3.0 cannot do ML-KEM at all
+        else:
+            assert ours == host_says, (number, why, check.stdout[-1500:])
+
+
+def test_deployed_host_passes(deployed, suite, tmp_path):
+    host = deployed[suite]
+    res, result = run_audit(host, tmp_path)
+    failures = [f for p in result["ports"] for f in p["failures"]] + result["unscanned_failures"]
+    assert res.returncode == 0 and result["ok"], failures
+    for number in (25, 587, 465, 143, 993):
+        p = port(result, number)
+        assert p["state"] == "open" and p["suites"] and p["tls13"], p
+        assert all(s["kex_type"] == "ECDH" for s in p["suites"]), p["suites"]
+        assert set(p["protocols"]) <= {"TLSv1.2", "TLSv1.3"}
+    assert "sslyze scan time" in res.stdout
+
+
+SMTP_SESSIONS = [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3"), ("-tls1_3", "TLSv1.3")]
+
+
+def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path):
+    host = fresh_host(suite)
+    # What the deploy will do for logging, done by hand so this test does not depend on it.
+    host.ssh("postconf -e smtpd_tls_loglevel=1 && postfix reload >/dev/null 2>&1; "
+             "E=$(doveconf -h login_log_format_elements); "
+             "echo \"login_log_format_elements = $E %{ssl_security}\" > /etc/dovecot/conf.d/99-audit-test.conf; "
+             "doveconf -n >/dev/null && systemctl reload dovecot")
+    # Real clients on the host itself (loopback): the audit leaves the controller's own sessions out.
+    for flag, _ in SMTP_SESSIONS:
+        # wait for the EHLO reply before QUIT: Postfix rejects unannounced pipelining
+        out = host.ssh(f"(printf 'EHLO client.test\\r\\n'; sleep 1; printf 'QUIT\\r\\n') | timeout 20 openssl s_client -quiet "
+                       f"-connect 127.0.0.1:25 -starttls smtp {flag} 2>&1").stdout
+        assert "221" in out, out
+    imap = f"printf 'a LOGIN {TEST_USER} {TEST_PASSWORD}\\r\\nb LOGOUT\\r\\n' | timeout 20 openssl s_client -quiet"
+    for target in ("-connect 127.0.0.1:143 -starttls imap", "-connect 127.0.0.1:993 -tls1_2"):
+        out = host.ssh(f"{imap} {target} 2>&1").stdout
+        assert "a OK" in out, out
+    host.ssh("sleep 1")  # rsyslog writes asynchronously
+    _, result = run_audit(host, tmp_path)
+    services = result["log_report"]["services"]
+    smtpd, imap_stats = services["postfix/smtpd"], services["dovecot/imap-login"]
+    assert smtpd["sessions"] == len(SMTP_SESSIONS)
+    assert smtpd["protocols"] == {"TLSv1.2": 1, "TLSv1.3": 2}
+    assert smtpd["share_forward_secret"] == 1.0
+    assert imap_stats["sessions"] == 2 and imap_stats["details_unknown"] == 0
+    assert imap_stats["protocols"] == {"TLSv1.3": 1, "TLSv1.2": 1}
+    assert result["log_report"]["excluded_clients"]  # the controller, seen via SSH_CLIENT
