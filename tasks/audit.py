@@ -111,7 +111,7 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
     console.print(f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
                   f"(one Scanner run); PQ probe {scan.pq_seconds:.2f} s")
     logs = Table(title=f"{name}: TLS sessions in the mail log, {report.since:%Y-%m-%d %H:%M} .. "
-                       f"{report.until:%H:%M %z} ({report.excluded} from the auditing controller left out)",
+                       f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
                  title_justify="left")
     for col in ("service", "port", "sessions", "forward-secret", "protocols", "ciphers", "groups", "failed", "plaintext"):
         logs.add_column(col)
