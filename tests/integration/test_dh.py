@@ -1,0 +1,217 @@
+"""DH parameters and their rotation on real Debian 12 and 13 hosts: DHE handshakes of the
+configured size, the rotation job forced as cron would run it, kill -9 in mid-generation, two
+rotations at once, and a weak size refused before anything changes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import time
+
+from conftest import run_pyinfra
+from tasks import dh
+
+DH_FILE = "/etc/ssl/mailtls/dh.pem"
+CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
+DHE_PORTS = {25: "smtp", 587: "smtp", 993: None}
+LEGACY = ("--data", "tls_profile=legacy-dhe")
+
+
+def s_client(address: str, port: int, *args: str) -> str:
+    starttls = ["-starttls", DHE_PORTS[port]] if DHE_PORTS.get(port) else []
+    argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
+    res = subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
+    return res.stdout + res.stderr
+
+
+def dhe_bits(address: str, port: int) -> int | None:
+    """Bits of the DH group a DHE-only TLS 1.2 client gets, None when the handshake fails."""
+    out = s_client(address, port, "-tls1_2", "-cipher", "DHE-RSA-AES256-GCM-SHA384")
+    if not re.search(r"^New, TLSv1\.2, Cipher is DHE-RSA-AES256-GCM-SHA384", out, re.M):
+        return None
+    m = re.search(r"Server Temp Key: DH, (\d+) bits", out)
+    return int(m.group(1)) if m else None
+
+
+def assert_dhe_everywhere(host, bits: int) -> None:
+    got = {port: dhe_bits(host.address, port) for port in DHE_PORTS}
+    assert got == {port: bits for port in DHE_PORTS}, got
+
+
+def checksums(host, paths: str) -> str:
+    return host.ssh(f"sha256sum {paths} 2>&1; ls -la /etc/ssl/mailtls 2>&1; crontab -l 2>&1",
+                    check=False).stdout
+
+
+def remote_sha(host, path: str = DH_FILE) -> str:
+    return host.ssh(f"sha256sum < {path} | cut -d' ' -f1").stdout.strip()
+
+
+def local_sha(bits: int) -> str:
+    return hashlib.sha256(dh.shipped_group(bits).read_bytes()).hexdigest()
+
+
+def log_count(host, pattern: str) -> int:
+    return int(host.ssh(f"grep -cE '{pattern}' /var/log/mail.log", check=False).stdout.strip() or 0)
+
+
+def generating(host) -> bool:
+    return host.ssh(f"test -e {dh.ROTATE_RUNNING}", check=False).returncode == 0
+
+
+def wait_until(what, timeout: float, step: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(step)
+    return what()
+
+
+def no_changes(res) -> bool:
+    grand = next(l for l in res.stderr.splitlines() if "Grand total" in l).split()
+    return grand[3] == "-"
+
+
+def cron_command(host) -> str:
+    """The rotation job's command, exactly as the deploy wrote it into root's crontab."""
+    lines = [l for l in host.ssh("crontab -l", check=False).stdout.splitlines()
+             if l.strip() and not l.startswith("#") and "mailtls-dh-rotate" in l]
+    assert len(lines) == 1, lines
+    return lines[0].split(None, 5)[5]
+
+
+def run_like_cron(host, command: str, timeout: float = 900):
+    """Run a crontab command with cron's environment (PATH=/usr/bin:/bin, nothing else)."""
+    return host.ssh(f"env -i HOME=/root LOGNAME=root SHELL=/bin/sh PATH=/usr/bin:/bin "
+                    f"/bin/sh -c '{command}'; echo rc=$?", check=False, timeout=timeout)
+
+
+def test_fixed_group_handshakes_weak_size_refused_and_group_switch(fresh_host, suite):
+    host = fresh_host(suite)
+    stock = checksums(host, CONFIG)
+
+    bad = run_pyinfra(host, "deploy.py", *LEGACY, "--data", "dh_source=generated",
+                      "--data", "dh_bits=1024", check=False)
+    assert bad.returncode != 0
+    assert re.search(r"dh_bits=1024.*Logjam", bad.stdout + bad.stderr), bad.stderr[-2000:]
+    assert checksums(host, CONFIG) == stock
+
+    res = run_pyinfra(host, "deploy.py", *LEGACY)
+    if suite == "trixie":  # Postfix 3.10 deprecates smtpd_tls_dh1024_param_file: say so
+        assert "deprecates smtpd_tls_dh1024_param_file" in res.stderr, res.stderr[-3000:]
+    assert remote_sha(host) == local_sha(3072)
+    assert_dhe_everywhere(host, 3072)
+    # a client offering DHE first still gets ECDHE: the server's order wins
+    out = s_client(host.address, 25, "-tls1_2", "-cipher",
+                   "DHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+    assert "Cipher is ECDHE-RSA-AES256-GCM-SHA384" in out, out
+    assert re.search(r"Server Temp Key: (X25519|ECDH)", s_client(host.address, 993)), "no ECDHE"
+    assert host.ssh(f"test -e {dh.ROTATE_BIN}", check=False).returncode == 1
+    assert "mailtls" not in host.ssh("crontab -l", check=False).stdout
+
+    assert no_changes(run_pyinfra(host, "deploy.py", *LEGACY))
+
+    deployed = checksums(host, f"{CONFIG} {DH_FILE}")
+    bad = run_pyinfra(host, "deploy.py", *LEGACY, "--data", "dh_bits=1024", check=False)
+    assert bad.returncode != 0 and "dh_bits=1024" in bad.stderr
+    assert checksums(host, f"{CONFIG} {DH_FILE}") == deployed
+
+    # Only the DH file changes: both daemons must serve the new group after this one run.
+    run_pyinfra(host, "deploy.py", *LEGACY, "--data", "dh_source=ffdhe4096")
+    assert remote_sha(host) == local_sha(4096)
+    assert_dhe_everywhere(host, 4096)
+
+
+def test_generated_parameters_and_forced_rotation(fresh_host, suite):
+    host = fresh_host(suite)
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048",
+            "--data", "dh_rotation=on")
+    run_pyinfra(host, "deploy.py", *data)
+    # The deploy did not wait: a valid file is there at once, the generation runs behind it.
+    assert remote_sha(host) in (local_sha(2048),) or not generating(host)
+    assert dhe_bits(host.address, 25) == 2048
+    assert f"17 4 * * 0 {dh.ROTATE_BIN}" in host.ssh("crontab -l").stdout
+    assert no_changes(run_pyinfra(host, "deploy.py", *data))  # also while generating
+
+    assert wait_until(lambda: not generating(host), timeout=900), "generation never ended"
+    generated = remote_sha(host)
+    assert generated != local_sha(2048), host.ssh("grep mailtls-dh /var/log/mail.log").stdout
+    assert host.ssh(f"{dh.ROTATE_BIN} --check {DH_FILE} 2048").returncode == 0
+    assert log_count(host, "mailtls-dh-rotate: installed new 2048-bit") == 1
+    assert no_changes(run_pyinfra(host, "deploy.py", *data))
+    assert_dhe_everywhere(host, 2048)
+
+    # Force the cron job, in cron's bare environment.
+    reloads = (log_count(host, r"postfix/master\[[0-9]+\]: reload"),
+               log_count(host, "dovecot: master: Warning: SIGHUP received"))
+    out = run_like_cron(host, cron_command(host)).stdout
+    assert out.strip().endswith("rc=0"), out
+    rotated = remote_sha(host)
+    assert rotated not in (generated, local_sha(2048))
+    assert host.ssh(f"{dh.ROTATE_BIN} --check {DH_FILE} 2048").returncode == 0
+    assert (log_count(host, r"postfix/master\[[0-9]+\]: reload"),
+            log_count(host, "dovecot: master: Warning: SIGHUP received")) == \
+        (reloads[0] + 1, reloads[1] + 1)
+    assert_dhe_everywhere(host, 2048)
+    assert host.ssh("ls -A /etc/ssl/mailtls").stdout.split() == ["dh.pem"]  # no temp left
+    assert no_changes(run_pyinfra(host, "deploy.py", *data))  # the stamp follows the rotation
+
+    # A schedule with '/' (pyinfra edits the crontab with sed), then rotation off.
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation_schedule=*/30 3 * * 1")
+    tab = host.ssh("crontab -l").stdout.splitlines()
+    assert [l for l in tab if "mailtls" in l] == [f"# pyinfra-name={dh.CRON_NAME}",
+                                                  f"*/30 3 * * 1 {dh.ROTATE_BIN}"], tab
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
+    assert "mailtls" not in host.ssh("crontab -l", check=False).stdout  # job and its name
+    assert remote_sha(host) == rotated
+
+
+def test_kill_9_and_concurrent_rotations(fresh_host, suite):
+    host = fresh_host(suite)
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=4096")
+    run_pyinfra(host, "deploy.py", *data)
+    placeholder = local_sha(4096)
+    assert remote_sha(host) == placeholder
+
+    # 1. kill -9 the generation the deploy started (a systemd unit).
+    assert generating(host), "4096-bit generation ended within seconds?"
+    pid = host.ssh(f"systemctl show -p MainPID --value {dh.ROTATE_UNIT}").stdout.strip()
+    host.ssh(f"kill -9 {pid}")
+    assert wait_until(lambda: not generating(host), timeout=30)
+    assert remote_sha(host) == placeholder
+    assert_dhe_everywhere(host, 4096)
+
+    # 2. kill -9 a cron-style run (no systemd around it) in mid-generation.
+    pid = host.ssh(f"setsid {dh.ROTATE_BIN} >/dev/null 2>&1 </dev/null & echo $!").stdout.strip()
+    assert wait_until(lambda: host.ssh(f"pgrep -P {pid} -x openssl", check=False).returncode == 0,
+                      timeout=30, step=0.5)
+    child = host.ssh(f"pgrep -P {pid} -x openssl").stdout.strip()
+    host.ssh(f"kill -9 {pid}")
+    # openssl dies with its parent (no orphan burning CPU, holding nothing)
+    assert wait_until(lambda: host.ssh(f"kill -0 {child}", check=False).returncode != 0, timeout=10)
+    assert remote_sha(host) == placeholder
+    left = host.ssh("ls -A /etc/ssl/mailtls").stdout.split()
+    assert "dh.pem" in left and all(n.startswith(".dh.pem.mailtls-tmp.") for n in left if n != "dh.pem")
+    assert host.ssh(f"{dh.ROTATE_BIN} --check {DH_FILE} 4096").returncode == 0
+
+    # 3. The next runs: two at once (2048 bits to keep the test short). One generates, the other
+    #    sees the lock and leaves at once; the killed run's temp file is gone afterwards.
+    before = log_count(host, "mailtls-dh-rotate:")
+    out = host.ssh(f"({dh.ROTATE_BIN} -b 2048; echo A=$?) & ({dh.ROTATE_BIN} -b 2048; echo B=$?) & wait",
+                   timeout=900, check=False).stdout
+    codes = sorted(re.findall(r"[AB]=(\d+)", out))
+    assert codes == ["0", "75"], out
+    log = host.ssh("grep mailtls-dh-rotate: /var/log/mail.log").stdout.splitlines()[before:]
+    words = [l.split("mailtls-dh-rotate: ", 1)[1].split(" ")[0] for l in log]
+    assert sorted(words) == ["another", "generating", "installed"], log
+    assert [w for w in words if w != "another"] == ["generating", "installed"], log  # one run
+    assert host.ssh("ls -A /etc/ssl/mailtls").stdout.split() == ["dh.pem"]
+    assert remote_sha(host) != placeholder
+    assert_dhe_everywhere(host, 2048)
+
+    # The deploy still wants 4096 bits: it notices and starts a generation again.
+    res = run_pyinfra(host, "deploy.py", *data)
+    assert "Generate 4096-bit DH parameters in the background" in res.stderr
+    assert generating(host)
