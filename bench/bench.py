@@ -1,0 +1,682 @@
+"""Benchmark the mail TLS deploy on real test hosts (systemd-nspawn Debian 12/13, real SSH).
+
+    .venv/bin/python bench/bench.py                    # 3 rounds, 10 parallel hosts, both suites
+    .venv/bin/python bench/bench.py --rev HEAD         # a clean export of a commit, not the work tree
+    .venv/bin/python bench/bench.py --parallel-hosts 0 --runs 1   # quick look
+    .venv/bin/python bench/bench.py --runs 0 --parallel-hosts 0 --dh --dh-4096   # DH rotation only
+
+Every figure is a median over rounds, and every variant is measured side by side in the same
+round (the order is rotated each round) so that the shared machine's load hits all of them
+alike. Each round starts brand-new stock hosts (names starting with "b"), and all of them are
+stopped at the end, also on Ctrl-C or an error.
+
+What is measured (per round):
+- ssh_true: a bare `ssh host true` (new connection each time, like pyinfra's).
+- pyinfra_version: `pyinfra --version` (Python start-up + imports: fixed overhead of any run).
+- floor: ONE ssh session running, as one shell script, the same writes the deploy performs,
+  rendered by the project's own code (tasks.postfix_conf.render / tasks.dovecot_conf.render
+  from the host's MailHost fact, read untimed beforehand), then `postfix reload` and
+  `doveadm reload`. floor_apply: the same script with the deploy's exact safety net
+  (`mailtls-apply begin` before each change, `mailtls-apply commit` = check/reload/probe).
+  After the round a real `pyinfra` run on each floor host must report "No changes": proof that
+  the floor did all the work the deploy does (results.json: floor_matches_deploy).
+- fresh: `pyinfra -y inventory.py deploy.py` on one stock host per suite, and on N stock hosts
+  at once (--parallel-hosts, suites alternating).
+- noop: the same command again on the converged hosts (1 host and N hosts); it must report
+  zero changes (parsed from pyinfra's results table on stderr).
+- remote commands: counted on the hosts by sshd itself (LogLevel VERBOSE, set before the
+  round): every "Starting session: command|subsystem" line (exec or sftp channel) and every
+  "Accepted publickey" (connection), bucketed by the time window of each run (containers
+  share the controller's clock).
+- dh (--dh): CPU seconds on the host of the DH rotation for each supported source/size, once
+  the DH task (tasks/dh.py, files/mailtls-dh-rotate) exists in the checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import fcntl
+import json
+import os
+import re
+import resource
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from testhosts import hosts as th  # noqa: E402
+
+from tasks import dovecot_conf, ops, postfix_conf  # noqa: E402
+from tasks.facts import MailHost  # noqa: E402
+from tasks.policy import resolve  # noqa: E402
+from tasks.settings import validate  # noqa: E402
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+RESULTS = ROOT / "bench" / "results.json"
+SUITES = ("bookworm", "trixie")
+SSHD_VERBOSE = ("echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/zz-mailtls-bench.conf && "
+                "systemctl reload ssh")
+TARGETS = {"fresh_vs_floor": 1.5, "noop_vs_ssh": 3.0, "parallel_vs_one": 1.5}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# timing helpers
+
+
+class Sample(dict):
+    """One timed run: wall seconds, controller CPU of the child, time window for sshd logs."""
+
+
+def container_cpu(name: str) -> float | None:
+    """CPU seconds used so far by every process of test host `name` (its cgroup's cpu.stat)."""
+    for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        try:
+            text = Path(f"{root}/testhosts/{name}/cpu.stat").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+    return None
+
+
+def timed(argv: list[str], env: dict | None = None, input: str | None = None,
+          timeout: float = 900, hosts: list | None = None) -> tuple[Sample, subprocess.CompletedProcess]:
+    """Run argv; wall time, controller CPU of the child, and CPU used on `hosts` meanwhile."""
+    names = [h.name for h in hosts or []]
+    cpu0 = [container_cpu(n) for n in names]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t_wall0 = time.time()
+    t0 = time.perf_counter()
+    res = subprocess.run(argv, env=env, cwd=ROOT, input=input, capture_output=True, text=True,
+                         timeout=timeout)
+    wall = time.perf_counter() - t0
+    t_wall1 = time.time()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    sample = Sample(wall=wall, local_cpu=cpu, t0=t_wall0, t1=t_wall1, load=loadavg())
+    cpu1 = [container_cpu(n) for n in names]
+    if names and None not in cpu0 + cpu1:
+        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1))  # all hosts together
+    return sample, res
+
+
+def pyinfra_env(hosts: list[th.Host]) -> dict:
+    env = dict(os.environ, MAILTLS_TESTHOSTS=",".join(h.name for h in hosts))
+    env.pop("MAILTLS_HOSTS", None)
+    env.pop("MAILTLS_HOSTS_FILE", None)
+    return env
+
+
+def results_table(stderr: str) -> dict:
+    """Grand total of pyinfra's results table: {'success': n, 'error': n, 'no_change': n}."""
+    for line in stderr.splitlines():
+        if line.strip().startswith("Grand total"):
+            cols = re.split(r"\s{2,}", line.strip())
+            nums = [0 if c == "-" else int(c) for c in cols[-4:]]
+            return {"hosts": nums[0], "success": nums[1], "error": nums[2], "no_change": nums[3]}
+    raise RuntimeError("no results table in pyinfra output:\n" + stderr[-3000:])
+
+
+def run_pyinfra(hosts: list[th.Host], label: str, expect_noop: bool) -> Sample:
+    sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env(hosts), hosts=hosts)
+    if res.returncode != 0:
+        raise RuntimeError(f"{label}: pyinfra failed ({res.returncode}):\n{res.stderr[-6000:]}")
+    total = results_table(res.stderr)
+    no_changes = res.stderr.count("] No changes")
+    sample.update(label=label, hosts=[h.name for h in hosts], changes=total["success"],
+                  errors=total["error"])
+    if expect_noop:
+        # zero changes in the results table, and every operation of every host said so
+        sample["zero_changes"] = total["success"] == 0 and total["error"] == 0 and no_changes > 0
+        if not sample["zero_changes"]:
+            raise RuntimeError(f"{label}: the no-op re-run changed something:\n{res.stderr[-6000:]}")
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# the floor: the deploy's writes as one shell script in one SSH session
+
+
+def read_fact(host: th.Host) -> dict:
+    files = (ops.APPLY, dovecot_conf.CONF_PATH) + tuple(getattr(_dh_module(), "DH_FACT_FILES", ()))
+    out = host.ssh(MailHost().command(files=files)).stdout
+    return MailHost().process(out.splitlines())
+
+
+def _dh_module():
+    try:
+        from tasks import dh
+        return dh
+    except ImportError:
+        return None
+
+
+def _write_file(path: str, data: bytes, mode: str) -> list[str]:
+    b64 = base64.b64encode(data).decode()
+    q = shlex.quote(path)
+    return [f"mkdir -p {shlex.quote(str(Path(path).parent))}",
+            f"base64 -d > {q}.mailtls-new <<'MAILTLS_BENCH_EOF'\n{b64}\nMAILTLS_BENCH_EOF",
+            f"chmod {mode} {q}.mailtls-new && mv -f {q}.mailtls-new {q}"]
+
+
+def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
+    """The shell script of the deploy's writes for this host, rendered by the project's code
+    exactly as tasks/deploy.py and tasks/ops.py do (same settings, same diff against the fact)."""
+    settings = validate({}, host.name)  # bench hosts carry no host data: the defaults
+    caps = info["caps"]
+    policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
+                     dh_file=settings.dh_file)
+    if policy.offers_dhe:
+        raise RuntimeError("the floor does not render DH files yet (default profile has no DHE)")
+    apply = f"{ops.APPLY}"
+    lines = ["set -e"]
+    script = (ops.FILES / "mailtls-apply").read_bytes()
+    if info["files"].get(ops.APPLY) != ops.sha256(script):
+        lines += _write_file(ops.APPLY, script, "0755")
+    pf = postfix_conf.render(
+        policy, caps, info["postconf"], info["services"],
+        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
+        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
+    )
+    main = {k: v for k, v in pf.main.items() if info["postconf"].get(k) != v}
+    remove = [k for k in pf.remove if k in info["postconf"]]
+    create = {svc: line for svc, line in pf.services.items() if svc not in info["services"]}
+    params = {k: v for k, v in pf.params.items() if info["master_params"].get(k) != v}
+    if safety_net:
+        lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
+    if main:
+        lines.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in main.items()))
+    if remove:
+        lines.append("postconf -X " + " ".join(remove))
+    for svc, line in create.items():
+        lines.append(f"postconf -M {shlex.quote(f'{svc}={line}')}")
+    if params:
+        lines.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items()))
+    text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
+                               settings.dovecot_key_file).encode()
+    if safety_net:
+        lines.append(f"{apply} begin dovecot {dovecot_conf.CONF_PATH}")
+    lines += _write_file(dovecot_conf.CONF_PATH, text, "0644")
+    if safety_net:
+        lines += [f"{apply} commit postfix", f"{apply} commit dovecot"]
+    else:
+        lines += ["postfix reload >/dev/null 2>&1", "doveadm reload"]
+    return "\n".join(lines) + "\n"
+
+
+def ssh_true(host: th.Host) -> Sample:
+    sample, res = timed(host.ssh_argv("true"), hosts=[host])
+    if res.returncode != 0:
+        raise RuntimeError(f"ssh {host.name} true failed: {res.stderr}")
+    sample.update(label="ssh_true", hosts=[host.name])
+    return sample
+
+
+def run_floor(host: th.Host, script: str, label: str) -> Sample:
+    sample, res = timed(host.ssh_argv("sh -s"), input=script, hosts=[host])
+    if res.returncode != 0:
+        raise RuntimeError(f"{label}: floor script failed:\n{res.stdout}\n{res.stderr}")
+    sample.update(label=label, hosts=[host.name])
+    return sample
+
+
+# ---------------------------------------------------------------------------------------------
+# remote-command counting from sshd's own log on each host
+
+
+def sshd_events(host: th.Host) -> list[tuple[float, str]]:
+    out = host.ssh("journalctl -t sshd -t sshd-session -o json --no-pager", timeout=60).stdout
+    events = []
+    for line in out.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        msg = rec.get("MESSAGE") or ""
+        if isinstance(msg, list):  # journald gives non-UTF-8 messages as byte lists
+            msg = bytes(msg).decode(errors="replace")
+        if msg.startswith("Starting session: command"):
+            kind = "exec"
+        elif msg.startswith("Starting session: subsystem"):
+            kind = "sftp"
+        elif msg.startswith("Accepted publickey"):
+            kind = "connect"
+        else:
+            continue
+        events.append((int(rec["__REALTIME_TIMESTAMP"]) / 1e6, kind))
+    return events
+
+
+def attach_counts(samples: list[Sample], events: dict[str, list[tuple[float, str]]]) -> None:
+    for s in samples:
+        per_host = []
+        for name in s["hosts"]:
+            c = {"connect": 0, "exec": 0, "sftp": 0}
+            for ts, kind in events.get(name, []):
+                if s["t0"] <= ts <= s["t1"]:
+                    c[kind] += 1
+            per_host.append(c)
+        s["connects"] = sum(c["connect"] for c in per_host)
+        s["execs"] = sum(c["exec"] for c in per_host)
+        s["sftp"] = sum(c["sftp"] for c in per_host)
+        s["remote_commands"] = s["execs"] + s["sftp"]
+        s["remote_commands_per_host"] = s["remote_commands"] / max(1, len(per_host))
+
+
+# ---------------------------------------------------------------------------------------------
+# DH rotation (once the DH task has landed)
+
+DH_PATHS = ("tasks/dh.py", "files/mailtls-dh-rotate")
+DH_FILE = "/etc/ssl/mailtls/dh.pem"
+ROTATE_BIN = "/usr/local/sbin/mailtls-dh-rotate"
+
+
+def dh_available(allow_uncommitted: bool = False) -> str | None:
+    """None when the DH rotation is in the benched tree (committed, in a git checkout), else why not."""
+    missing = [p for p in DH_PATHS if not (ROOT / p).exists()]
+    if missing:
+        return f"not available yet: {', '.join(missing)} not in the tree"
+    if (ROOT / ".git").exists() and not allow_uncommitted:
+        res = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--error-unmatch", *DH_PATHS],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            return (f"not available yet: {', '.join(DH_PATHS)} not committed (work in progress; "
+                    "--dh-uncommitted measures the working tree anyway)")
+    return None
+
+
+def _times_cpu(text: str) -> float:
+    """CPU seconds of the children from bash `times` output (line 2: children user sys)."""
+    def secs(t: str) -> float:
+        m, s = re.match(r"(\d+)m([\d.]+)s", t).groups()
+        return int(m) * 60 + float(s)
+    child = text.strip().splitlines()[-1].split()
+    return secs(child[0]) + secs(child[1])
+
+
+def dh_prepare(host: th.Host) -> None:
+    """Install the rotation script (as the DH task would) and the shipped RFC 7919 groups."""
+    data = (ROOT / "files" / "mailtls-dh-rotate").read_bytes()
+    cmds = _write_file(ROTATE_BIN, data, "0755")
+    for bits in (3072, 4096):
+        cmds += _write_file(f"/root/ffdhe{bits}.pem", (ROOT / "files" / "dh" / f"ffdhe{bits}.pem").read_bytes(),
+                            "0644")
+    host.ssh("sh -s", input="set -e\n" + "\n".join(cmds) + "\n")
+
+
+def dh_command(source: str, bits: int) -> str:
+    if source == "generated":  # what cron and the deploy's background unit run, with explicit -f/-b
+        return f"{ROTATE_BIN} -f {DH_FILE} -b {bits}"
+    # RFC 7919 groups are fixed: nothing rotates; the only host work is checking a group
+    return f"{ROTATE_BIN} --check /root/{source}.pem {bits}"
+
+
+def measure_dh(host: th.Host, source: str, bits: int) -> dict:
+    """CPU seconds (user+sys of the command and all its children) on the host, via bash `times`."""
+    cmd = dh_command(source, bits)
+    t0 = time.perf_counter()
+    res = host.ssh(f"bash -c {shlex.quote(cmd + ' >/dev/null; times')}", timeout=3600)
+    return {"source": source, "bits": bits, "cpu": _times_cpu(res.stdout),
+            "wall": time.perf_counter() - t0, "command": cmd, "load": loadavg()}
+
+
+def dh_start_background(host: th.Host, bits: int) -> None:
+    """Start one slow generation on the host, detached; dh_collect_background() reads its CPU."""
+    cmd = dh_command("generated", bits)
+    script = f"rm -f /root/bench-dh.times; {cmd} >/dev/null 2>&1; times > /root/bench-dh.times.tmp; " \
+             "mv /root/bench-dh.times.tmp /root/bench-dh.times"
+    host.ssh(f"systemd-run --unit=mailtls-bench-dh --collect --quiet bash -c {shlex.quote(script)}")
+
+
+def dh_collect_background(host: th.Host, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        res = host.ssh("cat /root/bench-dh.times 2>/dev/null", check=False)
+        if res.stdout.strip():
+            return {"cpu": _times_cpu(res.stdout)}
+        time.sleep(5)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def med(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def rotate(items: list, n: int) -> list:
+    n %= max(1, len(items))
+    return items[n:] + items[:n]
+
+
+def one_round(r: int, args, suites: list[str]) -> dict:
+    specs = []
+    for s in suites:
+        c = s[0]
+        specs += [f"bf{c}:{s}", f"ba{c}:{s}", f"bd{c}:{s}"]
+    par = [f"bp{i + 1}:{suites[i % len(suites)]}" for i in range(args.parallel_hosts)]
+    log(f"round {r + 1}: starting {len(specs) + len(par)} stock hosts")
+    started = th.up(specs + par, log=lambda m: log(m))
+    by = {h.name: h for h in started}
+    for h in started:
+        h.ssh(SSHD_VERBOSE)
+    time.sleep(1)
+    floor_h = {s: by[f"bf{s[0]}"] for s in suites}
+    apply_h = {s: by[f"ba{s[0]}"] for s in suites}
+    dep_h = {s: by[f"bd{s[0]}"] for s in suites}
+    par_h = [by[n.split(":")[0]] for n in par]
+    scripts = {}
+    for s in suites:
+        scripts[("floor", s)] = floor_script(floor_h[s], read_fact(floor_h[s]), safety_net=False)
+        scripts[("floor_apply", s)] = floor_script(apply_h[s], read_fact(apply_h[s]), safety_net=True)
+    out: dict[str, list[Sample]] = {}
+
+    def add(key: str, sample: Sample) -> None:
+        out.setdefault(key, []).append(sample)
+
+    # fresh phase: every variant on its own stock host, order rotated per round
+    fresh = []
+    for s in suites:
+        fresh.append((f"floor/{s}", lambda s=s: run_floor(floor_h[s], scripts[("floor", s)], "floor")))
+        fresh.append((f"floor_apply/{s}",
+                      lambda s=s: run_floor(apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
+        fresh.append((f"fresh1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "fresh1", False)))
+    if par_h:
+        fresh.append(("freshN", lambda: run_pyinfra(par_h, "freshN", False)))
+    fresh.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
+    for s in suites:
+        fresh.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+    for key, fn in rotate(fresh, r):
+        sample = fn()
+        add(key, sample)
+        log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
+
+    # no-op phase: converged hosts, repeated, rotated
+    noop = []
+    for s in suites:
+        noop.append((f"noop1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "noop1", True)))
+        noop.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+    if par_h:
+        noop.append(("noopN", lambda: run_pyinfra(par_h, "noopN", True)))
+    noop.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
+    for rep in range(args.noop_reps):
+        for key, fn in rotate(noop, r + rep):
+            sample = fn()
+            add(key, sample)
+            log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
+
+    # the floor did what the deploy does: a real deploy on the floor hosts changes nothing
+    matches = {}
+    for s in suites:
+        for kind, h in (("floor", floor_h[s]), ("floor_apply", apply_h[s])):
+            sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([h]))
+            ok = res.returncode == 0 and results_table(res.stderr)["success"] == 0
+            matches[f"{kind}/{s}"] = ok
+            if not ok:
+                log(f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script")
+
+    events = {h.name: sshd_events(h) for h in started}
+    for samples in out.values():
+        attach_counts([x for x in samples if "hosts" in x], events)
+    return {"samples": out, "floor_matches_deploy": matches}
+
+
+def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
+    keys = sorted({k for rd in rounds for k in rd["samples"]})
+    fig: dict[str, dict] = {}
+    for k in keys:
+        samples = [x for rd in rounds for x in rd["samples"].get(k, [])]
+        entry = {"n": len(samples), "wall_median": med([x["wall"] for x in samples]),
+                 "wall_min": min(x["wall"] for x in samples), "wall_max": max(x["wall"] for x in samples),
+                 "local_cpu_median": med([x["local_cpu"] for x in samples]),
+                 "host_cpu_median": med([x.get("host_cpu") for x in samples]),
+                 "walls": [round(x["wall"], 3) for x in samples]}
+        if any("remote_commands" in x for x in samples):
+            for f in ("remote_commands", "execs", "sftp", "connects", "remote_commands_per_host"):
+                entry[f + "_median"] = med([x.get(f) for x in samples])
+        if any("changes" in x for x in samples):
+            entry["changes_median"] = med([x["changes"] for x in samples])
+        fig[k] = entry
+    w = {k: v["wall_median"] for k, v in fig.items()}
+    ratios = {}
+    for s in suites:
+        ratios[f"fresh1_vs_floor/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"floor/{s}"))
+        ratios[f"fresh1_vs_floor_apply/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"floor_apply/{s}"))
+        ratios[f"floor_apply_vs_floor/{s}"] = ratio(w.get(f"floor_apply/{s}"), w.get(f"floor/{s}"))
+        ratios[f"noop1_vs_ssh_true/{s}"] = ratio(w.get(f"noop1/{s}"), w.get(f"ssh_true/{s}"))
+        ratios[f"pyinfra_version_share_of_noop1/{s}"] = ratio(w.get("pyinfra_version"), w.get(f"noop1/{s}"))
+    if n_par and rounds:
+        one_fresh = max(w[f"fresh1/{s}"] for s in suites)
+        one_noop = max(w[f"noop1/{s}"] for s in suites)
+        ratios["freshN_vs_fresh1"] = ratio(w.get("freshN"), one_fresh)
+        ratios["noopN_vs_noop1"] = ratio(w.get("noopN"), one_noop)
+    loads = [x["load"] for rd in rounds for v in rd["samples"].values() for x in v] or [loadavg()]
+    matches = {}
+    for rd in rounds:
+        for k, ok in rd["floor_matches_deploy"].items():
+            matches[k] = matches.get(k, True) and ok
+    return {"figures": fig, "ratios": ratios, "floor_matches_deploy": matches,
+            "load": {"min": min(loads), "median": med(loads), "max": max(loads)}}
+
+
+def fmt(v, unit="s") -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f} {unit}".strip() if unit else f"{v:.2f}"
+
+
+def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
+    """Markdown table: median wall time, remote commands, CPU on hosts and controller, ratios."""
+    f, r = summary["figures"], summary["ratios"]
+    head = ("Figure", "Wall (median)", "Remote commands", "Host CPU", "Controller CPU", "Ratio", "Target")
+    rows = [head]
+
+    def cmds(k):
+        e = f.get(k, {})
+        if e.get("remote_commands_median") is None:
+            return ""
+        text = (f"{e['remote_commands_median']:.0f} ({e['connects_median']:.0f} conn, "
+                f"{e['sftp_median']:.0f} sftp)")
+        if k in ("freshN", "noopN"):
+            text += f", {e['remote_commands_per_host_median']:.0f}/host"
+        return text
+
+    def row(label, k, ratio_text="", target=""):
+        e = f.get(k)
+        if not e:
+            return
+        rows.append((label, fmt(e["wall_median"]), cmds(k), fmt(e.get("host_cpu_median")),
+                     fmt(e.get("local_cpu_median")), ratio_text, target))
+
+    row("`pyinfra --version` (start-up only)", "pyinfra_version")
+    for s in suites:
+        row(f"`ssh host true` [{s}]", f"ssh_true/{s}")
+        row(f"floor: 1 ssh, writes + reloads [{s}]", f"floor/{s}")
+        row(f"floor + mailtls-apply safety net [{s}]", f"floor_apply/{s}",
+            fmt(r.get(f"floor_apply_vs_floor/{s}"), "x floor"))
+        row(f"fresh converge, 1 host [{s}]", f"fresh1/{s}", fmt(r.get(f"fresh1_vs_floor/{s}"), "x floor"),
+            "<= 1.5x floor")
+        row(f"no-op re-run, 1 host [{s}]", f"noop1/{s}", fmt(r.get(f"noop1_vs_ssh_true/{s}"), "x ssh"),
+            "<= 3x ssh")
+    if n_par:
+        row(f"fresh converge, {n_par} hosts", "freshN", fmt(r.get("freshN_vs_fresh1"), "x 1 host"),
+            "<= 1.5x 1 host")
+        row(f"no-op re-run, {n_par} hosts", "noopN", fmt(r.get("noopN_vs_noop1"), "x 1 host"),
+            "<= 1.5x 1 host")
+    if dh.get("status"):
+        rows.append(("DH rotation", dh["status"], "", "", "", "", ""))
+    for case in dh.get("cases", []):
+        what = "rotation" if case["source"] == "generated" else "check only (fixed group, nothing rotates)"
+        cpu = fmt(case["cpu_median"]) if case["cpu_median"] is not None else case.get("note", "-")
+        rng = (f"n={case['n']}" + (f", {case['cpu_min']:.1f}-{case['cpu_max']:.1f} s" if case.get("cpu_min")
+                                   is not None and case["n"] > 1 else ""))
+        rows.append((f"DH {case['source']} {case['bits']}: {what} [{case['suite']}]",
+                     fmt(case.get("wall_median")), rng, cpu, "", "", ""))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def run_dh(args, suites: list[str], bg: dict) -> dict:
+    """2048/3072 generated and the fixed groups' check, --dh-runs times each, on one host per suite."""
+    names = [f"bh{s[0]}:{s}" for s in suites]
+    started = th.up(names, log=lambda m: log(m))
+    cases = []
+    try:
+        for h in started:
+            dh_prepare(h)
+            for source, bits in (("ffdhe3072", 3072), ("ffdhe4096", 4096), ("generated", 2048),
+                                 ("generated", 3072)):
+                runs = [measure_dh(h, source, bits) for _ in range(args.dh_runs)]
+                cases.append({"suite": h.suite, "source": source, "bits": bits, "n": len(runs),
+                              "what": "rotation" if source == "generated" else
+                              "fixed group: nothing rotates; this is the check of the group",
+                              "cpu_median": med([x["cpu"] for x in runs]),
+                              "cpu_min": min(x["cpu"] for x in runs), "cpu_max": max(x["cpu"] for x in runs),
+                              "wall_median": med([x["wall"] for x in runs]), "runs": runs})
+                log(f"  dh {source} {bits} [{h.suite}] {cases[-1]['cpu_median']:.2f} s CPU")
+    finally:
+        th.down([n.split(":")[0] for n in names])
+    if bg.get("host"):
+        log("waiting for the background 4096-bit generation")
+        got = dh_collect_background(bg["host"], timeout=args.dh_4096_timeout)
+        cases.append({"suite": bg["host"].suite, "source": "generated", "bits": 4096, "n": 1,
+                      "what": "rotation (once, in the background, nice 19, during the other runs)",
+                      "cpu_median": got["cpu"] if got else None,
+                      "note": None if got else f"not finished after {args.dh_4096_timeout:.0f} s"})
+    return {"cases": cases, "tree": "committed" if not dh_available() else "working tree (uncommitted)"}
+
+
+def reexec_at(rev: str) -> int:
+    """Export `rev` to a temporary directory, copy this script into it, and run it there."""
+    import tempfile
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    tree = Path(tempfile.mkdtemp(prefix=f"mailtls-bench-{sha[:8]}-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    (tree / "bench").mkdir(exist_ok=True)
+    (tree / "bench" / "bench.py").write_bytes(Path(__file__).read_bytes())
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--rev":
+            skip = True
+            continue
+        if a.startswith("--rev="):
+            continue
+        argv.append(a)
+    if not any(a == "--output" or a.startswith("--output=") for a in argv):
+        argv += ["--output", str(RESULTS)]
+    log(f"benching {rev} ({sha[:10]}) from {tree}")
+    env = dict(os.environ, MAILTLS_BENCH_REV=f"{rev} {sha}")
+    try:
+        return subprocess.run([sys.executable, str(tree / "bench" / "bench.py"), *argv], env=env).returncode
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(tree)])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="rounds of fresh hosts (medians over them)")
+    ap.add_argument("--noop-reps", type=int, default=3, help="no-op repetitions per round")
+    ap.add_argument("--parallel-hosts", type=int, default=10, help="hosts for the parallel case (0: skip)")
+    ap.add_argument("--suites", default=",".join(SUITES))
+    ap.add_argument("--dh", action="store_true", help="measure DH rotation CPU (once the DH task landed)")
+    ap.add_argument("--dh-runs", type=int, default=3)
+    ap.add_argument("--dh-4096", action="store_true",
+                    help="also generated 4096-bit DH, once, in the background on its own host (~7 min)")
+    ap.add_argument("--dh-4096-timeout", type=float, default=1800)
+    ap.add_argument("--dh-uncommitted", action="store_true",
+                    help="measure the DH rotation from the working tree even if it is not committed")
+    ap.add_argument("--output", default=str(RESULTS))
+    ap.add_argument("--rev", help="bench this git revision (exported with git archive to a temporary "
+                    "directory) instead of the working tree, which others may be editing")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        ap.error("needs root (systemd-nspawn test hosts)")
+    if args.rev:
+        return reexec_at(args.rev)
+    suites = [s for s in args.suites.split(",") if s]
+    names = ([f"b{k}{s[0]}" for s in suites for k in "fad"] + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
+             + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else []))
+    # One bench at a time: each one stops its hosts (same names) when it ends.
+    lock = open("/run/mailtls-bench.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        ap.error("another bench/bench.py is running (its hosts have the same names)")
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    rounds = []
+    dh: dict = {"status": "not measured (run with --dh)"}
+    dh_why = dh_available(args.dh_uncommitted)
+    bg: dict = {}
+    try:
+        if (args.dh or args.dh_4096) and not dh_why and args.dh_4096:
+            bg["host"] = th.up([f"bh4:{suites[-1]}"], log=lambda m: log(m))[0]
+            dh_prepare(bg["host"])
+            dh_start_background(bg["host"], 4096)
+            log("started the 4096-bit DH generation in the background on bh4")
+        for r in range(args.runs):
+            rounds.append(one_round(r, args, suites))
+        if dh_why:
+            dh = {"status": dh_why}
+        elif args.dh or args.dh_4096:
+            dh = run_dh(args, suites, bg)
+    finally:
+        log("stopping bench hosts")
+        th.down(names)
+    summary = summarise(rounds, suites, args.parallel_hosts)
+    result = {
+        "command": "bench/bench.py " + " ".join(sys.argv[1:]),
+        "started": started_at, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
+                    "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]},
+        "pyinfra": subprocess.run([PYINFRA, "--version"], capture_output=True, text=True).stdout.strip(),
+        "tree": (f"git revision {os.environ['MAILTLS_BENCH_REV']} (clean export)"
+                 if os.environ.get("MAILTLS_BENCH_REV") else "working tree of " + subprocess.run(
+                     ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                     capture_output=True, text=True).stdout.strip()),
+        "targets": TARGETS, **summary, "dh": dh,
+        "raw": [{k: v for k, v in rd["samples"].items()} for rd in rounds],
+    }
+    Path(args.output).write_text(json.dumps(result, indent=1, default=str) + "\n")
+    print(table(summary, suites, args.parallel_hosts, dh))
+    ld = summary["load"]
+    print(f"\nload average during the runs: min {ld['min']:.2f}, median {ld['median']:.2f}, "
+          f"max {ld['max']:.2f} on {os.cpu_count()} CPUs; floor equals deploy: "
+          f"{all(summary['floor_matches_deploy'].values())}; results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
