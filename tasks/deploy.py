@@ -10,15 +10,10 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from tasks import dovecot_conf, ops, postfix_conf
+from tasks import dh, dovecot_conf, ops, postfix_conf
 from tasks.facts import MailHost
 from tasks.policy import resolve
 from tasks.settings import Settings, validate
-
-try:  # the DH task lands separately; until then only profiles without DHE are deployable
-    from tasks import dh
-except ImportError:  # pragma: no cover
-    dh = None
 
 
 def settings_for(current_host=None) -> Settings:
@@ -39,7 +34,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     """
     settings = settings or settings_for()
     apply_script = (ops.FILES / "mailtls-apply").read_bytes()
-    files = (ops.APPLY, dovecot_conf.CONF_PATH) + tuple(getattr(dh, "DH_FACT_FILES", ()))
+    files = (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings))
     info = host.get_fact(MailHost, files=files)
     caps = info["caps"]
     if caps.postfix is None:
@@ -51,10 +46,8 @@ def mail_tls(settings: Settings | None = None) -> None:
 
     ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
                   dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
-    if dh is not None:
-        dh.apply_dh(settings, policy, info)
-    elif policy.offers_dhe:
-        raise RuntimeError(f"{host.name}: profile {policy.name} needs the DH task")
+    # The fact was read before the DH task could mark a reload pending: tell the commits directly.
+    dh_changed = dh.apply_dh(settings, policy, info)
 
     pf = postfix_conf.render(
         policy, caps, info["postconf"], info["services"],
@@ -65,7 +58,7 @@ def mail_tls(settings: Settings | None = None) -> None:
                                  postconf=info["postconf"], services=info["services"],
                                  master_params=info["master_params"])
     ops.commit(name="Postfix: check, reload, probe", daemon="postfix",
-               needed=pf_op.will_change or "postfix" in info["pending"])
+               needed=pf_op.will_change or dh_changed or "postfix" in info["pending"])
 
     if caps.dovecot is None:
         logger.info(f"{host.name}: Dovecot is not installed, skipping it")
@@ -75,4 +68,4 @@ def mail_tls(settings: Settings | None = None) -> None:
                           dest=dovecot_conf.CONF_PATH,
                           current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending="dovecot")
     ops.commit(name="Dovecot: check, reload, probe", daemon="dovecot",
-               needed=dc_op.will_change or "dovecot" in info["pending"])
+               needed=dc_op.will_change or dh_changed or "dovecot" in info["pending"])
