@@ -22,10 +22,17 @@ class SettingsError(ValueError):
     """Bad host data: one line naming the key and the host."""
 
 
-# Paths go into main.cf, master.cf, Dovecot config and shell commands: allow only plain absolute paths.
-_SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+-]*$")
-_CRON_FIELD = re.compile(r"^[0-9*/,-]+$")
-_BOOL_WORDS = {"on": True, "off": False, "yes": True, "no": False}
+# Paths go into main.cf, master.cf, Dovecot config and shell commands: allow only plain absolute
+# paths. fullmatch, not `$`: `$` also matches before a trailing newline, which would end a config line.
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
+_MAX_PATH = 4095  # PATH_MAX less the terminating NUL
+# Where certificates and keys live: a DH file there would overwrite one of them.
+_CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
+# Cron fields: (name, lowest, highest); day of week 7 is Sunday, as 0.
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
+                ("day of week", 0, 7))
+_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
+_BOOL_WORDS = {"on": True, "off": False, "yes": True, "no": False, "true": True, "false": False}
 
 
 def _bool(value: Any) -> bool:
@@ -48,10 +55,12 @@ def _choice(*allowed: Any) -> Callable[[Any], Any]:
 
 
 def _path_or_none(value: Any) -> str | None:
-    if value in (None, ""):
+    if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _SAFE_PATH.match(value) or "/../" in value + "/":
+    if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or "/../" in value + "/":
         raise ValueError("expected an absolute path of letters, digits and ._/+- only")
+    if value.endswith("/") or len(value) > _MAX_PATH:
+        raise ValueError("expected the path of a file (no trailing /, at most 4095 characters)")
     return value
 
 
@@ -72,12 +81,31 @@ def _dh_bits(value: Any) -> int:
     return _choice(2048, 3072, 4096)(value)
 
 
+def _cron_field(text: str, name: str, low: int, high: int) -> None:
+    for item in text.split(","):
+        m = _CRON_ITEM.fullmatch(item)
+        if not m:
+            raise ValueError(f"{name} field {text!r}: expected *, N, N-M, */S or N-M/S")
+        first, last, step = m.group(2), m.group(3), m.group(4)
+        for number in (first, last):
+            if number is not None and not low <= int(number) <= high:
+                raise ValueError(f"{name} field {text!r}: {int(number)} is outside {low}-{high}")
+        if first is not None and last is not None and int(first) > int(last):
+            raise ValueError(f"{name} field {text!r}: range {first}-{last} runs backwards")
+        if step is not None and not 1 <= int(step) <= high:
+            raise ValueError(f"{name} field {text!r}: step {int(step)} is outside 1-{high}")
+
+
 def _cron(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected five cron fields, e.g. '17 4 * * 0'")
     parts = value.split()
-    if len(parts) != 5 or not all(_CRON_FIELD.match(p) for p in parts):
-        raise ValueError("expected five cron fields of digits and * / , - only, e.g. '17 4 * * 0'")
+    # Only digits and * / , -: no @reboot, names, % (a newline to cron) or shell characters.
+    if len(parts) != 5:
+        raise ValueError("expected five cron fields (minute hour day-of-month month day-of-week), "
+                         "e.g. '17 4 * * 0'")
+    for part, (name, low, high) in zip(parts, _CRON_FIELDS):
+        _cron_field(part, name, low, high)
     return " ".join(parts)
 
 
@@ -152,10 +180,15 @@ assert [f.name for f in fields(Settings)] == [s.key for s in SETTINGS], "Setting
 
 def validate(data: Mapping[str, Any], host: str) -> Settings:
     """Check every key we own in `data` (host data, after group data and --data) for `host`."""
-    for key in sorted(data):
-        if key.startswith(OUR_PREFIXES) and key not in _BY_KEY:
-            close = [k for k in _BY_KEY if k.split("_")[0] == key.split("_")[0]]
-            hint = f" (known: {', '.join(close)})" if close else ""
+    for key in sorted(map(str, data)):
+        # TLS_Profile and tls-profile are typos of ours too: refuse them rather than ignore them.
+        norm = key.lower().replace("-", "_")
+        if norm.startswith(OUR_PREFIXES) and key not in _BY_KEY:
+            if norm in _BY_KEY:
+                hint = f" (did you mean {norm}?)"
+            else:
+                close = [k for k in _BY_KEY if k.split("_")[0] == norm.split("_")[0]]
+                hint = f" (known: {', '.join(close)})" if close else ""
             raise SettingsError(f"{host}: unknown setting {key!r}{hint}")
     values = {}
     for setting in SETTINGS:
@@ -180,6 +213,14 @@ def _check_combinations(s: Settings, host: str) -> None:
     for cert, key in (("postfix_cert_file", "postfix_key_file"), ("dovecot_cert_file", "dovecot_key_file")):
         if (getattr(s, cert) is None) != (getattr(s, key) is None):
             raise SettingsError(f"{host}: set {cert} and {key} together")
+    # The deploy writes dh_file: it must not be (or sit among) the certificates and keys.
+    for other in ("postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file"):
+        if getattr(s, other) == s.dh_file:
+            raise SettingsError(f"{host}: dh_file={s.dh_file!r} is also {other}: the DH parameters "
+                                "would overwrite it")
+    if s.dh_file.startswith(_CERT_DIRS) or not s.dh_file.endswith(".pem"):
+        raise SettingsError(f"{host}: dh_file={s.dh_file!r}: expected a .pem file outside "
+                            f"{' and '.join(_CERT_DIRS)} (the deploy writes it)")
 
 
 def defaults() -> dict[str, Any]:

@@ -1,0 +1,294 @@
+"""Every validation rule of tasks/settings.py: each bad value is refused with one line naming the
+host and the key; each good value is accepted and normalised."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.settings import SETTINGS, OUR_PREFIXES, Settings, SettingsError, defaults, validate
+
+HOST = "mx7.example.org"
+
+
+def refused(data: dict, *names: str) -> str:
+    """Validate `data` for HOST, expect a SettingsError; return its message after checking it is
+    one line naming the host and every one of `names`."""
+    with pytest.raises(SettingsError) as caught:
+        validate(data, HOST)
+    msg = str(caught.value)
+    assert "\n" not in msg and "\r" not in msg, msg
+    assert msg.startswith(f"{HOST}: "), msg
+    for name in names:
+        assert name in msg, (name, msg)
+    return msg
+
+
+def test_defaults_are_valid_and_complete():
+    s = validate({}, HOST)
+    assert isinstance(s, Settings)
+    assert {k: getattr(s, k) for k in defaults()} == defaults()
+
+
+def test_other_host_data_is_ignored():
+    # pyinfra's own keys and the user's unrelated data are not ours to judge
+    s = validate({"ssh_user": "root", "ssh_port": 22, "backup_dir": "/x; rm -rf /"}, HOST)
+    assert s.tls_profile == "intermediate"
+
+
+# --- types and allowed values -------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["intermediate", "modern", "legacy-dhe"])
+def test_tls_profile_allowed(value):
+    assert validate({"tls_profile": value}, HOST).tls_profile == value
+
+
+@pytest.mark.parametrize("value", ["old", "Modern", " modern", "", None, 1, True, ["modern"]])
+def test_tls_profile_refused(value):
+    msg = refused({"tls_profile": value}, "tls_profile")
+    assert "intermediate, modern, legacy-dhe" in msg
+
+
+@pytest.mark.parametrize("key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions",
+                                 "dh_rotation"])
+@pytest.mark.parametrize("value,expected", [(True, True), (False, False), ("on", True), ("off", False),
+                                            ("yes", True), ("NO", False), ("true", True),
+                                            ("False", False)])
+def test_booleans_accepted(key, value, expected):
+    data = {key: value}
+    if key == "dh_rotation" and expected:
+        data["dh_source"] = "generated"
+    assert getattr(validate(data, HOST), key) is expected
+
+
+@pytest.mark.parametrize("key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions",
+                                 "dh_rotation"])
+@pytest.mark.parametrize("value", [1, 0, "1", "enabled", "", None, [True]])
+def test_booleans_refused(key, value):
+    msg = refused({key: value}, key)
+    assert "true/false" in msg
+
+
+@pytest.mark.parametrize("value", ["ffdhe3072", "ffdhe4096", "generated"])
+def test_dh_source_allowed(value):
+    assert validate({"dh_source": value}, HOST).dh_source == value
+
+
+@pytest.mark.parametrize("value", ["ffdhe2048", "dsaparam", "rfc3526", "", None, 3072])
+def test_dh_source_refused(value):
+    refused({"dh_source": value}, "dh_source", "ffdhe3072, ffdhe4096, generated")
+
+
+# --- ranges -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value,expected", [(2048, 2048), (3072, 3072), (4096, 4096), ("2048", 2048)])
+def test_dh_bits_allowed(value, expected):
+    assert validate({"dh_source": "generated", "dh_bits": value}, HOST).dh_bits == expected
+
+
+@pytest.mark.parametrize("value", [512, 1024, 2047, "1024", 0, -4096])
+def test_dh_bits_below_2048_refused_as_breakable(value):
+    refused({"dh_source": "generated", "dh_bits": value}, "dh_bits", "2048 bits at least")
+
+
+@pytest.mark.parametrize("value", [2049, 3000, 8192, 16384])
+def test_dh_bits_other_sizes_refused(value):
+    refused({"dh_source": "generated", "dh_bits": value}, "dh_bits", "2048, 3072, 4096")
+
+
+@pytest.mark.parametrize("value", [True, 3072.0, "3072 ", "3k", None, [3072]])
+def test_dh_bits_wrong_type_refused(value):
+    refused({"dh_source": "generated", "dh_bits": value}, "dh_bits")
+
+
+# --- unknown keys with our prefixes -------------------------------------------------------------
+
+@pytest.mark.parametrize("key,hint", [
+    ("tls_profil", "tls_profile"),
+    ("dh_bit", "dh_bits"),
+    ("postfix_cert", "postfix_cert_file"),
+    ("dovecot_ssl_cert", "dovecot_cert_file"),
+    ("mailtls_debug", None),
+    ("TLS_Profile", "did you mean tls_profile"),
+    ("tls-profile", "did you mean tls_profile"),
+    ("DH_BITS", "did you mean dh_bits"),
+])
+def test_unknown_keys_with_our_prefixes_refused(key, hint):
+    msg = refused({key: "x"}, repr(key), "unknown setting")
+    if hint:
+        assert hint in msg
+
+
+def test_every_prefix_is_checked():
+    for prefix in OUR_PREFIXES:
+        refused({f"{prefix}no_such_thing": 1}, f"{prefix}no_such_thing")
+
+
+def test_unknown_key_reported_before_a_bad_value():
+    # the typo is the likelier cause: name it, not the value that then falls back to a default
+    refused({"tls_profile": "old", "tls_profle": "modern"}, "tls_profle")
+
+
+# --- paths: shell and config metacharacters ------------------------------------------------------
+
+PATH_KEYS = ("postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file", "dh_file")
+BAD_PATHS = [
+    "etc/ssl/x.pem",                  # relative
+    "~/x.pem",
+    "/etc/ssl/x.pem; reboot",        # shell
+    "/etc/ssl/$(reboot).pem",
+    "/etc/ssl/`id`.pem",
+    "/etc/ssl/x.pem|cat",
+    "/etc/ssl/x.pem&",
+    "/etc/ssl/x y.pem",               # space splits a postconf/doveconf value
+    "/etc/ssl/x.pem\n",               # a trailing newline would end the config line
+    "/etc/ssl/x.pem\nssl = no",
+    "/etc/ssl/x.pem\tx",
+    "/etc/ssl/x.pem#c",               # comment in main.cf / dovecot.conf
+    "/etc/ssl/x=.pem",
+    "/etc/ssl/{x}.pem",
+    "/etc/ssl/x.pem,/y",               # list separator in postconf
+    "</etc/ssl/x.pem",                # Dovecot 2.3 include syntax
+    "/etc/ssl/'x'.pem",
+    '/etc/ssl/"x".pem',
+    "/etc/ssl/x\\.pem",
+    "/etc/ssl/*.pem",
+    "/etc/ssl/../shadow.pem",         # traversal
+    "/etc/ssl/..",
+    "/etc/ssl/dir/",                  # a directory
+    "/etc/ssl/é.pem",
+    "/" + "a" * 4095,
+    5,
+    ["/etc/ssl/x.pem"],
+]
+
+
+@pytest.mark.parametrize("key", PATH_KEYS)
+@pytest.mark.parametrize("value", BAD_PATHS, ids=range(len(BAD_PATHS)))
+def test_unsafe_paths_refused(key, value):
+    pair = {"postfix_cert_file": "postfix_key_file", "postfix_key_file": "postfix_cert_file",
+            "dovecot_cert_file": "dovecot_key_file", "dovecot_key_file": "dovecot_cert_file"}
+    data = {key: value}
+    if key in pair:
+        data[pair[key]] = "/etc/ssl/ok.pem"
+    refused(data, key)
+
+
+@pytest.mark.parametrize("value", ["/etc/ssl/mailtls/cert+chain.pem", "/etc/letsencrypt/live/mx-1.example.org/fullchain.pem",
+                                   "/srv/tls/MX_1.crt"])
+def test_plain_paths_accepted(value):
+    s = validate({"postfix_cert_file": value, "postfix_key_file": "/etc/ssl/private/k.key"}, HOST)
+    assert s.postfix_cert_file == value
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_cert_paths_may_be_unset(value):
+    assert validate({"dovecot_cert_file": value, "dovecot_key_file": value}, HOST).dovecot_cert_file is None
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_dh_file_is_required(value):
+    refused({"dh_file": value}, "dh_file", "required")
+
+
+# --- cron fields --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value,expected", [
+    ("17 4 * * 0", "17 4 * * 0"),
+    ("  */30  3 * *   1 ", "*/30 3 * * 1"),
+    ("0 0 1 1 7", "0 0 1 1 7"),
+    ("0,30 1-5/2 1-31 */3 1-5", "0,30 1-5/2 1-31 */3 1-5"),
+    ("59 23 31 12 6", "59 23 31 12 6"),
+])
+def test_cron_schedules_accepted(value, expected):
+    assert validate({"dh_rotation_schedule": value}, HOST).dh_rotation_schedule == expected
+
+
+@pytest.mark.parametrize("value,why", [
+    ("17 4 * *", "five cron fields"),
+    ("17 4 * * 0 root", "five cron fields"),
+    ("@weekly", "five cron fields"),
+    ("", "five cron fields"),
+    ("60 4 * * 0", "minute"),
+    ("17 24 * * 0", "hour"),
+    ("17 4 0 * *", "day of month"),
+    ("17 4 32 * *", "day of month"),
+    ("17 4 * 13 *", "month"),
+    ("17 4 * 0 *", "month"),
+    ("17 4 * * 8", "day of week"),
+    ("*/0 4 * * 0", "step"),
+    ("5-1 4 * * 0", "backwards"),
+    ("17 4 * jan sun", "month"),
+    ("17 4 * * 0;reboot", "day of week"),
+    ("17 4 * * $(id)", "day of week"),
+    ("17 4 * * %", "day of week"),        # % is a newline to cron
+    ("1,,2 4 * * 0", "minute"),
+    ("- 4 * * 0", "minute"),
+    ("17 4 * * 1-", "day of week"),
+    (17, "five cron fields"),
+    (None, "five cron fields"),
+])
+def test_cron_schedules_refused(value, why):
+    refused({"dh_rotation_schedule": value}, "dh_rotation_schedule", why)
+
+
+def test_cron_schedule_newline_cannot_add_a_job():
+    # split() treats the newline as a separator: six fields, refused
+    refused({"dh_rotation_schedule": "17 4 * * 0\n* * * * * reboot"}, "dh_rotation_schedule")
+
+
+# --- combinations -------------------------------------------------------------------------------
+
+def test_rotation_needs_generated_parameters():
+    refused({"dh_rotation": True}, "dh_rotation", "dh_source=generated")
+    refused({"dh_rotation": "yes", "dh_source": "ffdhe4096"}, "dh_rotation", "ffdhe4096")
+    assert validate({"dh_rotation": True, "dh_source": "generated"}, HOST).dh_rotation
+
+
+def test_dh_bits_only_with_generated_parameters():
+    refused({"dh_source": "ffdhe3072", "dh_bits": 4096}, "dh_bits", "dh_source=generated")
+    refused({"dh_source": "ffdhe4096", "dh_bits": 2048}, "dh_bits", "ffdhe4096")
+    # the default (3072), or the group's own size, is not a contradiction
+    assert validate({"dh_source": "ffdhe4096"}, HOST).dh_bits == 3072
+    assert validate({"dh_source": "ffdhe4096", "dh_bits": 4096}, HOST).dh_source == "ffdhe4096"
+
+
+@pytest.mark.parametrize("daemon", ["postfix", "dovecot"])
+def test_cert_and_key_go_together(daemon):
+    refused({f"{daemon}_cert_file": "/etc/ssl/c.pem"}, f"{daemon}_cert_file", f"{daemon}_key_file")
+    refused({f"{daemon}_key_file": "/etc/ssl/k.pem"}, f"{daemon}_cert_file", f"{daemon}_key_file")
+
+
+@pytest.mark.parametrize("key", ["postfix_cert_file", "postfix_key_file", "dovecot_cert_file",
+                                 "dovecot_key_file"])
+def test_dh_file_must_not_overwrite_a_certificate_or_key(key):
+    daemon = key.split("_")[0]
+    data = {f"{daemon}_cert_file": "/srv/tls/c.pem", f"{daemon}_key_file": "/srv/tls/k.pem"}
+    data[key] = data["dh_file"] = "/srv/tls/shared.pem"
+    refused(data, "dh_file", key, "overwrite")
+
+
+@pytest.mark.parametrize("value", ["/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/dh.pem",
+                                   "/etc/passwd", "/etc/postfix/main.cf", "/etc/ssl/mailtls/dh"])
+def test_dh_file_must_be_a_pem_file_outside_the_certificate_stores(value):
+    refused({"dh_file": value}, "dh_file", ".pem")
+
+
+def test_dh_file_elsewhere_accepted():
+    assert validate({"dh_file": "/etc/postfix/dh.pem"}, HOST).dh_file == "/etc/postfix/dh.pem"
+
+
+# --- every setting has at least one refused value here ------------------------------------------
+
+def test_every_setting_is_covered():
+    bad = {"tls_profile": "x", "tls_pq_hybrid": "x", "postfix_cert_file": "x", "postfix_key_file": "x",
+           "dovecot_cert_file": "x", "dovecot_key_file": "x", "postfix_submission": "x",
+           "postfix_submissions": "x", "dh_source": "x", "dh_bits": "x", "dh_file": "x",
+           "dh_rotation": "x", "dh_rotation_schedule": "x"}
+    assert set(bad) == {s.key for s in SETTINGS}, "a new setting needs its validation tests"
+    for key, value in bad.items():
+        refused({key: value}, key)
+
+
+def test_host_name_is_whatever_pyinfra_calls_it():
+    with pytest.raises(SettingsError, match=r"^10\.213\.0\.2: tls_profile="):
+        validate({"tls_profile": "x"}, "10.213.0.2")
