@@ -529,14 +529,23 @@ def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
             "<= 1.5x 1 host")
     if dh.get("status"):
         rows.append(("DH rotation", dh["status"], "", "", "", "", ""))
-    for case in dh.get("cases", []):
-        what = "rotation" if case["source"] == "generated" else "check only (fixed group, nothing rotates)"
-        cpu = fmt(case["cpu_median"]) if case["cpu_median"] is not None else case.get("note", "-")
-        rng = (f"n={case['n']}" + (f", {case['cpu_min']:.1f}-{case['cpu_max']:.1f} s" if case.get("cpu_min")
-                                   is not None and case["n"] > 1 else ""))
-        rows.append((f"DH {case['source']} {case['bits']}: {what} [{case['suite']}]",
-                     fmt(case.get("wall_median")), rng, cpu, "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    if len(rows) == 1:  # no rounds (--runs 0)
+        lines = []
+    if dh.get("cases"):
+        lines += ["", _md([("DH case", "Host CPU (median)", "CPU range", "Wall (median)", "Runs")] + [
+            (f"{c['source']} {c['bits']} [{c['suite']}]: "
+             + ("rotation" if c["source"] == "generated" else "check only (fixed group, nothing rotates)"),
+             fmt(c["cpu_median"]) if c["cpu_median"] is not None else c.get("note") or "-",
+             f"{c['cpu_min']:.1f}-{c['cpu_max']:.1f} s" if c.get("cpu_min") is not None and c["n"] > 1 else "",
+             fmt(c.get("wall_median")), str(c["n"])) for c in dh["cases"]])]
+    return "\n".join(lines)
+
+
+def _md(rows: list[tuple]) -> str:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
