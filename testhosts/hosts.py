@@ -191,6 +191,19 @@ def _sweep_dead() -> None:
             _stop(host.name, host.pid, host.index)
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
+def _raise_inotify_limit(minimum: int = 1024) -> None:
+    """Every booted systemd takes inotify instances from root's shared budget (default 128);
+    a dozen hosts exhaust it and the next one fails to boot with "Too many open files"."""
+    try:
+        if int(INOTIFY_INSTANCES.read_text()) < minimum:
+            INOTIFY_INSTANCES.write_text(str(minimum))
+    except OSError:
+        pass  # not ours to change here: hosts may still boot
+
+
 def _free_index(taken: set[int]) -> int:
     links = _run("ip", "-o", "link", "show").stdout
     for i in range(MAX_HOSTS):
@@ -286,6 +299,7 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
         raise ValueError("duplicate host names")
     images = image.build_all({s for _, s in plan}, log=log)
     _ensure_key()
+    _raise_inotify_limit()
     hosts = []
     with _registry_lock():
         _sweep_dead()
