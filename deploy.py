@@ -17,8 +17,11 @@ from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from tasks.deploy import mail_tls  # noqa: E402
 from tasks.settings import SettingsError, validate  # noqa: E402
 
-# Every host's settings are checked before any operation runs on any host: one bad value
-# stops the whole run with a one-line error, and no host is changed.
+# Every host's settings are checked before any operation or fact runs on any host: one bad
+# value stops the whole run with a one-line error, and no host is changed. pyinfra has logged in
+# by then (nothing more): 3.10 has no hook between loading the inventory with --data merged and
+# connecting (config.py runs before the inventory exists; State.init() drops callback handlers
+# registered earlier). Unreachable hosts are in state.inventory too: they are checked as well.
 try:
     for each in state.inventory:
         validate(each.data.dict(), each.name)

@@ -81,14 +81,16 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
         host.noop("Postfix TLS settings are in place")
         return
     commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}"]
-    if main:
-        commands.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in main.items()))
+    # One postconf per parameter: given several new ones at once, postconf appends them in the
+    # order of its randomised hash table, so the same run would write different main.cf bytes.
+    for k, v in main.items():
+        commands.append(f"postconf -e {shlex.quote(f'{k}={v}')}")
     if remove:
         commands.append("postconf -X " + " ".join(remove))
     for svc, line in create.items():
         commands.append(f"postconf -M {shlex.quote(f'{svc}={line}')}")
-    if params:
-        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items()))
+    for k, v in params.items():
+        commands.append(f"postconf -P {shlex.quote(f'{k}={v}')}")
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)
