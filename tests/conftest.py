@@ -45,9 +45,8 @@ def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None =
     """`pyinfra -y inventory.py SCRIPT ARGS` against local test hosts (named `hosts`, via
     MAILTLS_TESTHOSTS); output captured as text."""
     names = ",".join(h.name for h in (hosts if isinstance(hosts, (list, tuple)) else [hosts]))
-    full_env = dict(os.environ, MAILTLS_TESTHOSTS=names, **(env or {}))
-    full_env.pop("MAILTLS_HOSTS", None)
-    full_env.pop("MAILTLS_HOSTS_FILE", None)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE")}
+    full_env.update(MAILTLS_TESTHOSTS=names, **(env or {}))  # env= may name a hosts file
     yes = [] if "--dry" in args else ["-y"]  # -y skips the change report a dry run exists for
     res = subprocess.run([PYINFRA, *yes, "inventory.py", script, *args], cwd=ROOT, env=full_env,
                          capture_output=True, text=True, timeout=timeout)
