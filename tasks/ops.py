@@ -26,12 +26,16 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _upload(data: bytes, dest: str, mode: str) -> list:
-    """Upload next to `dest`, then rename: the file is whole or absent, never half-written."""
+def _upload(data: bytes, dest: str, mode: str, before: str | None = None) -> list:
+    """Upload next to `dest`, then rename: the file is whole or absent, never half-written.
+
+    `before`: a command to run first, in the same round trip as the mkdir.
+    """
     tmp = f"{dest}.mailtls-new"
     q_tmp, q_dest = shlex.quote(tmp), shlex.quote(dest)
+    mkdir = f"mkdir -p {shlex.quote(str(Path(dest).parent))}"
     return [
-        StringCommand(f"mkdir -p {shlex.quote(str(Path(dest).parent))}"),
+        StringCommand(f"{before} && {mkdir}" if before else mkdir),
         FileUploadCommand(io.BytesIO(data), tmp),
         StringCommand(f"chmod {mode} {q_tmp} && mv -f {q_tmp} {q_dest}"),
     ]
@@ -55,9 +59,8 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     if current_sha256 == sha256(data):
         host.noop(f"{dest} is up to date")
         return
-    if pending:
-        yield f"{APPLY} begin {pending} {shlex.quote(dest)}"
-    yield from _upload(data, dest, mode)
+    before = f"{APPLY} begin {pending} {shlex.quote(dest)}" if pending else None
+    yield from _upload(data, dest, mode, before)
 
 
 @operation()
