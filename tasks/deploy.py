@@ -66,6 +66,6 @@ def mail_tls(settings: Settings | None = None) -> None:
     text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file, settings.dovecot_key_file)
     dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=text.encode(),
                           dest=dovecot_conf.CONF_PATH,
-                          current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending="dovecot")
+                          current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
     ops.commit(name="Dovecot: check, reload, probe", daemon="dovecot",
                needed=dc_op.will_change or dh_changed or "dovecot" in info["pending"])

@@ -24,20 +24,17 @@ pass `dh_fact_files(settings)` in its `files=`. `plan()` is pure and holds all t
 
 from __future__ import annotations
 
-import hashlib
-import io
-import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import QuoteString, StringCommand, deploy, operation
 from pyinfra.api import FactBase
 from pyinfra.facts.files import Sha256File
 from pyinfra.operations import crontab
 
-from tasks.ops import APPLY
+from tasks.ops import put_bytes, sha256
 from tasks.policy import MIN_DH_BITS, Policy
 from tasks.settings import Settings, defaults
 
@@ -77,12 +74,8 @@ def shipped_group(bits: int) -> Path:
     return FILES_DIR / "dh" / f"ffdhe{bits}.pem"
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_path(path: Path) -> str:
-    return sha256_bytes(path.read_bytes())
+    return sha256(path.read_bytes())
 
 
 def rotate_conf(settings: Settings) -> str:
@@ -147,7 +140,7 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
     if current is None:
         params = shipped_group(settings.dh_bits)
         params_why = f"placeholder ffdhe{settings.dh_bits} until generated parameters are ready"
-    stamp_ok = current is not None and files.get(ROTATE_STAMP) == sha256_bytes(
+    stamp_ok = current is not None and files.get(ROTATE_STAMP) == sha256(
         rotate_stamp(dh_file, settings.dh_bits, current).encode())
     running = ROTATE_RUNNING in files
     if stamp_ok:
@@ -160,52 +153,6 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
         start, why = True, (f"{dh_file} is not (yet) {settings.dh_bits}-bit parameters generated "
                             "here (placeholder, other settings, or an interrupted run)")
     return DhPlan(dh_file, params, params_why, True, start, why, settings.dh_rotation)
-
-
-@operation()
-def put_atomic(dest: str, current_sha256: str | None, src: Path | str | None = None,
-               text: str | None = None, mode: str = "644", pending: tuple[str, ...] = ()):
-    """
-    Upload a file under a temporary name in its target directory, then rename it into place.
-
-    + dest: remote path
-    + current_sha256: checksum of ``dest`` as a fact already read it (None: absent)
-    + src: local file to upload
-    + text: or this string
-    + mode: octal mode of the installed file
-    + pending: daemons that read this file: first `mailtls-apply begin DAEMON dest` (keep a
-      copy for rollback, mark a reload pending: their config may not change when only this
-      file does)
-
-    A reader (smtpd starting, a running rotation script) sees the old file or the new one, never
-    half of one; files.put writes in place. No-op when the checksums match.
-
-    **Example:**
-
-    .. code:: python
-
-        put_atomic(
-            name="DH parameters",
-            src="files/dh/ffdhe3072.pem",
-            dest="/etc/ssl/mailtls/dh.pem",
-            current_sha256=info["files"].get("/etc/ssl/mailtls/dh.pem"),
-            pending=("postfix", "dovecot"),
-        )
-    """
-    if (src is None) == (text is None):
-        raise TypeError("put_atomic needs src or text, not both")
-    data = text.encode() if text is not None else Path(src).read_bytes()
-    if current_sha256 == sha256_bytes(data):
-        host.noop(f"{dest} is up to date")
-        return
-    directory, base = posixpath.split(dest)
-    temp = f"{directory}/.{base}.mailtls-upload"
-    for daemon in pending:
-        yield StringCommand(APPLY, "begin", daemon, QuoteString(dest))
-    yield StringCommand("mkdir", "-p", QuoteString(directory))
-    yield FileUploadCommand(io.BytesIO(data), temp)
-    yield StringCommand("chmod", mode, QuoteString(temp), "&&",
-                        "mv", "-f", QuoteString(temp), QuoteString(dest))
 
 
 @operation()
@@ -315,16 +262,16 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     dh_op = None
     if p.params is not None:
         readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
-        dh_op = put_atomic(name=f"DH parameters: {p.params_why}", src=p.params, dest=p.dh_file,
-                           current_sha256=files.get(p.dh_file), pending=readers)
+        dh_op = put_bytes(name=f"DH parameters: {p.params_why}", data=p.params.read_bytes(),
+                          dest=p.dh_file, current_sha256=files.get(p.dh_file), pending=readers)
     elif p.dh_file:
         host.noop(f"{p.dh_file}: {p.params_why}")
 
     if p.rotation_files:
-        put_atomic(name="DH rotation settings", dest=ROTATE_CONF,
-                   text=rotate_conf(settings), current_sha256=files.get(ROTATE_CONF))
-        put_atomic(name="DH rotation script", src=ROTATE_SCRIPT, dest=ROTATE_BIN, mode="755",
-                   current_sha256=files.get(ROTATE_BIN))
+        put_bytes(name="DH rotation settings", dest=ROTATE_CONF,
+                  data=rotate_conf(settings).encode(), current_sha256=files.get(ROTATE_CONF))
+        put_bytes(name="DH rotation script", data=ROTATE_SCRIPT.read_bytes(), dest=ROTATE_BIN,
+                  mode="0755", current_sha256=files.get(ROTATE_BIN))
 
     if p.cron is not None:
         minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()

@@ -43,24 +43,24 @@ def _upload(data: bytes, dest: str, mode: str, before: str | None = None) -> lis
 
 @operation()
 def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | None = None,
-              pending: str | None = None):
+              pending: tuple[str, ...] = ()):
     """Put `data` at `dest` unless its checksum (from the MailHost fact) already matches.
 
-    + pending: daemon (postfix/dovecot) whose config this file is: backs it up and marks a
-      reload pending first, via mailtls-apply.
+    + pending: daemons (postfix/dovecot) that read this file: for each, mailtls-apply backs it
+      up and marks a reload pending first (their config may not change when only this file does).
 
     **Example:**
 
     .. code:: python
 
         put_bytes(name="Dovecot TLS", data=text.encode(), dest="/etc/dovecot/conf.d/99-mailtls.conf",
-                  current_sha256=info["files"].get(path), pending="dovecot")
+                  current_sha256=info["files"].get(path), pending=("dovecot",))
     """
     if current_sha256 == sha256(data):
         host.noop(f"{dest} is up to date")
         return
-    before = f"{APPLY} begin {pending} {shlex.quote(dest)}" if pending else None
-    yield from _upload(data, dest, mode, before)
+    before = " && ".join(f"{APPLY} begin {daemon} {shlex.quote(dest)}" for daemon in pending)
+    yield from _upload(data, dest, mode, before or None)
 
 
 @operation()
