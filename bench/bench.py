@@ -215,7 +215,7 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
         lines.append(f"{apply} begin dovecot {dovecot_conf.CONF_PATH}")
     lines += _write_file(dovecot_conf.CONF_PATH, text, "0644")
     if safety_net:
-        lines += [f"{apply} commit postfix", f"{apply} commit dovecot"]
+        lines.append(f"{apply} commit postfix dovecot")
     else:
         lines += ["postfix reload >/dev/null 2>&1", "doveadm reload"]
     return "\n".join(lines) + "\n"

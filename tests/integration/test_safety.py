@@ -281,8 +281,7 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     # Nothing to change on disk, yet both daemons were committed: the mark did it.
     assert "No changes" in result("Postfix TLS settings"), res.stderr[-3000:]
     assert "No changes" in result("Dovecot TLS settings"), res.stderr[-3000:]
-    assert "Success" in result("Postfix: check, reload, probe"), res.stderr[-3000:]
-    assert "Success" in result("Dovecot: check, reload, probe"), res.stderr[-3000:]
+    assert "Success" in result("Postfix, Dovecot: check, reload, probe"), res.stderr[-3000:]
     for port in (25, 993):  # the new config is loaded now
         now = tls(host.address, port, ssl.TLSVersion.TLSv1_2)
         assert now and now[0] == "TLSv1.2" and "ECDHE" in now[1], (port, now)
@@ -320,9 +319,9 @@ def _run_and_kill(host, at: str, timeout: float = 300) -> str:
 def test_connection_cut_mid_run_then_rerun_converges(fresh_host, deployed, suite):
     host = fresh_host(suite)
     # Killed right after the Postfix config changed (a commit is due), then in a second run
-    # right after Dovecot's changed: each time mid-change, with the connection gone.
-    _run_and_kill(host, "Postfix: check, reload, probe")
-    _run_and_kill(host, "Dovecot: check, reload, probe")
+    # right after Dovecot's changed too: each time mid-change, with the connection gone.
+    _run_and_kill(host, "Dovecot TLS settings")
+    _run_and_kill(host, "Postfix, Dovecot: check, reload, probe")
     res = run_pyinfra(host)
     assert pending(host) == "", res.stderr[-3000:]
     reference = deployed[suite]  # a clean, uninterrupted run of the same deploy
