@@ -20,7 +20,7 @@ submission inet  n       -       y       -       -       smtpd -o syslog_name=po
 @@postconf_p
 submission/inet/syslog_name = postfix/submission
 @@files
-/etc/dovecot/conf.d/99-mailtls.conf 4f2a
+4f2a  /etc/dovecot/conf.d/99-mailtls.conf
 @@pending
 postfix
 @@end""".splitlines()
