@@ -15,6 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from tasks import nodelay  # noqa: E402
 from tasks.inventory_source import hosts_from_env  # noqa: E402
 
-mail_servers = hosts_from_env(os.environ)
+# TCP_NODELAY from the SSH handshake on (tasks/nodelay.py); a host's own setting wins.
+mail_servers = [(name, {"ssh_paramiko_connect_kwargs": nodelay.CONNECT_KWARGS, **data})
+                for name, data in hosts_from_env(os.environ)]

@@ -1,0 +1,74 @@
+"""The inline upload's shell command, run for real in a local sh; TCP_NODELAY on real sockets."""
+
+import socket
+import subprocess
+from types import SimpleNamespace
+
+import pytest
+from pyinfra.api import FileUploadCommand, StringCommand
+
+from tasks import nodelay, ops
+
+
+@pytest.mark.parametrize("data", [b"", b"x = 1\n", bytes(range(256)) * 64, b"'quotes' \"and\" $HOME `x`\n"])
+def test_inline_upload_writes_exact_bytes_and_mode(tmp_path, data):
+    dest = tmp_path / "sub dir" / "file.conf"
+    commands = ops._upload(data, str(dest), "0640", before=f"touch {tmp_path}/before-ran")
+    assert len(commands) == 1 and isinstance(commands[0], StringCommand)
+    assert f"<{len(data)} bytes>" in str(commands[0])  # what -vv prints: not the bytes
+    subprocess.run(["sh", "-c", commands[0].get_raw_value()], check=True)
+    assert dest.read_bytes() == data
+    assert oct(dest.stat().st_mode & 0o777) == "0o640"
+    assert (tmp_path / "before-ran").exists()
+    assert not list(dest.parent.glob("*.mailtls-new"))
+
+
+def test_failing_before_command_leaves_dest_alone(tmp_path):
+    dest = tmp_path / "file.conf"
+    dest.write_bytes(b"old\n")
+    cmd = ops._upload(b"new\n", str(dest), "0644", before="false")[0]
+    assert subprocess.run(["sh", "-c", cmd.get_raw_value()]).returncode != 0
+    assert dest.read_bytes() == b"old\n"
+
+
+def test_large_files_go_by_sftp():
+    commands = ops._upload(b"x" * (ops.INLINE_MAX + 1), "/etc/x", "0644")
+    assert [type(c) for c in commands] == [StringCommand, FileUploadCommand, StringCommand]
+
+
+def _tcp_pair():
+    server = socket.create_server(("127.0.0.1", 0))
+    return server, socket.create_connection(server.getsockname())
+
+
+def test_nodelay_on_an_open_ssh_connection():
+    server, client = _tcp_pair()
+    with server, client:
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        transport = SimpleNamespace(sock=client)
+        ssh_client = SimpleNamespace(get_transport=lambda: transport)
+        assert nodelay.for_host(SimpleNamespace(connector=SimpleNamespace(client=ssh_client))) is True
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_nodelay_leaves_other_connections_alone():
+    assert nodelay.for_host(SimpleNamespace()) is False  # e.g. @local: no SSH client
+    assert nodelay.for_host(SimpleNamespace(connector=SimpleNamespace(client=None))) is False
+    a, b = socket.socketpair()
+    with a, b:
+        assert nodelay.set_nodelay(a) is False
+    assert nodelay.set_nodelay(None) is False
+
+
+def test_transport_factory_sets_nodelay_before_the_handshake():
+    server, client = _tcp_pair()
+    with server, client:
+        transport = nodelay.transport_factory(client)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert transport.sock is client
+
+
+def test_commit_is_one_command_for_every_daemon_due():
+    assert list(ops.commit._inner(daemons=("postfix", "dovecot"))) == [f"{ops.APPLY} commit postfix dovecot"]
+    with pytest.raises(ValueError, match="unknown daemons"):
+        list(ops.commit._inner(daemons=("postfix", "nginx")))
