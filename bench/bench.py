@@ -460,6 +460,11 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
                 entry[f + "_median"] = med([x.get(f) for x in samples])
         if any("changes" in x for x in samples):
             entry["changes_median"] = med([x["changes"] for x in samples])
+        if k in ("freshN", "noopN"):
+            # The hosts and the controller share this machine's cores: the run cannot be shorter
+            # than all the CPU it used spread over every core.
+            entry["cpu_bound_median"] = med([(x["host_cpu"] + x["local_cpu"]) / (os.cpu_count() or 1)
+                                             for x in samples if x.get("host_cpu") is not None])
         fig[k] = entry
     w = {k: v["wall_median"] for k, v in fig.items()}
     ratios = {}
@@ -474,6 +479,10 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
         one_noop = max(w[f"noop1/{s}"] for s in suites)
         ratios["freshN_vs_fresh1"] = ratio(w.get("freshN"), one_fresh)
         ratios["noopN_vs_noop1"] = ratio(w.get("noopN"), one_noop)
+        for k, one in (("freshN", one_fresh), ("noopN", one_noop)):
+            bound = fig.get(k, {}).get("cpu_bound_median")
+            ratios[f"{k}_cpu_bound_vs_1"] = ratio(bound, one)
+            ratios[f"{k}_vs_cpu_bound"] = ratio(w.get(k), bound)
     loads = [x["load"] for rd in rounds for v in rd["samples"].values() for x in v] or [loadavg()]
     matches = {}
     for rd in rounds:
@@ -527,6 +536,13 @@ def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
             "<= 1.5x 1 host")
         row(f"no-op re-run, {n_par} hosts", "noopN", fmt(r.get("noopN_vs_noop1"), "x 1 host"),
             "<= 1.5x 1 host")
+        for k, what in (("freshN", "fresh"), ("noopN", "no-op")):
+            bound = f.get(k, {}).get("cpu_bound_median")
+            if bound is not None:
+                rows.append((f"{what}, {n_par} hosts: CPU-bound minimum here "
+                             f"((host + controller CPU) / {os.cpu_count()} cores)", fmt(bound), "", "", "",
+                             f"{fmt(r.get(f'{k}_cpu_bound_vs_1'), 'x 1 host')}; "
+                             f"run = {fmt(r.get(f'{k}_vs_cpu_bound'), 'x this')}", ""))
     if dh.get("status"):
         rows.append(("DH rotation", dh["status"], "", "", "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
