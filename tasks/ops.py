@@ -98,16 +98,22 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
         host.noop("Postfix TLS settings are in place")
         return
     commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}"]
-    # One postconf per parameter: given several new ones at once, postconf appends them in the
-    # order of its randomised hash table, so the same run would write different main.cf bytes.
+    # Settings already in main.cf are edited in place: one postconf for all of them. New ones
+    # are appended, and postconf appends a batch in the order of its randomised hash table (the
+    # same run would write different main.cf bytes on two hosts): one postconf each. -M and -P
+    # keep their arguments' order: one postconf each.
+    edits = [f"{k}={v}" for k, v in main.items() if k in postconf]
+    if edits:
+        commands.append("postconf -e " + " ".join(map(shlex.quote, edits)))
     for k, v in main.items():
-        commands.append(f"postconf -e {shlex.quote(f'{k}={v}')}")
+        if k not in postconf:
+            commands.append(f"postconf -e {shlex.quote(f'{k}={v}')}")
     if remove:
         commands.append("postconf -X " + " ".join(remove))
-    for svc, line in create.items():
-        commands.append(f"postconf -M {shlex.quote(f'{svc}={line}')}")
-    for k, v in params.items():
-        commands.append(f"postconf -P {shlex.quote(f'{k}={v}')}")
+    if create:
+        commands.append("postconf -M " + " ".join(shlex.quote(f"{svc}={line}") for svc, line in create.items()))
+    if params:
+        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items()))
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)

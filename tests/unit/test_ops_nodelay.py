@@ -72,3 +72,28 @@ def test_commit_is_one_command_for_every_daemon_due():
     assert list(ops.commit._inner(daemons=("postfix", "dovecot"))) == [f"{ops.APPLY} commit postfix dovecot"]
     with pytest.raises(ValueError, match="unknown daemons"):
         list(ops.commit._inner(daemons=("postfix", "nginx")))
+
+
+def test_postfix_settings_batches_what_postconf_keeps_in_order():
+    from tasks.postfix_conf import PostfixConf
+    conf = PostfixConf(main={"smtpd_tls_security_level": "may", "smtpd_tls_loglevel": "1",
+                             "tls_preempt_cipherlist": "no", "smtpd_tls_protocols": ">=TLSv1.2"},
+                       remove=("smtpd_tls_eecdh_grade",),
+                       services={"submission/inet": "submission inet n - y - - smtpd",
+                                 "submissions/inet": "submissions inet n - y - - smtpd"},
+                       params={"submission/inet/syslog_name": "postfix/submission",
+                               "submissions/inet/syslog_name": "postfix/submissions"})
+    current = {"smtpd_tls_security_level": "none", "smtpd_tls_loglevel": "0", "smtpd_tls_eecdh_grade": "strong"}
+    (command,) = ops.postfix_settings._inner(conf=conf, postconf=current, services={}, master_params={})
+    parts = command.split(" && ")
+    assert parts[0].startswith(f"{ops.APPLY} begin postfix ")
+    assert parts[1:] == [
+        "postconf -e smtpd_tls_security_level=may smtpd_tls_loglevel=1",  # in place: one batch
+        "postconf -e tls_preempt_cipherlist=no",  # appended: one each, in our order
+        "postconf -e 'smtpd_tls_protocols=>=TLSv1.2'",
+        "postconf -X smtpd_tls_eecdh_grade",
+        "postconf -M 'submission/inet=submission inet n - y - - smtpd' "
+        "'submissions/inet=submissions inet n - y - - smtpd'",
+        "postconf -P submission/inet/syslog_name=postfix/submission "
+        "submissions/inet/syslog_name=postfix/submissions",
+    ]
