@@ -35,7 +35,6 @@ What is measured (per round):
 from __future__ import annotations
 
 import argparse
-import base64
 import fcntl
 import json
 import os
@@ -55,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 from testhosts import hosts as th  # noqa: E402
 
 from tasks import dovecot_conf, ops, postfix_conf  # noqa: E402
+from tasks.deploy import fact_files  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
 from tasks.policy import resolve  # noqa: E402
 from tasks.settings import validate  # noqa: E402
@@ -155,25 +155,15 @@ def run_pyinfra(hosts: list[th.Host], label: str, expect_noop: bool) -> Sample:
 
 
 def read_fact(host: th.Host) -> dict:
-    files = (ops.APPLY, dovecot_conf.CONF_PATH) + tuple(getattr(_dh_module(), "DH_FACT_FILES", ()))
-    out = host.ssh(MailHost().command(files=files)).stdout
+    """The deploy's MailHost fact, read over plain ssh (bench hosts carry no host data)."""
+    out = host.ssh(MailHost().command(files=fact_files(validate({}, host.name)))).stdout
     return MailHost().process(out.splitlines())
 
 
-def _dh_module():
-    try:
-        from tasks import dh
-        return dh
-    except ImportError:
-        return None
-
-
-def _write_file(path: str, data: bytes, mode: str) -> list[str]:
-    b64 = base64.b64encode(data).decode()
-    q = shlex.quote(path)
-    return [f"mkdir -p {shlex.quote(str(Path(path).parent))}",
-            f"base64 -d > {q}.mailtls-new <<'MAILTLS_BENCH_EOF'\n{b64}\nMAILTLS_BENCH_EOF",
-            f"chmod {mode} {q}.mailtls-new && mv -f {q}.mailtls-new {q}"]
+def _write_file(path: str, data: bytes, mode: str, before: str | None = None) -> str:
+    """The deploy's own write command (tasks/ops.py): inline, then renamed into place."""
+    (command,) = ops._upload(data, path, mode, before)
+    return command.get_raw_value()
 
 
 def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
@@ -189,31 +179,29 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
     lines = ["set -e"]
     script = (ops.FILES / "mailtls-apply").read_bytes()
     if info["files"].get(ops.APPLY) != ops.sha256(script):
-        lines += _write_file(ops.APPLY, script, "0755")
+        lines.append(_write_file(ops.APPLY, script, "0755"))
     pf = postfix_conf.render(
         policy, caps, info["postconf"], info["services"],
         cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
         submission=settings.postfix_submission, submissions=settings.postfix_submissions,
     )
-    main = {k: v for k, v in pf.main.items() if info["postconf"].get(k) != v}
-    remove = [k for k in pf.remove if k in info["postconf"]]
-    create = {svc: line for svc, line in pf.services.items() if svc not in info["services"]}
-    params = {k: v for k, v in pf.params.items() if info["master_params"].get(k) != v}
+    todo = pf.missing_from(info["postconf"], info["services"], info["master_params"])
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
-    if main:
-        lines.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in main.items()))
-    if remove:
-        lines.append("postconf -X " + " ".join(remove))
-    for svc, line in create.items():
-        lines.append(f"postconf -M {shlex.quote(f'{svc}={line}')}")
-    if params:
-        lines.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items()))
+    # The least postconf can do: one run per kind of change (the deploy runs one per new
+    # main.cf parameter, to write the same bytes on every host).
+    if todo.main:
+        lines.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.main.items()))
+    if todo.remove:
+        lines.append("postconf -X " + " ".join(todo.remove))
+    if todo.services:
+        lines.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
+    if todo.params:
+        lines.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
     text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
                                settings.dovecot_key_file).encode()
-    if safety_net:
-        lines.append(f"{apply} begin dovecot {dovecot_conf.CONF_PATH}")
-    lines += _write_file(dovecot_conf.CONF_PATH, text, "0644")
+    begin_dovecot = f"{apply} begin dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
+    lines.append(_write_file(dovecot_conf.CONF_PATH, text, "0644", begin_dovecot))
     if safety_net:
         lines.append(f"{apply} commit postfix dovecot")
     else:
@@ -314,10 +302,10 @@ def _times_cpu(text: str) -> float:
 def dh_prepare(host: th.Host) -> None:
     """Install the rotation script (as the DH task would) and the shipped RFC 7919 groups."""
     data = (ROOT / "files" / "mailtls-dh-rotate").read_bytes()
-    cmds = _write_file(ROTATE_BIN, data, "0755")
+    cmds = [_write_file(ROTATE_BIN, data, "0755")]
     for bits in (3072, 4096):
-        cmds += _write_file(f"/root/ffdhe{bits}.pem", (ROOT / "files" / "dh" / f"ffdhe{bits}.pem").read_bytes(),
-                            "0644")
+        cmds.append(_write_file(f"/root/ffdhe{bits}.pem",
+                                (ROOT / "files" / "dh" / f"ffdhe{bits}.pem").read_bytes(), "0644"))
     host.ssh("sh -s", input="set -e\n" + "\n".join(cmds) + "\n")
 
 

@@ -16,6 +16,11 @@ from tasks.policy import resolve
 from tasks.settings import Settings, validate
 
 
+def fact_files(settings: Settings) -> tuple[str, ...]:
+    """The files whose checksums the deploy's MailHost fact reads."""
+    return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings))
+
+
 def settings_for(current_host=None) -> Settings:
     h = current_host or host
     return validate(h.data.dict(), h.name)
@@ -35,8 +40,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     settings = settings or settings_for()
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
     apply_script = (ops.FILES / "mailtls-apply").read_bytes()
-    files = (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings))
-    info = host.get_fact(MailHost, files=files)
+    info = host.get_fact(MailHost, files=fact_files(settings))
     caps = info["caps"]
     if caps.postfix is None:
         raise RuntimeError(f"{host.name}: Postfix is not installed")
@@ -47,7 +51,7 @@ def mail_tls(settings: Settings | None = None) -> None:
 
     ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
                   dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
-    # The fact was read before the DH task could mark a reload pending: tell the commits directly.
+    # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = dh.apply_dh(settings, policy, info)
 
     pf = postfix_conf.render(

@@ -90,11 +90,8 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
         postfix_settings(conf=postfix_conf.render(...), postconf=info["postconf"],
                          services=info["services"], master_params=info["master_params"])
     """
-    main = {k: v for k, v in conf.main.items() if postconf.get(k) != v}
-    remove = [k for k in conf.remove if k in postconf]
-    create = {svc: line for svc, line in conf.services.items() if svc not in services}
-    params = {k: v for k, v in conf.params.items() if master_params.get(k) != v}
-    if not (main or remove or create or params):
+    todo = conf.missing_from(postconf, services, master_params)
+    if not todo:
         host.noop("Postfix TLS settings are in place")
         return
     commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}"]
@@ -102,18 +99,18 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
     # are appended, and postconf appends a batch in the order of its randomised hash table (the
     # same run would write different main.cf bytes on two hosts): one postconf each. -M and -P
     # keep their arguments' order: one postconf each.
-    edits = [f"{k}={v}" for k, v in main.items() if k in postconf]
+    edits = [f"{k}={v}" for k, v in todo.main.items() if k in postconf]
     if edits:
         commands.append("postconf -e " + " ".join(map(shlex.quote, edits)))
-    for k, v in main.items():
+    for k, v in todo.main.items():
         if k not in postconf:
             commands.append(f"postconf -e {shlex.quote(f'{k}={v}')}")
-    if remove:
-        commands.append("postconf -X " + " ".join(remove))
-    if create:
-        commands.append("postconf -M " + " ".join(shlex.quote(f"{svc}={line}") for svc, line in create.items()))
-    if params:
-        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in params.items()))
+    if todo.remove:
+        commands.append("postconf -X " + " ".join(todo.remove))
+    if todo.services:
+        commands.append("postconf -M " + " ".join(shlex.quote(f"{svc}={line}") for svc, line in todo.services.items()))
+    if todo.params:
+        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)

@@ -32,6 +32,20 @@ class PostfixConf:
     services: dict[str, str]  # master.cf services to create when missing
     params: dict[str, str]  # master.cf overrides: 'service/type/parameter' -> value
 
+    def __bool__(self) -> bool:
+        return bool(self.main or self.remove or self.services or self.params)
+
+    def missing_from(self, postconf: Mapping[str, str], services: Mapping[str, str],
+                     master_params: Mapping[str, str]) -> PostfixConf:
+        """The part of this config a host does not have yet, given its `postconf -n`, `-M` and
+        `-P` (the MailHost fact). Empty (false) when the host is converged."""
+        return PostfixConf(
+            main={k: v for k, v in self.main.items() if postconf.get(k) != v},
+            remove=tuple(k for k in self.remove if k in postconf),
+            services={svc: line for svc, line in self.services.items() if svc not in services},
+            params={k: v for k, v in self.params.items() if master_params.get(k) != v},
+        )
+
 
 def _at_least(version, minimum) -> bool:
     return version is not None and tuple(version[: len(minimum)]) >= minimum

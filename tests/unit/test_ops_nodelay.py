@@ -97,3 +97,12 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
         "postconf -P submission/inet/syslog_name=postfix/submission "
         "submissions/inet/syslog_name=postfix/submissions",
     ]
+
+
+def test_postfix_conf_missing_from_a_converged_host_is_empty():
+    from tasks.postfix_conf import PostfixConf
+    conf = PostfixConf(main={"a": "1"}, remove=("old",), services={"s/inet": "s inet n - y - - smtpd"},
+                       params={"s/inet/x": "1"})
+    assert not conf.missing_from({"a": "1"}, {"s/inet": "s inet n - y - - smtpd"}, {"s/inet/x": "1"})
+    todo = conf.missing_from({"a": "2", "old": "y"}, {}, {})
+    assert todo == conf
