@@ -58,8 +58,8 @@ GENERATED_BITS = (2048, 3072, 4096)
 
 DEFAULT_DH_FILE: str = defaults()["dh_file"]
 
-# Paths apply_dh() needs checksums of, for the MailHost fact's `files=`. A dh_file other than
-# the default costs apply_dh() one extra small fact (see dh_fact_files to avoid it).
+# Paths apply_dh() needs checksums of, for the MailHost fact's `files=`. A dh_file the fact was
+# not asked for costs apply_dh() one extra small fact (dh_fact_files() adds it).
 DH_FACT_FILES = (DEFAULT_DH_FILE, ROTATE_BIN, ROTATE_CONF, ROTATE_STAMP, ROTATE_RUNNING)
 
 
@@ -252,8 +252,8 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
         dh_changed = dh.apply_dh(settings, policy, info)
     """
     files = dict(info["files"])
-    if policy.offers_dhe and settings.dh_file not in files and settings.dh_file not in DH_FACT_FILES:
-        # The fact was not asked for this dh_file: read its checksum now.
+    if policy.offers_dhe and settings.dh_file not in info.get("asked", ()):
+        # The fact was not asked for this dh_file (a caller without dh_fact_files): read it now.
         digest = host.get_fact(Sha256File, path=settings.dh_file)
         if digest:
             files[settings.dh_file] = digest

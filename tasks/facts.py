@@ -22,12 +22,13 @@ if command -v postconf >/dev/null; then
 fi
 command -v dovecot >/dev/null && dovecot --version > "$t/dovecot_version" 2>/dev/null &
 openssl version > "$t/openssl_version" 2>/dev/null &
+printf '%s\n' {files} > "$t/asked"
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || sha256sum -- "$@" > "$t/files" 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p files pending; do
+for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -49,7 +50,8 @@ class MailHost(FactBase):
 
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
-    ``files`` (path -> sha256 for the paths asked for), ``pending`` (daemons with a reload pending).
+    ``files`` (path -> sha256 for the paths asked for that exist), ``asked`` (every path asked for),
+    ``pending`` (daemons with a reload pending).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
@@ -92,5 +94,6 @@ class MailHost(FactBase):
             "services": services,
             "master_params": _kv(sections.get("postconf_p", [])),
             "files": files,
+            "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
         }

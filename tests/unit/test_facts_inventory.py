@@ -19,6 +19,9 @@ smtp       inet  n       -       y       -       -       smtpd
 submission inet  n       -       y       -       -       smtpd -o syslog_name=postfix/submission
 @@postconf_p
 submission/inet/syslog_name = postfix/submission
+@@asked
+/etc/dovecot/conf.d/99-mailtls.conf
+/etc/ssl/mailtls/dh.pem
 @@files
 4f2a  /etc/dovecot/conf.d/99-mailtls.conf
 @@pending
@@ -35,6 +38,7 @@ def test_mailhost_fact_parses_every_section():
     assert set(info["services"]) == {"smtp/inet", "submission/inet"}
     assert info["master_params"] == {"submission/inet/syslog_name": "postfix/submission"}
     assert info["files"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a"}
+    assert info["asked"] == {"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}
     assert info["pending"] == {"postfix"}
 
 
