@@ -190,14 +190,7 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
     # The least postconf can do: one run per kind of change (the deploy runs one per new
     # main.cf parameter, to write the same bytes on every host).
-    if todo.main:
-        lines.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.main.items()))
-    if todo.remove:
-        lines.append("postconf -X " + " ".join(todo.remove))
-    if todo.services:
-        lines.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
-    if todo.params:
-        lines.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+    lines += ops.postconf_commands(todo, info["postconf"], same_bytes=False)
     text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
                                settings.dovecot_key_file).encode()
     begin_dovecot = f"{apply} begin dovecot {dovecot_conf.CONF_PATH}" if safety_net else None

@@ -77,6 +77,32 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     yield from _upload(data, dest, mode, before or None)
 
 
+def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
+    """The postconf runs that apply `todo` (a PostfixConf.missing_from() result).
+
+    Settings already in main.cf (`postconf`: its `postconf -n`) are edited in place: one run for
+    all of them. New ones are appended, and postconf appends a batch in the order of its
+    randomised hash table, so with `same_bytes` (the deploy) each new one gets its own run and
+    every host gets the same main.cf bytes. -X, -M and -P keep their arguments' order: one run
+    each.
+    """
+    commands = []
+    if same_bytes:
+        edits = {k: v for k, v in todo.main.items() if k in postconf}
+        new = [{k: v} for k, v in todo.main.items() if k not in postconf]
+    else:
+        edits, new = todo.main, []
+    for batch in ([edits] if edits else []) + new:
+        commands.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in batch.items()))
+    if todo.remove:
+        commands.append("postconf -X " + " ".join(todo.remove))
+    if todo.services:
+        commands.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
+    if todo.params:
+        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+    return commands
+
+
 @operation()
 def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_params: dict):
     """Bring main.cf and master.cf to `conf` with one batch of postconf commands.
@@ -94,23 +120,8 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
     if not todo:
         host.noop("Postfix TLS settings are in place")
         return
-    commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}"]
-    # Settings already in main.cf are edited in place: one postconf for all of them. New ones
-    # are appended, and postconf appends a batch in the order of its randomised hash table (the
-    # same run would write different main.cf bytes on two hosts): one postconf each. -M and -P
-    # keep their arguments' order: one postconf each.
-    edits = [f"{k}={v}" for k, v in todo.main.items() if k in postconf]
-    if edits:
-        commands.append("postconf -e " + " ".join(map(shlex.quote, edits)))
-    for k, v in todo.main.items():
-        if k not in postconf:
-            commands.append(f"postconf -e {shlex.quote(f'{k}={v}')}")
-    if todo.remove:
-        commands.append("postconf -X " + " ".join(todo.remove))
-    if todo.services:
-        commands.append("postconf -M " + " ".join(shlex.quote(f"{svc}={line}") for svc, line in todo.services.items()))
-    if todo.params:
-        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+    commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
+                *postconf_commands(todo, postconf)]
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)
