@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def build(suite: str, log=print) -> Path:
     target = image_path(suite)
     with _lock(suite):
         if target.exists():
+            os.utime(target)  # in use: see _prune
             return target
         log(f"building {suite} image (debootstrap, about a minute)...")
         work = Path(tempfile.mkdtemp(prefix=f"{suite}-", dir=CACHE_DIR))
@@ -133,11 +135,21 @@ def build(suite: str, log=print) -> Path:
             raise RuntimeError(f"building the {suite} image failed: {exc}\n{detail}") from exc
         finally:
             shutil.rmtree(work, ignore_errors=True)
-        for old in CACHE_DIR.glob(f"{suite}-*.tar.zst"):
-            if old != target:
-                old.unlink(missing_ok=True)
+        _prune(suite, keep=target)
         log(f"built {target} ({target.stat().st_size // 2**20} MiB)")
         return target
+
+
+STALE_AFTER = 2 * 86400
+
+
+def _prune(suite: str, keep: Path) -> None:
+    """Drop the suite's images of other recipes unused for two days. Not at once: checkouts of
+    different revisions on one machine (branches, CI beside a session) would rebuild in turn."""
+    for old in CACHE_DIR.glob(f"{suite}-*.tar.zst"):
+        with contextlib.suppress(OSError):
+            if old != keep and old.stat().st_mtime < time.time() - STALE_AFTER:
+                old.unlink()
 
 
 def build_all(suites, log=print) -> dict[str, Path]:

@@ -26,6 +26,9 @@ from testhosts import hosts as th  # noqa: E402
 SUITES = ("bookworm", "trixie")
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _counter = itertools.count(1)
+# Several test runs may share one machine (and its host registry): MAILTLS_TEST_PREFIX keeps
+# their fixed host names apart (test hosts' names are at most 12 characters).
+PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,7 +62,7 @@ def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None =
 @pytest.fixture(scope="session")
 def stock():
     """{'bookworm': Host, 'trixie': Host}, never deployed to."""
-    started = _up([f"stock{s[0]}:{s}" for s in SUITES])
+    started = _up([f"{PREFIX}stock{s[0]}:{s}" for s in SUITES])
     yield dict(zip(SUITES, started))
     th.down([h.name for h in started])
 
@@ -67,7 +70,7 @@ def stock():
 @pytest.fixture(scope="session")
 def deployed():
     """{'bookworm': Host, 'trixie': Host}, deployed once with the default profile."""
-    started = _up([f"dep{s[0]}:{s}" for s in SUITES])
+    started = _up([f"{PREFIX}dep{s[0]}:{s}" for s in SUITES])
     run_pyinfra(started)
     yield dict(zip(SUITES, started))
     th.down([h.name for h in started])
@@ -79,7 +82,7 @@ def fresh_host():
     made = []
 
     def make(suite: str) -> th.Host:
-        host = _up([f"f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}"])[0]
+        host = _up([f"{PREFIX}f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}"])[0]
         made.append(host)
         return host
 

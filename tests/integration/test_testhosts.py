@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PREFIX
 from testhosts import hosts as th
 
 EXPECTED = {
@@ -66,16 +67,17 @@ def _leftovers(name: str, index: int) -> list[str]:
 
 
 def test_teardown_is_clean_and_up_recovers_after_kill():
-    host = th.up(["harness:bookworm"])[0]
+    name = f"{PREFIX}harness"
+    host = th.up([f"{name}:bookworm"])[0]
     # a crashed run: the nspawn dies with SIGKILL, leaving mount, netns and cgroups behind
     os.kill(host.pid, signal.SIGKILL)
     time.sleep(0.5)
     assert _leftovers(host.name, host.index), "a killed container should leave something to clean"
-    again = th.up(["harness:bookworm"])[0]  # must clear the leftovers first
+    again = th.up([f"{name}:bookworm"])[0]  # must clear the leftovers first
     assert again.ssh("systemctl is-system-running").stdout.strip() == "running"
-    th.down(["harness"])
+    th.down([name])
     assert _leftovers(again.name, again.index) == []
-    assert not (th.STATE_DIR / "harness.json").exists()
-    assert th.get("harness") is None
+    assert not (th.STATE_DIR / f"{name}.json").exists()
+    assert th.get(name) is None
     # no process of the container survives (the nspawn and everything in its cgroups)
-    assert not Path(f"/proc/{again.pid}").exists() or not th._is_our_nspawn(again.pid, "harness")
+    assert not Path(f"/proc/{again.pid}").exists() or not th._is_our_nspawn(again.pid, name)
