@@ -3,10 +3,10 @@
     pyinfra -y inventory.py audit.py
     pyinfra -y 10.213.0.2 audit.py --ssh-user root --ssh-key KEY
 
-Host data (all optional): tls_profile (intermediate), audit_ports (expected TLS ports,
-"25,587,465,143,993"; closed = failure), audit_log_hours (24), audit_json (JSON path;
-else $MAILTLS_AUDIT_JSON; else audit-results/HOST.json; "{host}" is replaced),
-audit_exclude_self (true: leave the auditing controller's own sessions out of the log report).
+Host data (all optional, checked like the deploy's: tasks/settings.py): mailtls_tls_profile,
+mailtls_audit_ports (expected TLS ports; closed = failure), mailtls_audit_log_hours,
+mailtls_audit_json ("{host}" is replaced; else $MAILTLS_AUDIT_JSON; else audit-results/HOST.json),
+mailtls_audit_exclude_self. The old names (tls_profile, audit_ports, ...) work too.
 Scans run from this machine with sslyze; logs are read over SSH.
 """
 
@@ -15,25 +15,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pyinfra import host  # noqa: E402
+from pyinfra import host, state  # noqa: E402
+from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import MailTlsLog, audit_host, failures_of, parse_ports  # noqa: E402
-from tasks.policy import DEFAULT_PROFILE, PROFILES  # noqa: E402
-from tasks.verdict import DEFAULT_EXPECTED_PORTS  # noqa: E402
+from tasks.audit import MailTlsLog, audit_host, failures_of  # noqa: E402
+from tasks.settings import SettingsError, validate  # noqa: E402
 
-profile = host.data.get("tls_profile") or DEFAULT_PROFILE
-if profile not in PROFILES:
-    raise ValueError(f"{host.name}: tls_profile={profile!r}; choose one of {', '.join(PROFILES)}")
-expected = parse_ports(host.data.get("audit_ports") or DEFAULT_EXPECTED_PORTS)
+# As deploy.py: every host's settings checked before anything runs on any host.
+try:
+    for each in state.inventory:
+        validate(each.data.dict(), each.name)
+except SettingsError as exc:
+    raise PyinfraError(f"invalid settings: {exc}") from None
+
+settings = validate(host.data.dict(), host.name)
+profile = settings.tls_profile
 log = host.get_fact(MailTlsLog)
 
 
 def _audit() -> None:
     result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
-                        expected_ports=expected, log_hours=float(host.data.get("audit_log_hours") or 24),
-                        json_file=host.data.get("audit_json"),
-                        exclude_self=str(host.data.get("audit_exclude_self", True)).lower() not in ("false", "no", "off", "0"))
+                        expected_ports=settings.audit_ports, log_hours=settings.audit_log_hours,
+                        json_file=settings.audit_json, exclude_self=settings.audit_exclude_self)
     failures = failures_of(result)
     if failures:
         shown = "\n  ".join(failures[:40]) + (f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else "")

@@ -1,9 +1,9 @@
 """Make every TLS session of Postfix and Dovecot forward-secret.
 
     pyinfra -y inventory.py deploy.py                     # hosts from inventory.py
-    pyinfra -y mx1.example.org deploy.py --data tls_profile=modern
+    pyinfra -y mx1.example.org deploy.py --data mailtls_tls_profile=modern
 
-Settings (host data) and their defaults: tasks/settings.py, also listed in the README.
+Settings (host data, `mailtls_*`) and their defaults: tasks/settings.py, also listed in the README.
 """
 
 import sys
@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pyinfra import host, state  # noqa: E402
+from pyinfra import host, logger, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
 from tasks.deploy import mail_tls  # noqa: E402
-from tasks.settings import SettingsError, validate  # noqa: E402
+from tasks.settings import SettingsError, notes, validate  # noqa: E402
 
 # Every host's settings are checked before any operation or fact runs on any host: one bad
 # value stops the whole run with a one-line error, and no host is changed. pyinfra has logged in
@@ -28,4 +28,6 @@ try:
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
+for note in notes(host.data.dict()):
+    logger.warning(f"{host.name}: {note}")
 mail_tls(settings=validate(host.data.dict(), host.name))

@@ -3,7 +3,7 @@
 In order of precedence:
   MAILTLS_HOSTS="mx1.example.org,root@mx2.example.org:2222"   comma-separated SSH targets
   MAILTLS_HOSTS_FILE=hosts.txt    one host per line: `HOST [key=value ...]` (# comments);
-                                  the key=values become that host's data (e.g. tls_profile=modern)
+                                  the key=values become that host's data (e.g. mailtls_tls_profile=modern)
   neither: the local demo test hosts `bookworm` and `trixie` started by
   `python -m testhosts up` (whichever run); MAILTLS_TESTHOSTS="name1,name2" names others.
 Group-wide settings go in group_data/all.py; `--data key=value` on the command line beats both.

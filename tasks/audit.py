@@ -19,7 +19,7 @@ from rich.table import Table
 from tasks.logreport import PORTS, LogReport, summarize
 from tasks.policy import PROFILES
 from tasks.scan import HostScan, scan_host
-from tasks.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS, PortVerdict, judge_host
+from tasks.verdict import DEFAULT_EXPECTED_PORTS, PortVerdict, judge_host
 
 DEFAULT_JSON = "audit-results/{host}.json"
 _PATTERN = "TLS connection established from|SSL_accept error from|-login: "
@@ -52,16 +52,6 @@ class MailTlsLog(FactBase):
             else:
                 lines.append(line)
         return {"now": now, "ssh_client": client, "lines": lines}
-
-
-def parse_ports(value) -> tuple[int, ...]:
-    """'25,587' or [25, 587] -> (25, 587); only the mail ports this audit knows."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    ports = tuple(int(str(p).strip()) for p in items if str(p).strip())
-    unknown = [p for p in ports if p not in MAIL_PORTS]
-    if unknown:
-        raise ValueError(f"audit_ports: unknown port(s) {unknown}; choose from {sorted(MAIL_PORTS)}")
-    return ports
 
 
 def json_path(host_name: str, configured: str | None) -> Path:

@@ -13,7 +13,7 @@ from pyinfra.api import deploy
 from tasks import dh, dovecot_conf, nodelay, ops, postfix_conf
 from tasks.facts import MailHost
 from tasks.policy import resolve
-from tasks.settings import Settings, validate
+from tasks.settings import Settings, data_defaults, validate
 
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
@@ -22,11 +22,18 @@ def fact_files(settings: Settings) -> tuple[str, ...]:
 
 
 def settings_for(current_host=None) -> Settings:
+    """The host's settings from its data, without our own @deploy data_defaults: a default must
+    not count as the user's value of a namespaced key (it would contradict an old name's)."""
     h = current_host or host
-    return validate(h.data.dict(), h.name)
+    data = h.data.dict()
+    for key, default in h.get_deploy_data().items():
+        if data.get(key) is default:  # the same object: nothing in the inventory overrides it
+            del data[key]
+    return validate(data, h.name)
 
 
-@deploy("Mail TLS: forward-secret Postfix and Dovecot")
+# data_defaults: `host.data.mailtls_tls_profile` works inside the deploy, pyinfra's way.
+@deploy("Mail TLS: forward-secret Postfix and Dovecot", data_defaults=data_defaults())
 def mail_tls(settings: Settings | None = None) -> None:
     """Apply the TLS policy to the current host.
 
@@ -35,7 +42,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     .. code:: python
 
         from tasks.deploy import mail_tls
-        mail_tls()  # settings from host data (tls_profile, dh_source, ...)
+        mail_tls()  # settings from host data (mailtls_tls_profile, mailtls_dh_source, ...)
     """
     settings = settings or settings_for()
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on

@@ -1,21 +1,30 @@
 """Every user-facing host-data key: its default, what it does, and how it is checked. No I/O.
 
-Keys are flat so inventories, group_data/all.py and `--data key=value` all work the same.
+Our keys live in a namespace of their own, `mailtls_` + the setting (`mailtls_tls_profile`), so
+host data of other deploys (`postfix_relayhost`, `dovecot_mail_location`, `tls_whatever`) is
+never ours to judge. A key in our namespace that we do not know is a typo: refused, with a hint.
+The names documented before the namespace (`tls_profile`, `audit_ports`, ...) still work as
+aliases, exactly as spelled; given together with the namespaced name they must agree.
+Keys are flat so inventories, group_data/*.py and `--data key=value` all work the same.
 `validate(data, host)` returns a frozen Settings or raises SettingsError naming the key and host;
 deploy.py runs it for every host before any operation, so bad input never touches a host.
 
-    >>> validate({"tls_profile": "modern"}, "mx1").tls_profile
+    >>> validate({"mailtls_tls_profile": "modern"}, "mx1").tls_profile
+    'modern'
+    >>> validate({"tls_profile": "modern", "postfix_relayhost": "[relay]:587"}, "mx1").tls_profile
     'modern'
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, fields
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from tasks.policy import MIN_DH_BITS, PROFILES
+from tasks.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 
 
 class SettingsError(ValueError):
@@ -109,13 +118,59 @@ def _cron(value: Any) -> str:
     return " ".join(parts)
 
 
+def _ports(value: Any) -> tuple[int, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError("expected comma-separated ports, e.g. '25,587,465,143,993'")
+    ports = []
+    for item in items:
+        text = str(item).strip()
+        if not text and isinstance(item, str):
+            continue  # "25,587," as the audit always took it
+        if isinstance(item, bool) or not text.isdigit() or int(text) not in MAIL_PORTS:
+            raise ValueError(f"{text!r} is not a mail port this audit knows ({', '.join(map(str, MAIL_PORTS))})")
+        if int(text) not in ports:
+            ports.append(int(text))
+    if not ports:
+        raise ValueError("expected at least one port")
+    return tuple(ports)
+
+
+def _hours(value: Any) -> float:
+    try:
+        hours = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        raise ValueError("expected a number of hours, e.g. 24") from None
+    if not 0 < hours <= 24 * 366:  # also refuses nan and inf
+        raise ValueError("expected a number of hours above 0 and at most a year")
+    return hours
+
+
+def _json_path(value: Any) -> str | None:
+    """A controller-side path (relative or absolute, `{host}` allowed), or unset."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or any(c in value for c in "\0\n\r"):
+        raise ValueError("expected a file path on the controller")
+    return value
+
+
 @dataclass(frozen=True)
 class Setting:
-    key: str
+    key: str  # the Settings field; host data names it NAMESPACE + key
     default: Any
     check: Callable[[Any], Any]
     doc: str
+    # The key alone (`tls_profile`) is also accepted: the name it was documented under before
+    # the namespace. Settings added since have only the namespaced name.
+    alias: bool = True
 
+    @property
+    def name(self) -> str:
+        return NAMESPACE + self.key
+
+
+NAMESPACE = "mailtls_"
 
 # The one table of user-facing settings. README's settings table is generated from it.
 SETTINGS: tuple[Setting, ...] = (
@@ -152,10 +207,19 @@ SETTINGS: tuple[Setting, ...] = (
             "group never changes, so rotating it would do nothing)."),
     Setting("dh_rotation_schedule", "17 4 * * 0", _cron,
             "Cron schedule (minute hour day-of-month month day-of-week) of the DH rotation."),
+    Setting("audit_ports", ",".join(map(str, DEFAULT_EXPECTED_PORTS)), _ports,
+            "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
+            "answer."),
+    Setting("audit_log_hours", 24, _hours, "Audit: window of the mail-log report, in hours."),
+    Setting("audit_json", None, _json_path,
+            "Audit: where the JSON results go on the controller (`{host}` is replaced); unset: "
+            "$MAILTLS_AUDIT_JSON, else audit-results/HOST.json."),
+    Setting("audit_exclude_self", True, _bool,
+            "Audit: leave the auditing controller's own handshakes out of the log report."),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
-# Keys with these prefixes are ours: an unknown one is a typo, refused rather than ignored.
-OUR_PREFIXES = ("tls_", "postfix_", "dovecot_", "dh_", "mailtls_")
+_BY_NAME = {s.name: s for s in SETTINGS}
+_ALIASES = {s.key: s for s in SETTINGS if s.alias}
 
 
 @dataclass(frozen=True)
@@ -173,33 +237,70 @@ class Settings:
     dh_file: str
     dh_rotation: bool
     dh_rotation_schedule: str
+    audit_ports: tuple[int, ...]
+    audit_log_hours: float
+    audit_json: str | None
+    audit_exclude_self: bool
 
 
 assert [f.name for f in fields(Settings)] == [s.key for s in SETTINGS], "Settings and SETTINGS differ"
 
 
-def validate(data: Mapping[str, Any], host: str) -> Settings:
-    """Check every key we own in `data` (host data, after group data and --data) for `host`."""
+def _unknown_in_namespace(data: Mapping[str, Any], host: str) -> None:
+    """Refuse a key in our namespace that is none of ours (MailTLS_tls_profile, mailtls-dh-bits too)."""
     for key in sorted(map(str, data)):
-        # TLS_Profile and tls-profile are typos of ours too: refuse them rather than ignore them.
         norm = key.lower().replace("-", "_")
-        if norm.startswith(OUR_PREFIXES) and key not in _BY_KEY:
-            if norm in _BY_KEY:
+        if norm.startswith(NAMESPACE) and key not in _BY_NAME:
+            if norm in _BY_NAME:
                 hint = f" (did you mean {norm}?)"
             else:
-                close = [k for k in _BY_KEY if k.split("_")[0] == norm.split("_")[0]]
-                hint = f" (known: {', '.join(close)})" if close else ""
+                close = difflib.get_close_matches(norm, _BY_NAME, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]}?)" if close else \
+                    f" (ours: {', '.join(_BY_NAME)})"
             raise SettingsError(f"{host}: unknown setting {key!r}{hint}")
+
+
+def validate(data: Mapping[str, Any], host: str) -> Settings:
+    """Check every key we own in `data` (host data, after group data and --data) for `host`.
+
+    Each setting comes from its namespaced name or its old name (alias); both given must agree
+    (after normalising: `true` and `yes` agree), else the host is refused: an inventory that
+    says two things is not guessed at.
+    """
+    _unknown_in_namespace(data, host)
     values = {}
     for setting in SETTINGS:
-        raw = data.get(setting.key, setting.default)
-        try:
-            values[setting.key] = setting.check(raw)
-        except ValueError as exc:
-            raise SettingsError(f"{host}: {setting.key}={raw!r}: {exc}") from None
+        given = [(name, data[name]) for name in (setting.name, setting.key if setting.alias else None)
+                 if name is not None and name in data]
+        checked = []
+        for name, raw in given or [(setting.name, setting.default)]:
+            try:
+                checked.append((name, raw, setting.check(raw)))
+            except ValueError as exc:
+                raise SettingsError(f"{host}: {name}={raw!r}: {exc}") from None
+        if len({repr(value) for _, _, value in checked}) > 1:
+            (new, new_raw, _), (old, old_raw, _) = checked
+            raise SettingsError(f"{host}: {new}={new_raw!r} and its old name {old}={old_raw!r} "
+                                f"disagree: set one of them")
+        values[setting.key] = checked[0][2]
     settings = Settings(**values)
     _check_combinations(settings, host)
     return settings
+
+
+def notes(data: Mapping[str, Any]) -> list[str]:
+    """Hints about host data that is not ours but looks like an old name of ours misspelt
+    (`tls_profil`): never refused (it may be another deploy's), only worth a warning."""
+    out = []
+    for key in sorted(map(str, data)):
+        norm = key.lower().replace("-", "_")
+        if key in _ALIASES or norm.startswith(NAMESPACE):
+            continue
+        close = difflib.get_close_matches(norm, _ALIASES, n=1, cutoff=0.85)
+        if close:
+            out.append(f"{key!r} is not a mailtls setting, ignored (did you mean "
+                       f"{NAMESPACE}{close[0]}?)")
+    return out
 
 
 def _check_combinations(s: Settings, host: str) -> None:
@@ -224,15 +325,22 @@ def _check_combinations(s: Settings, host: str) -> None:
 
 
 def defaults() -> dict[str, Any]:
+    """{Settings field: default}."""
     return {s.key: s.default for s in SETTINGS}
+
+
+def data_defaults() -> dict[str, Any]:
+    """{namespaced host-data key: default}, for `@deploy(data_defaults=...)`."""
+    return {s.name: s.default for s in SETTINGS}
 
 
 def markdown_table() -> str:
     """The README's settings table, generated from SETTINGS (a unit test keeps them equal)."""
-    rows = ["| key | default | what it does |", "|---|---|---|"]
+    rows = ["| key | old name (alias) | default | what it does |", "|---|---|---|---|"]
     for s in SETTINGS:
         default = "unset" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
-        rows.append(f"| `{s.key}` | {default} | {s.doc} |")
+        alias = f"`{s.key}`" if s.alias else "-"
+        rows.append(f"| `{s.name}` | {alias} | {default} | {s.doc} |")
     return "\n".join(rows)
 
 

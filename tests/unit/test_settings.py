@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import SETTINGS, OUR_PREFIXES, Settings, SettingsError, defaults, validate
+from tasks.settings import (NAMESPACE, SETTINGS, Settings, SettingsError, data_defaults, defaults, notes,
+                            validate)
 
 HOST = "mx7.example.org"
 
@@ -26,7 +27,7 @@ def refused(data: dict, *names: str) -> str:
 def test_defaults_are_valid_and_complete():
     s = validate({}, HOST)
     assert isinstance(s, Settings)
-    assert {k: getattr(s, k) for k in defaults()} == defaults()
+    assert {k: getattr(s, k) for k in defaults()} == {x.key: x.check(x.default) for x in SETTINGS}
 
 
 def test_other_host_data_is_ignored():
@@ -100,32 +101,115 @@ def test_dh_bits_wrong_type_refused(value):
     refused({"dh_source": "generated", "dh_bits": value}, "dh_bits")
 
 
-# --- unknown keys with our prefixes -------------------------------------------------------------
+# --- our namespace: typos refused, other deploys' keys left alone ------------------------------
 
 @pytest.mark.parametrize("key,hint", [
-    ("tls_profil", "tls_profile"),
-    ("dh_bit", "dh_bits"),
-    ("postfix_cert", "postfix_cert_file"),
-    ("dovecot_ssl_cert", "dovecot_cert_file"),
+    ("mailtls_tls_profil", "did you mean mailtls_tls_profile?"),
+    ("mailtls_dh_bit", "did you mean mailtls_dh_bits?"),
+    ("mailtls_postfix_cert", "did you mean mailtls_postfix_cert_file?"),
+    ("mailtls_audit_port", "did you mean mailtls_audit_ports?"),
     ("mailtls_debug", None),
-    ("TLS_Profile", "did you mean tls_profile"),
-    ("tls-profile", "did you mean tls_profile"),
-    ("DH_BITS", "did you mean dh_bits"),
+    ("MailTLS_TLS_Profile", "did you mean mailtls_tls_profile?"),
+    ("mailtls-tls-profile", "did you mean mailtls_tls_profile?"),
+    ("MAILTLS_DH_BITS", "did you mean mailtls_dh_bits?"),
 ])
-def test_unknown_keys_with_our_prefixes_refused(key, hint):
+def test_unknown_keys_in_our_namespace_refused(key, hint):
     msg = refused({key: "x"}, repr(key), "unknown setting")
     if hint:
         assert hint in msg
 
 
-def test_every_prefix_is_checked():
-    for prefix in OUR_PREFIXES:
-        refused({f"{prefix}no_such_thing": 1}, f"{prefix}no_such_thing")
+def test_every_setting_has_a_namespaced_name_and_old_names_alias_exactly():
+    for s in SETTINGS:
+        assert s.name == NAMESPACE + s.key
+        assert validate({s.name: s.default}, HOST) == validate({}, HOST)
+
+
+# Another deploy's host data: never ours to refuse, whatever it holds.
+OTHERS = {"postfix_relayhost": "[smtp.example.org]:587", "postfix_myhostname": "mx.example.org",
+          "dovecot_mail_location": "maildir:~/Maildir", "dovecot_protocols": ["imap", "lmtp"],
+          "tls_something_else": {"x": 1}, "dh_group": None, "audit_log": "/var/log/audit",
+          "tls_profil": "???", "TLS_Profile": 7, "tls-profile": "x", "DH_BITS": 1}
+
+
+def test_other_deploys_keys_are_not_refused():
+    assert validate(OTHERS, HOST) == validate({}, HOST)
+
+
+def test_near_misses_of_old_names_are_only_noted():
+    said = "\n".join(notes(OTHERS))
+    assert "'tls_profil' is not a mailtls setting, ignored (did you mean mailtls_tls_profile?)" in said
+    assert "postfix_relayhost" not in said and "dovecot_mail_location" not in said
+    assert notes({"tls_profile": "modern", "mailtls_dh_bits": 2048}) == []
+
+
+@pytest.mark.parametrize("old,new,value", [
+    ("tls_profile", "mailtls_tls_profile", "modern"),
+    ("dh_rotation_schedule", "mailtls_dh_rotation_schedule", "*/30 3 * * 1"),
+    ("audit_ports", "mailtls_audit_ports", "25,993"),
+])
+def test_old_and_new_names_mean_the_same(old, new, value):
+    assert validate({old: value}, HOST) == validate({new: value}, HOST) == validate({old: value, new: value}, HOST)
+
+
+def test_old_and_new_names_must_agree():
+    msg = refused({"tls_profile": "modern", "mailtls_tls_profile": "intermediate"},
+                  "mailtls_tls_profile='intermediate'", "tls_profile='modern'", "disagree")
+    assert "set one of them" in msg
+    # agreeing after normalisation is agreeing
+    assert validate({"dh_rotation": "yes", "mailtls_dh_rotation": True, "dh_source": "generated"}, HOST).dh_rotation
+    assert validate({"dh_bits": "4096", "mailtls_dh_bits": 4096, "dh_source": "generated"}, HOST).dh_bits == 4096
+
+
+def test_a_bad_value_is_named_as_given():
+    refused({"mailtls_tls_profile": "old"}, "mailtls_tls_profile='old'")
+    refused({"tls_profile": "old"}, "tls_profile='old'")
+
+
+def test_data_defaults_are_the_namespaced_defaults():
+    assert data_defaults() == {NAMESPACE + k: v for k, v in defaults().items()}
+    assert validate(data_defaults(), HOST) == validate({}, HOST)
+
+
+# --- audit keys ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value,expected", [("25,587", (25, 587)), ("993", (993,)), ([25, "465"], (25, 465)),
+                                            (" 25 , 143 ,", (25, 143)), ("25,25", (25,))])
+def test_audit_ports_accepted(value, expected):
+    assert validate({"audit_ports": value}, HOST).audit_ports == expected
+
+
+@pytest.mark.parametrize("value", ["", "25,26", "smtp", "25;587", [True], 25, None, "-25"])
+def test_audit_ports_refused(value):
+    refused({"mailtls_audit_ports": value}, "mailtls_audit_ports")
+
+
+@pytest.mark.parametrize("value", ["nope", "", None, 1, "1", "enabled"])
+def test_audit_exclude_self_is_a_real_boolean(value):
+    # it used to be "anything but false/no/off/0 is true": `nope` meant yes
+    refused({"audit_exclude_self": value}, "audit_exclude_self", "true/false")
+
+
+@pytest.mark.parametrize("value,expected", [(24, 24.0), ("0.5", 0.5), ("168", 168.0)])
+def test_audit_log_hours_accepted(value, expected):
+    assert validate({"audit_log_hours": value}, HOST).audit_log_hours == expected
+
+
+@pytest.mark.parametrize("value", [0, -1, "x", "", None, True, "nan", "inf", 24 * 367])
+def test_audit_log_hours_refused(value):
+    refused({"audit_log_hours": value}, "audit_log_hours")
+
+
+def test_audit_json():
+    assert validate({"audit_json": "out/{host}.json"}, HOST).audit_json == "out/{host}.json"
+    assert validate({"audit_json": ""}, HOST).audit_json is None
+    refused({"audit_json": "a\nb"}, "audit_json")
+    refused({"audit_json": 5}, "audit_json")
 
 
 def test_unknown_key_reported_before_a_bad_value():
     # the typo is the likelier cause: name it, not the value that then falls back to a default
-    refused({"tls_profile": "old", "tls_profle": "modern"}, "tls_profle")
+    refused({"tls_profile": "old", "mailtls_tls_profle": "modern"}, "mailtls_tls_profle")
 
 
 # --- paths: shell and config metacharacters ------------------------------------------------------
@@ -283,7 +367,8 @@ def test_every_setting_is_covered():
     bad = {"tls_profile": "x", "tls_pq_hybrid": "x", "postfix_cert_file": "x", "postfix_key_file": "x",
            "dovecot_cert_file": "x", "dovecot_key_file": "x", "postfix_submission": "x",
            "postfix_submissions": "x", "dh_source": "x", "dh_bits": "x", "dh_file": "x",
-           "dh_rotation": "x", "dh_rotation_schedule": "x"}
+           "dh_rotation": "x", "dh_rotation_schedule": "x", "audit_ports": "x", "audit_log_hours": "x",
+           "audit_json": 5, "audit_exclude_self": "x"}
     assert set(bad) == {s.key for s in SETTINGS}, "a new setting needs its validation tests"
     for key, value in bad.items():
         refused({key: value}, key)
