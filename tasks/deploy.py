@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from tasks import dh, dovecot_conf, nodelay, ops, postfix_conf
+from tasks import certs, dh, dovecot_conf, nodelay, ops, postfix_conf
 from tasks.facts import MailHost
 from tasks.policy import resolve
 from tasks.settings import Settings, data_defaults, validate
@@ -18,7 +18,7 @@ from tasks.settings import Settings, data_defaults, validate
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
     """The files whose checksums the deploy's MailHost fact reads."""
-    return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings))
+    return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings), *certs.fact_files(settings))
 
 
 def settings_for(current_host=None) -> Settings:
@@ -60,10 +60,13 @@ def mail_tls(settings: Settings | None = None) -> None:
                   dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = dh.apply_dh(settings, policy, info)
+    # Before the config that names the copies: they exist (checked) by the time it does.
+    cert_plan, cert_changed = certs.apply_certs(settings, info)
 
+    pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
     pf = postfix_conf.render(
         policy, caps, info["postconf"], info["services"],
-        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
+        cert_file=pf_cert, key_file=pf_key,
         submission=settings.postfix_submission, submissions=settings.postfix_submissions,
     )
     pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=pf,
@@ -74,7 +77,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     if caps.dovecot is None:
         logger.info(f"{host.name}: Dovecot is not installed, skipping it")
     else:
-        text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file, settings.dovecot_key_file)
+        text = dovecot_conf.render(policy, caps, *certs.served("dovecot", settings, cert_plan))
         dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=text.encode(),
                               dest=dovecot_conf.CONF_PATH,
                               current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
@@ -84,4 +87,4 @@ def mail_tls(settings: Settings | None = None) -> None:
     # the same time (Dovecot's fits in the second Postfix waits for a just-edited main.cf).
     ops.commit(name="Postfix, Dovecot: check, reload, probe",
                daemons=tuple(d for d, changed in reload.items()
-                             if changed or dh_changed or d in info["pending"]))
+                             if changed or dh_changed or d in cert_changed or d in info["pending"]))

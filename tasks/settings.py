@@ -35,6 +35,8 @@ class SettingsError(ValueError):
 # paths. fullmatch, not `$`: `$` also matches before a trailing newline, which would end a config line.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
 _MAX_PATH = 4095  # PATH_MAX less the terminating NUL
+# Where the certificate watcher keeps the copies the daemons serve (tasks/certs.py).
+CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
 # Cron fields: (name, lowest, highest); day of week 7 is Sunday, as 0.
@@ -207,6 +209,11 @@ SETTINGS: tuple[Setting, ...] = (
             "group never changes, so rotating it would do nothing)."),
     Setting("dh_rotation_schedule", "17 4 * * 0", _cron,
             "Cron schedule (minute hour day-of-month month day-of-week) of the DH rotation."),
+    Setting("cert_watch", True, _bool,
+            "Follow certificate renewals (any ACME client): when the certificate or key files set "
+            "above change, a timer checks the new pair, copies it to the files the daemons are "
+            "configured with and reloads them through the safety net; a broken pair is never "
+            "served (docs/certificates.md).", alias=False),
     Setting("audit_ports", ",".join(map(str, DEFAULT_EXPECTED_PORTS)), _ports,
             "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
             "answer."),
@@ -237,6 +244,7 @@ class Settings:
     dh_file: str
     dh_rotation: bool
     dh_rotation_schedule: str
+    cert_watch: bool
     audit_ports: tuple[int, ...]
     audit_log_hours: float
     audit_json: str | None
@@ -285,7 +293,17 @@ def validate(data: Mapping[str, Any], host: str) -> Settings:
         values[setting.key] = checked[0][2]
     settings = Settings(**values)
     _check_combinations(settings, host)
+    _check_cert_watch(settings, host)
     return settings
+
+
+def _check_cert_watch(s: Settings, host: str) -> None:
+    """The watcher's copies are its own: no setting may name a file among them."""
+    for key in ("dh_file", "postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file"):
+        value = getattr(s, key)
+        if value and value.startswith(CERT_COPIES_DIR + "/"):
+            raise SettingsError(f"{host}: {key}={value!r}: {CERT_COPIES_DIR}/ holds the copies the "
+                                "certificate watcher serves; name the files your ACME client writes")
 
 
 def notes(data: Mapping[str, Any]) -> list[str]:

@@ -368,12 +368,26 @@ def test_every_setting_is_covered():
            "dovecot_cert_file": "x", "dovecot_key_file": "x", "postfix_submission": "x",
            "postfix_submissions": "x", "dh_source": "x", "dh_bits": "x", "dh_file": "x",
            "dh_rotation": "x", "dh_rotation_schedule": "x", "audit_ports": "x", "audit_log_hours": "x",
-           "audit_json": 5, "audit_exclude_self": "x"}
+           "audit_json": 5, "audit_exclude_self": "x", "cert_watch": "x"}
     assert set(bad) == {s.key for s in SETTINGS}, "a new setting needs its validation tests"
     for key, value in bad.items():
-        refused({key: value}, key)
+        refused({NAMESPACE + key: value}, NAMESPACE + key)
 
 
 def test_host_name_is_whatever_pyinfra_calls_it():
     with pytest.raises(SettingsError, match=r"^10\.213\.0\.2: tls_profile="):
         validate({"tls_profile": "x"}, "10.213.0.2")
+
+
+def test_cert_watch_has_no_old_name():
+    assert validate({"mailtls_cert_watch": "off"}, HOST).cert_watch is False
+    assert validate({"cert_watch": "off"}, HOST).cert_watch is True  # not ours: someone else's key
+    refused({"mailtls_cert_watch": "maybe"}, "mailtls_cert_watch", "true/false")
+
+
+@pytest.mark.parametrize("key", ["dh_file", "postfix_cert_file", "dovecot_key_file"])
+def test_no_setting_may_name_the_watchers_copies(key):
+    data = {"postfix_cert_file": "/etc/ssl/c.pem", "postfix_key_file": "/etc/ssl/k.pem",
+            "dovecot_cert_file": "/etc/ssl/c.pem", "dovecot_key_file": "/etc/ssl/k.pem"}
+    data[key] = "/etc/ssl/mailtls/served/postfix.pem"
+    refused(data, key, "certificate watcher")
