@@ -22,14 +22,17 @@ from tasks.scan import HostScan, scan_host
 from tasks.verdict import DEFAULT_EXPECTED_PORTS, PortVerdict, judge_host
 
 DEFAULT_JSON = "audit-results/{host}.json"
+CERT_STATUS = "/var/lib/mailtls/cert-watch"  # files/mailtls-cert-watch writes DAEMON.status there
 _PATTERN = "TLS connection established from|SSL_accept error from|-login: "
 
 
 class MailTlsLog(FactBase):
-    """The host's clock, the controller's address as the host sees it, and the TLS lines of its mail log.
+    """The host's clock, the controller's address as the host sees it, the certificate watcher's
+    status per daemon, and the TLS lines of its mail log.
 
-    Returns {'now': aware datetime, 'ssh_client': str | None, 'lines': [str]}; the newest
-    `max_lines` lines of mail.log.1 + mail.log that can matter to logreport.
+    Returns {'now': aware datetime, 'ssh_client': str | None, 'certs': {daemon: status line},
+    'lines': [str]}; the newest `max_lines` lines of mail.log.1 + mail.log that can matter to
+    logreport.
 
     Example:
         log = host.get_fact(MailTlsLog, max_lines=200000)
@@ -37,11 +40,13 @@ class MailTlsLog(FactBase):
 
     def command(self, max_lines: int = 200000) -> str:
         return ("export LC_ALL=C; echo \"@@now $(date +%s) $(date +%z)\"; echo \"@@client ${SSH_CLIENT%% *}\"; "
+                f"for f in {CERT_STATUS}/*.status; do [ -r \"$f\" ] && "
+                "echo \"@@cert $(basename \"$f\" .status) $(head -n 1 \"$f\")\"; done; "
                 "for f in /var/log/mail.log.1 /var/log/mail.log; do [ -r \"$f\" ] && "
                 f"grep -hE '{_PATTERN}' \"$f\"; done | tail -n {int(max_lines)}; true")
 
     def process(self, output: list[str]) -> dict:
-        now, client, lines = datetime.now(timezone.utc), None, []
+        now, client, lines, certs = datetime.now(timezone.utc), None, [], {}
         for line in output:
             if line.startswith("@@now "):
                 epoch, offset = line.split()[1:3]
@@ -49,9 +54,12 @@ class MailTlsLog(FactBase):
                 now = datetime.fromtimestamp(int(epoch), tz)
             elif line.startswith("@@client"):
                 client = line[8:].strip() or None
+            elif line.startswith("@@cert "):
+                _, daemon, status = (line + " ").split(" ", 2)
+                certs[daemon] = status.strip()
             else:
                 lines.append(line)
-        return {"now": now, "ssh_client": client, "lines": lines}
+        return {"now": now, "ssh_client": client, "certs": certs, "lines": lines}
 
 
 def json_path(host_name: str, configured: str | None) -> Path:
@@ -78,7 +86,8 @@ def _suites_cell(scan) -> str:
 
 
 def render(console: Console, name: str, address: str, profile: str, scan: HostScan,
-           verdicts: list[PortVerdict], report: LogReport) -> None:
+           verdicts: list[PortVerdict], report: LogReport, certs: dict | None = None) -> None:
+    certs = certs or {}
     ok = all(v.ok for v in verdicts)
     table = Table(title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}", title_justify="left")
     for col in ("port", "state", "protocols", "suites (kex group bits)", "TLS1.3", "PQ hybrid",
@@ -98,6 +107,9 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
             console.print(f"  [red]FAIL[/] {v.port}: {f}")
         for w in v.warnings:
             console.print(f"  [yellow]warn[/] {v.port}: {w}")
+    for daemon, status in sorted(certs.items()):
+        rejected = " rejected " in f" {status} "
+        console.print(f"  {'[yellow]warn[/]' if rejected else 'cert'} {daemon} certificate watcher: {status}")
     console.print(f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
                   f"(one Scanner run); PQ probe {scan.pq_seconds:.2f} s")
     logs = Table(title=f"{name}: TLS sessions in the mail log, {report.since:%Y-%m-%d %H:%M} .. "
@@ -123,7 +135,7 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     verdicts = judge_host(scan.ports, PROFILES[profile], tuple(expected_ports))
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)
-    render(_console(), name, address, profile, scan, verdicts, report)
+    render(_console(), name, address, profile, scan, verdicts, report, log.get("certs"))
     result = {
         "host": name, "address": address, "profile": profile, "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports), "scan_seconds": round(scan.seconds, 2),
@@ -132,6 +144,8 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
                   for p, v in zip(scan.ports, verdicts)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
         "log_report": report.to_dict() | {"excluded_clients": sorted(excluded)},
+        # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"
+        "certificates": log.get("certs", {}),
     }
     path = json_path(name, json_file)
     path.parent.mkdir(parents=True, exist_ok=True)
