@@ -184,11 +184,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
             ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes)."),
     Setting("postfix_cert_file", None, _path_or_none,
-            "Postfix certificate (smtpd_tls_cert_file); unset keeps what main.cf has."),
+            "Postfix certificate (chain) as your ACME client writes it; with cert_watch Postfix "
+            "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has."),
     Setting("postfix_key_file", None, _path_or_none,
-            "Postfix private key (smtpd_tls_key_file); unset keeps what main.cf has."),
+            "Postfix private key, as for the certificate; unset keeps what main.cf has."),
     Setting("dovecot_cert_file", None, _path_or_none,
-            "Dovecot certificate; unset keeps what Dovecot uses now."),
+            "Dovecot certificate (chain), as for Postfix's; unset keeps what Dovecot uses now."),
     Setting("dovecot_key_file", None, _path_or_none,
             "Dovecot private key; unset keeps what Dovecot uses now."),
     Setting("postfix_submission", True, _bool,
