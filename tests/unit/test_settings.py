@@ -391,3 +391,29 @@ def test_no_setting_may_name_the_watchers_copies(key):
             "dovecot_cert_file": "/etc/ssl/c.pem", "dovecot_key_file": "/etc/ssl/k.pem"}
     data[key] = "/etc/ssl/mailtls/served/postfix.pem"
     refused(data, key, "certificate watcher")
+
+
+class _Host:
+    """What settings_for() uses of a pyinfra Host inside our @deploy: merged data (defaults last)."""
+
+    name = HOST
+
+    def __init__(self, data: dict):
+        self._deploy_data = data_defaults()
+        merged = {**self._deploy_data, **data}
+        self.data = type("Data", (), {"dict": lambda _self: dict(merged)})()
+
+    def get_deploy_data(self):
+        return self._deploy_data
+
+
+def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
+    from tasks.deploy import settings_for
+
+    # an old name in the inventory beats the namespaced default pyinfra merged in
+    assert settings_for(_Host({"tls_profile": "modern"})).tls_profile == "modern"
+    assert settings_for(_Host({"dh_rotation_schedule": "1 2 * * *"})).dh_rotation_schedule == "1 2 * * *"
+    assert settings_for(_Host({})) == validate({}, HOST)
+    # values the user gave are still checked, namespaced or not
+    with pytest.raises(SettingsError, match="mailtls_tls_profile='x'"):
+        settings_for(_Host({"mailtls_tls_profile": "x"}))
