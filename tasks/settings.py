@@ -184,7 +184,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
             ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes)."),
     Setting("postfix_cert_file", None, _path_or_none,
-            "Postfix certificate (chain) as your ACME client writes it; with cert_watch Postfix "
+            "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
             "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has."),
     Setting("postfix_key_file", None, _path_or_none,
             "Postfix private key, as for the certificate; unset keeps what main.cf has."),
@@ -225,7 +225,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit_exclude_self", True, _bool,
             "Audit: leave the auditing controller's own handshakes out of the log report."),
 )
-_BY_KEY = {s.key: s for s in SETTINGS}
 _BY_NAME = {s.name: s for s in SETTINGS}
 _ALIASES = {s.key: s for s in SETTINGS if s.alias}
 
