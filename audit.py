@@ -3,7 +3,8 @@
     pyinfra -y inventory.py audit.py
     pyinfra -y 10.213.0.2 audit.py --ssh-user root --ssh-key KEY
 
-Host data (all optional): tls_profile (intermediate), audit_ports (expected TLS ports,
+Host data (all optional): the deploy's settings (tls_profile, tls_pq_hybrid, tls_resumption:
+the audit judges the host against what they promise), audit_ports (expected TLS ports,
 "25,587,465,143,993"; closed = failure), audit_log_hours (24), audit_json (JSON path;
 else $MAILTLS_AUDIT_JSON; else audit-results/HOST.json; "{host}" is replaced),
 audit_exclude_self (true: leave the auditing controller's own sessions out of the log report).
@@ -18,22 +19,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pyinfra import host  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import MailTlsLog, audit_host, failures_of, parse_ports  # noqa: E402
-from tasks.policy import DEFAULT_PROFILE, PROFILES  # noqa: E402
+from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failures_of, parse_ports  # noqa: E402
+from tasks.settings import validate  # noqa: E402
 from tasks.verdict import DEFAULT_EXPECTED_PORTS  # noqa: E402
 
-profile = host.data.get("tls_profile") or DEFAULT_PROFILE
-if profile not in PROFILES:
-    raise ValueError(f"{host.name}: tls_profile={profile!r}; choose one of {', '.join(PROFILES)}")
+# The same settings the deploy applied: the audit judges the host against them.
+settings = validate(host.data.dict(), host.name)
+profile = settings.tls_profile
 expected = parse_ports(host.data.get("audit_ports") or DEFAULT_EXPECTED_PORTS)
 log = host.get_fact(MailTlsLog)
+expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))
 
 
 def _audit() -> None:
     result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
                         expected_ports=expected, log_hours=float(host.data.get("audit_log_hours") or 24),
                         json_file=host.data.get("audit_json"),
-                        exclude_self=str(host.data.get("audit_exclude_self", True)).lower() not in ("false", "no", "off", "0"))
+                        exclude_self=str(host.data.get("audit_exclude_self", True)).lower() not in ("false", "no", "off", "0"),
+                        expect=expect)
     failures = failures_of(result)
     if failures:
         shown = "\n  ".join(failures[:40]) + (f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else "")
