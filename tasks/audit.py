@@ -119,7 +119,7 @@ def _resumption_cell(p) -> str:
     hint = f" hint {r.tls12_lifetime_hint}s" if r.tls12_lifetime_hint else ""
     hint13 = f" hint {r.tls13_lifetime_hint}s" if r.tls13_lifetime_hint else ""
     return (f"1.2 id:{mark[r.tls12_session_id]} ticket:{mark[r.tls12_ticket]}{hint}; "
-            f"1.3:{mark[r.tls13]}{hint13}")
+            f"1.3:{mark[r.tls13]}{hint13}" + ("; psk_ke alone: " + r.tls13_psk_ke_only if r.tls13_psk_ke_only else ""))
 
 
 def _cert_cell(p) -> str:

@@ -37,6 +37,7 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
+from tasks.psk_probe import ProbeError, probe_psk_modes
 from tasks.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
 
 OPT_TLS = {"smtp": ProtocolWithOpportunisticTlsEnum.SMTP, "imap": ProtocolWithOpportunisticTlsEnum.IMAP,
@@ -340,6 +341,23 @@ def probe_resumption(scan: PortScan, server_name: str) -> None:
                 res.tls12_ticket = resumed and issued
         else:
             res.tls13, res.tls13_lifetime_hint = resumed, hint
+            res.tls13_psk_ke_only = _psk_ke(scan, server_name)
+
+
+def _psk_ke(scan: PortScan, server_name: str) -> str | None:
+    """What a client offering only psk_ke gets (None: no ticket to offer); retried like the rest."""
+    service = MAIL_PORTS[scan.port][1]
+    why = ""
+    for delay in (0.0, 1.0, 3.0):
+        time.sleep(delay)
+        try:
+            result = probe_psk_modes(scan.ip, scan.port, (lambda sock: _starttls(sock, service)) if service else None,
+                                     server_name)
+            return result.get("psk_ke")
+        except (ProbeError, OSError, ValueError) as exc:
+            why = f"{type(exc).__name__}: {exc}"
+    scan.incomplete.append(f"TLSv1.3 psk_ke probe did not complete ({why})")
+    return None
 
 
 def probe_server_order(ip: str, port: int, timeout: float = 10) -> tuple[bool | None, str]:

@@ -130,6 +130,9 @@ class Resumed:
     tls12_lifetime_hint: int | None = None  # seconds, from the TLS 1.2 ticket
     tls13: bool | None = None  # a second TLS 1.3 connection resumed (psk_dhe_ke with OpenSSL)
     tls13_lifetime_hint: int | None = None
+    # A client offering psk_ke alone (tasks/psk_probe.py): 'full handshake' is right; 'resumed
+    # without (EC)DHE' means a resumed TLS 1.3 session that the ticket key alone decrypts.
+    tls13_psk_ke_only: str | None = None
 
 
 @dataclass
@@ -224,6 +227,8 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
             and res.tls12_lifetime_hint > policy.postfix_lifetime_hint:
         fail.append(f"TLS 1.2 ticket lifetime hint {res.tls12_lifetime_hint} s: ticket keys outlive "
                     f"the policy's window ({policy.postfix_window} s, hint {policy.postfix_lifetime_hint} s)")
+    if res.tls13_psk_ke_only == "resumed without (EC)DHE":
+        fail.append("resumes TLS 1.3 without a fresh (EC)DHE for a client offering only psk_ke")
     if res.tls13 and (policy.postfix_cache_timeout == 0 or port not in POSTFIX_PORTS):
         fail.append(f"resumes TLS 1.3 sessions (tls_resumption={policy.name}"
                     + ("" if port in POSTFIX_PORTS else "; a login process cannot") + ")")

@@ -59,6 +59,21 @@ def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
         assert not t13["resumed"] and not seen[port, "id"]["resumed"], (port, t13)
 
 
+def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
+    """A client that offers only psk_ke (tasks/psk_probe.py) gets a full handshake on every port;
+    the same client offering psk_dhe_ke resumes on Postfix's ports (the control)."""
+    from tasks.psk_probe import probe_psk_modes
+    from tasks.scan import _starttls
+
+    host = deployed[suite]
+    for port in POSTFIX + DOVECOT:
+        service = {25: "smtp", 587: "smtp", 143: "imap"}.get(port)
+        result = probe_psk_modes(host.address, port, (lambda s: _starttls(s, service)) if service else None)
+        print(port, result)
+        assert result["ticket"] and result["psk_ke"] == "full handshake", (port, result)
+        assert result["psk_dhe_ke"] == ("resumed" if port in POSTFIX else "full handshake"), (port, result)
+
+
 def test_resumption_off_resumes_nothing(fresh_host, suite, tmp_path):
     host = fresh_host(suite)
     run_pyinfra(host, "deploy.py", "--data", "tls_resumption=off")

@@ -225,6 +225,12 @@ def test_dovecot_issuing_tls12_tickets_fails():
     assert window(993, res, BOUNDED) == 0
 
 
+def test_tls13_resumption_without_dhe_fails():
+    res = postfix_resumption(tls13_psk_ke_only="resumed without (EC)DHE")
+    assert any("without a fresh (EC)DHE" in f for f in judged(port(25, res)).failures)
+    assert judged(port(25, postfix_resumption(tls13_psk_ke_only="full handshake"))).ok
+
+
 def test_session_id_resumption_fails():
     v = judged(port(25, Resumed(tls12_session_id=True)))
     assert any("session ID" in f for f in v.failures)
