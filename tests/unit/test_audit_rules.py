@@ -316,3 +316,14 @@ def test_an_expected_port_missing_on_one_address_fails_there():
     verdicts = judge_host(scans, INTERMEDIATE, (25, 587), Expect(now=NOW))
     failures = [(v.ip, f) for v in verdicts for f in v.failures]
     assert failures == [("2001:db8::25", "port 587 was not scanned on 2001:db8::25")]
+
+
+def test_readme_lists_every_json_key_of_a_port():
+    """The README documents the JSON: every key a port entry has is named there."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    scan = PortScan(25, "smtp", "open", certificate=cert())
+    keys = set(scan.to_dict()) | set(scan.to_dict()["resumption"]) | set(scan.to_dict()["certificate"])
+    keys |= {"window_seconds", "ok", "failures", "warnings"}
+    assert sorted(k for k in keys if f"`{k}`" not in readme) == []
