@@ -186,7 +186,7 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     """Scan, judge and summarise one host; print the tables, write the JSON, return its dict."""
     expect = expect or Expect()
     prof = PROFILES[profile]
-    scan = scan_host(address, server_order=prof.server_preference)
+    scan = scan_host(address, server_order=prof.server_preference, expected=tuple(expected_ports))
     verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)

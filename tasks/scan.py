@@ -100,14 +100,14 @@ def _trace_text(trace) -> str:
     return f"{trace.exc_type.__name__}: {''.join(trace.format_exception_only()).strip()}"
 
 
-def absorb(g: _Gathered, result: ServerScanResult, commands) -> set:
+def absorb(g: _Gathered, result: ServerScanResult, commands, final_errors=FINAL_ERRORS) -> set:
     """Merge one sslyze result into `g`; return the commands still to retry."""
     g.runs += 1
     if result.scan_result is None:
         trace = result.connectivity_error_trace
         kind = trace.exc_type.__name__ if trace else "unknown"
         g.connectivity = (kind, _trace_text(trace))
-        return set() if kind in FINAL_ERRORS else set(commands)
+        return set() if kind in final_errors else set(commands)
     g.connectivity = None
     pending = set()
     for command in commands:
@@ -209,8 +209,13 @@ def resolve(address: str) -> str:
 
 
 def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS,
-               scanner_factory=Scanner, sleep=time.sleep) -> dict[tuple[str, int], _Gathered]:
-    """All targets in one sslyze run, then what did not complete again (fewer connections)."""
+               scanner_factory=Scanner, sleep=time.sleep, expected: tuple[int, ...] | None = None,
+               ) -> dict[tuple[str, int], _Gathered]:
+    """All targets in one sslyze run, then what did not complete again (fewer connections).
+
+    A port outside `expected` (None: all expected) that times out on connect is taken as
+    filtered at once: waiting out a firewall's DROP three times would only slow the audit.
+    """
     gathered = {t: _Gathered() for t in targets}
     pending = {t: set(COMMANDS) for t in targets}
     for attempt, delay in enumerate((0.0, *delays)):
@@ -222,15 +227,18 @@ def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS
         scanner.queue_scans([_request(address, ip, port, cmds) for (ip, port), cmds in pending.items()])
         results = {(r.server_location.ip_address, r.server_location.port): r for r in scanner.get_results()}
         pending = {t: left for t, cmds in pending.items()
-                   if (left := absorb(gathered[t], results[t], cmds))}
+                   if (left := absorb(gathered[t], results[t], cmds,
+                                      FINAL_ERRORS if expected is None or t[1] in expected
+                                      else FINAL_ERRORS | {"ConnectionToServerTimedOut"}))}
     return gathered
 
 
 def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool = True,
-              server_order: bool = False) -> HostScan:
+              server_order: bool = False, expected: tuple[int, ...] | None = None) -> HostScan:
     """Scan `ports` on every address of `address`; unresolvable -> every port in state 'error'.
 
     server_order: also probe whether a client preferring DHE still gets ECDHE (legacy-dhe).
+    expected: the ports that must answer (the others are not waited for when filtered).
     """
     host = HostScan(address)
     try:
@@ -240,7 +248,7 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
         return host
     targets = [(ip, p) for ip in host.ips for p in ports]
     start = time.monotonic()
-    gathered = run_sslyze(address, targets)
+    gathered = run_sslyze(address, targets, expected=expected)
     host.seconds = time.monotonic() - start
     host.ports = [port_scan(p, ip, gathered[(ip, p)]) for ip, p in targets]
     start = time.monotonic()
@@ -256,6 +264,8 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
     for scan in host.ports:
         if pq and scan.state == "open":
             scan.pq_hybrid, scan.pq_note = _retry(lambda: probe_pq_hybrid(scan.ip, scan.port))
+            if scan.pq_hybrid is None:
+                scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
     host.pq_seconds = time.monotonic() - start
     return host
 

@@ -141,11 +141,11 @@ class FakeScanner:
             yield play(loc.ip_address, loc.port, req.scan_commands)
 
 
-def run(script):
+def run(script, expected=None):
     FakeScanner.runs, FakeScanner.script = [], script
     slept = []
     gathered = run_sslyze("mx.test", [("10.0.0.2", 993), ("10.0.0.2", 25)], scanner_factory=FakeScanner,
-                          sleep=slept.append)
+                          sleep=slept.append, expected=expected)
     return gathered, slept
 
 
@@ -182,6 +182,19 @@ def test_a_refused_connection_is_final_a_timeout_is_retried():
     gathered, _ = run([lambda ip, port, cmds: server_result(ip, port, connectivity=ServerRejectedConnection("RST"))])
     assert len(FakeScanner.runs) == 1
     assert port_scan(25, "10.0.0.2", gathered[("10.0.0.2", 25)]).state == "closed"
+
+    class ConnectionToServerTimedOut(Exception):  # noqa: N818
+        pass
+
+    def flaky_993(ip, port, cmds):
+        if port == 993 and len(FakeScanner.runs) == 1:
+            return server_result(ip, port, connectivity=ConnectionToServerTimedOut("timed out"))
+        return server_result(ip, port, None, cmds)
+
+    gathered, _ = run([flaky_993] * 3, expected=(25, 993))
+    assert len(FakeScanner.runs) == 2 and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "open"
+    gathered, _ = run([flaky_993] * 3, expected=(25,))  # 993 not expected: a timeout is taken as filtered
+    assert len(FakeScanner.runs) == 1 and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "closed"
 
 
 # --- resumption judged against tls_resumption --------------------------------------------------
