@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-
 from datetime import datetime, timezone
 
 from tasks.policy import (CLASSIC_GROUPS, DEFAULT_RESUMPTION, MIN_DH_BITS, PQ_HYBRID, PROTOCOLS, RESUMPTION,
