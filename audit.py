@@ -3,10 +3,12 @@
     pyinfra -y inventory.py audit.py
     pyinfra -y 10.213.0.2 audit.py --ssh-user root --ssh-key KEY
 
-Host data (all optional, checked like the deploy's: tasks/settings.py): mailtls_tls_profile,
-mailtls_audit_ports (expected TLS ports; closed = failure), mailtls_audit_log_hours,
-mailtls_audit_json ("{host}" is replaced; else $MAILTLS_AUDIT_JSON; else audit-results/HOST.json),
-mailtls_audit_exclude_self. The old names (tls_profile, audit_ports, ...) work too.
+Host data (all optional, checked like the deploy's: tasks/settings.py): the deploy's settings
+(mailtls_tls_profile, mailtls_tls_pq_hybrid, mailtls_tls_resumption: the audit judges the host against
+what they promise), mailtls_audit_ports (expected TLS ports; closed = failure),
+mailtls_audit_log_hours, mailtls_audit_json ("{host}" is replaced; else $MAILTLS_AUDIT_JSON; else
+audit-results/HOST.json), mailtls_audit_exclude_self. The old names (tls_profile, audit_ports, ...)
+work too.
 Scans run from this machine with sslyze; logs are read over SSH.
 """
 
@@ -19,10 +21,11 @@ from pyinfra import host, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import MailTlsLog, audit_host, failures_of  # noqa: E402
+from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failures_of  # noqa: E402
 from tasks.settings import SettingsError, validate  # noqa: E402
 
-# As deploy.py: every host's settings checked before anything runs on any host.
+# As deploy.py: every host's settings checked before anything runs on any host. The audit judges
+# each host against the same settings the deploy applied.
 try:
     for each in state.inventory:
         validate(each.data.dict(), each.name)
@@ -32,12 +35,14 @@ except SettingsError as exc:
 settings = validate(host.data.dict(), host.name)
 profile = settings.tls_profile
 log = host.get_fact(MailTlsLog)
+expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))
 
 
 def _audit() -> None:
     result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
                         expected_ports=settings.audit_ports, log_hours=settings.audit_log_hours,
-                        json_file=settings.audit_json, exclude_self=settings.audit_exclude_self)
+                        json_file=settings.audit_json, exclude_self=settings.audit_exclude_self,
+                        expect=expect)
     failures = failures_of(result)
     if failures:
         shown = "\n  ".join(failures[:40]) + (f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else "")

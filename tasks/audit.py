@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tasks.logreport import PORTS, LogReport, summarize
-from tasks.policy import PROFILES
+from tasks.policy import PROFILES, RESUMPTION, offers_pq_hybrid, parse_version, HostCaps
 from tasks.scan import HostScan, scan_host
-from tasks.verdict import DEFAULT_EXPECTED_PORTS, PortVerdict, judge_host
+from tasks.verdict import DEFAULT_EXPECTED_PORTS, Expect, PortVerdict, judge_host, window
 
 DEFAULT_JSON = "audit-results/{host}.json"
 CERT_STATUS = "/var/lib/mailtls/cert-watch"  # files/mailtls-cert-watch writes DAEMON.status there
@@ -62,6 +62,39 @@ class MailTlsLog(FactBase):
         return {"now": now, "ssh_client": client, "certs": certs, "lines": lines}
 
 
+class AuditHost(FactBase):
+    """What the audit needs to know about the host beyond its ports: the name its certificate
+    should carry (Postfix's myhostname) and its OpenSSL version (can it offer hybrid PQ?).
+
+    Example:
+        facts = host.get_fact(AuditHost)   # {'myhostname': 'mx1.example.org', 'openssl': (3, 5, 1)}
+    """
+
+    def command(self) -> str:
+        return "echo \"@@name $(postconf -h myhostname 2>/dev/null)\"; echo \"@@openssl $(openssl version 2>/dev/null)\""
+
+    def process(self, output: list[str]) -> dict:
+        facts = {"myhostname": None, "openssl": None}
+        for line in output:
+            if line.startswith("@@name "):
+                facts["myhostname"] = line[7:].strip() or None
+            elif line.startswith("@@openssl "):
+                try:
+                    facts["openssl"] = parse_version(line[10:])
+                except ValueError:
+                    pass
+        return facts
+
+
+def expectations(resumption: str, pq_hybrid: bool, facts: dict) -> Expect:
+    """The host's promises, from its settings and facts: unknown OpenSSL -> PQ not judged."""
+    pq = None
+    if facts.get("openssl"):
+        pq = offers_pq_hybrid(HostCaps(postfix=None, dovecot=None, openssl=facts["openssl"]), pq_hybrid)
+    return Expect(resumption=RESUMPTION[resumption], pq_hybrid=pq, cert_name=facts.get("myhostname"))
+
+
+
 def json_path(host_name: str, configured: str | None) -> Path:
     """Where the JSON goes: host data audit_json, else $MAILTLS_AUDIT_JSON, else audit-results/HOST.json.
 
@@ -79,6 +112,22 @@ def _console() -> Console:
     return console if console.is_terminal else Console(width=220)
 
 
+def _resumption_cell(p) -> str:
+    r = p.resumption
+    mark = {True: "yes", False: "no", None: "-"}
+    hint = f" hint {r.tls12_lifetime_hint}s" if r.tls12_lifetime_hint else ""
+    hint13 = f" hint {r.tls13_lifetime_hint}s" if r.tls13_lifetime_hint else ""
+    return (f"1.2 id:{mark[r.tls12_session_id]} ticket:{mark[r.tls12_ticket]}{hint}; "
+            f"1.3:{mark[r.tls13]}{hint13}" + ("; psk_ke alone: " + r.tls13_psk_ke_only if r.tls13_psk_ke_only else ""))
+
+
+def _cert_cell(p) -> str:
+    c = p.certificate
+    if c is None:
+        return f"{p.cert_key_type or '-'} {p.cert_key_bits or ''}"
+    return f"{c.key_type} {c.key_bits or ''} {c.signature_hash or ''} until {c.not_after[:10]}"
+
+
 def _suites_cell(scan) -> str:
     kinds = sorted({" ".join(str(x) for x in (s.kex_type or "static", s.group or "", s.key_bits or "") if x)
                     for s in scan.suites})
@@ -90,28 +139,34 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
     certs = certs or {}
     ok = all(v.ok for v in verdicts)
     table = Table(title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}", title_justify="left")
+    multi = len(scan.ips) > 1
     for col in ("port", "state", "protocols", "suites (kex group bits)", "TLS1.3", "PQ hybrid",
-                "client reneg", "curves", "cert", "verdict"):
+                "client reneg", "compr/EMS/RI", "server order", "resumption", "curves", "cert", "verdict"):
         table.add_column(col)
-    by_port = {v.port: v for v in verdicts}
-    for p in scan.ports:
-        v = by_port[p.port]
+    yes_no = {True: "yes", False: "no", None: "-"}
+    for p, v in zip(scan.ports, verdicts):
         pq = {True: "yes", False: "no", None: "not checked"}[p.pq_hybrid]
-        table.add_row(f"{p.port} {p.service}", p.state, " ".join(p.protocols) or "-", _suites_cell(p),
+        where = f" {p.ip}" if multi else ""
+        table.add_row(f"{p.port} {p.service}{where}", p.state + (f" ({p.retries} retries)" if p.retries else ""),
+                      " ".join(p.protocols) or "-", _suites_cell(p),
                       "yes" if p.tls13 else "no", pq, {True: "ACCEPTED", False: "refused", None: "-"}[p.client_renegotiation],
-                      " ".join(p.curves or []) or "-", f"{p.cert_key_type or '-'} {p.cert_key_bits or ''}",
+                      f"{yes_no[p.compression]}/{yes_no[p.extended_master_secret]}/{yes_no[p.secure_renegotiation]}",
+                      yes_no[p.server_order], _resumption_cell(p),
+                      " ".join(p.curves or []) or "-", _cert_cell(p),
                       "[green]ok[/]" if v.ok else f"[red]FAIL ({len(v.failures)})[/]")
     console.print(table)
     for v in verdicts:
+        where = f" ({v.ip})" if multi and v.ip else ""
         for f in v.failures:
-            console.print(f"  [red]FAIL[/] {v.port}: {f}")
+            console.print(f"  [red]FAIL[/] {v.port}{where}: {f}")
         for w in v.warnings:
-            console.print(f"  [yellow]warn[/] {v.port}: {w}")
+            console.print(f"  [yellow]warn[/] {v.port}{where}: {w}")
     for daemon, status in sorted(certs.items()):
         rejected = " rejected " in f" {status} "
         console.print(f"  {'[yellow]warn[/]' if rejected else 'cert'} {daemon} certificate watcher: {status}")
     console.print(f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
-                  f"(one Scanner run); PQ probe {scan.pq_seconds:.2f} s")
+                  f"on {len(scan.ips)} address(es), retries included; resumption/order probes "
+                  f"{scan.probe_seconds:.2f} s; PQ probe {scan.pq_seconds:.2f} s")
     logs = Table(title=f"{name}: TLS sessions in the mail log, {report.since:%Y-%m-%d %H:%M} .. "
                        f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
                  title_justify="left")
@@ -129,18 +184,28 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
 
 
 def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=DEFAULT_EXPECTED_PORTS,
-               log_hours: float = 24, json_file: str | None = None, exclude_self: bool = True) -> dict:
+               log_hours: float = 24, json_file: str | None = None, exclude_self: bool = True,
+               expect: Expect | None = None) -> dict:
     """Scan, judge and summarise one host; print the tables, write the JSON, return its dict."""
-    scan = scan_host(address)
-    verdicts = judge_host(scan.ports, PROFILES[profile], tuple(expected_ports))
+    expect = expect or Expect()
+    prof = PROFILES[profile]
+    scan = scan_host(address, server_order=prof.server_preference, expected=tuple(expected_ports))
+    verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)
     render(_console(), name, address, profile, scan, verdicts, report, log.get("certs"))
     result = {
-        "host": name, "address": address, "profile": profile, "ok": all(v.ok for v in verdicts),
+        "host": name, "address": address, "addresses": scan.ips, "profile": profile,
+        "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports), "scan_seconds": round(scan.seconds, 2),
-        "pq_probe_seconds": round(scan.pq_seconds, 3), "audited_at": datetime.now(timezone.utc).isoformat(),
-        "ports": [p.to_dict() | {"ok": v.ok, "failures": v.failures, "warnings": v.warnings}
+        "pq_probe_seconds": round(scan.pq_seconds, 3), "probe_seconds": round(scan.probe_seconds, 3),
+        "audited_at": datetime.now(timezone.utc).isoformat(),
+        "expect": {"tls_resumption": expect.resumption.name, "pq_hybrid": expect.pq_hybrid,
+                   "cert_name": expect.cert_name,
+                   "postfix_window_seconds": expect.resumption.postfix_window,
+                   "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint},
+        "ports": [p.to_dict() | {"window_seconds": window(p.port, p.resumption, expect.resumption),
+                                 "ok": v.ok, "failures": v.failures, "warnings": v.warnings}
                   for p, v in zip(scan.ports, verdicts)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
         "log_report": report.to_dict() | {"excluded_clients": sorted(excluded)},
@@ -156,5 +221,7 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
 
 def failures_of(result: dict) -> list[str]:
     """'HOST port N: message' for every failure in an audit_host() result."""
-    out = [f"{result['host']} port {p['port']}: {f}" for p in result["ports"] for f in p["failures"]]
+    multi = len(result.get("addresses") or []) > 1
+    out = [f"{result['host']} port {p['port']}" + (f" ({p['ip']})" if multi else "") + f": {f}"
+           for p in result["ports"] for f in p["failures"]]
     return out + [f"{result['host']}: {f}" for f in result["unscanned_failures"]]

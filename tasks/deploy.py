@@ -52,7 +52,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     if caps.postfix is None:
         raise RuntimeError(f"{host.name}: Postfix is not installed")
     policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
-                     dh_file=settings.dh_file)
+                     dh_file=settings.dh_file, resumption=settings.tls_resumption)
     for note in policy.notes:
         logger.warning(f"{host.name}: {note}")
 

@@ -95,6 +95,52 @@ PROFILES: dict[str, Profile] = {
 DEFAULT_PROFILE = "intermediate"
 
 
+# --- Session resumption: how long a recorded session stays decryptable (docs/resumption.md) ---
+#
+# A TLS 1.2 session resumed from a ticket, and every TLS 1.2 session whose ticket was issued,
+# can be decrypted by whoever later obtains the ticket key: the ticket carries the master
+# secret. TLS 1.3 resumption in OpenSSL always adds a fresh (EC)DHE (psk_dhe_ke; psk_ke needs
+# SSL_OP_ALLOW_NO_DHE_KEX, which neither daemon sets), so only TLS 1.2 bounds the window.
+
+@dataclass(frozen=True)
+class Resumption:
+    """One resumption policy.
+
+    postfix_cache_timeout: smtpd_tls_session_cache_timeout T in seconds; 0 = no tickets and no
+    session cache at all. Postfix's tlsmgr issues tickets with a key for T/2 and smtpd decrypts
+    with it until T/2 + T after the key was made, so 1.5 T bounds a TLS 1.2 ticket's window;
+    OpenSSL's session lifetime (the lifetime hint) is 2 T.
+    Dovecot never issues TLS 1.2 tickets: its login processes live for one connection, so a
+    ticket could never be honoured (ssl_options = no_ticket).
+    """
+
+    name: str
+    description: str
+    postfix_cache_timeout: int
+
+    @property
+    def postfix_window(self) -> int:
+        """Seconds a TLS 1.2 session's ticket stays decryptable by Postfix: 1.5 T."""
+        return self.postfix_cache_timeout * 3 // 2
+
+    @property
+    def postfix_lifetime_hint(self) -> int:
+        """The ticket lifetime hint Postfix sends (OpenSSL's session timeout, 2 T); 0 = no tickets."""
+        return 2 * self.postfix_cache_timeout
+
+
+RESUMPTION: dict[str, Resumption] = {
+    r.name: r
+    for r in (
+        Resumption("bounded", "Postfix resumes by ticket, ticket keys usable for at most one hour; "
+                   "Dovecot issues no TLS 1.2 tickets", postfix_cache_timeout=2400),
+        Resumption("off", "no resumption anywhere: every session is a full (EC)DHE handshake",
+                   postfix_cache_timeout=0),
+    )
+}
+DEFAULT_RESUMPTION = "bounded"
+
+
 @dataclass(frozen=True)
 class HostCaps:
     """What a host runs; versions as integer tuples. dovecot=None when Dovecot is absent."""
@@ -113,6 +159,7 @@ class Policy:
     tls13_suites: tuple[str, ...] = TLS13_SUITES
     dh_file: str | None = None
     notes: tuple[str, ...] = field(default=())
+    resumption: Resumption = RESUMPTION[DEFAULT_RESUMPTION]
 
     @property
     def name(self) -> str:
@@ -153,14 +200,18 @@ def offers_pq_hybrid(caps: HostCaps, pq_hybrid: bool = True) -> bool:
     return pq_hybrid and caps.openssl[:2] >= PQ_MIN_OPENSSL
 
 
-def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: str | None = None) -> Policy:
+def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: str | None = None,
+            resumption: str = DEFAULT_RESUMPTION) -> Policy:
     """The policy for `profile` on a host with `caps`.
 
     pq_hybrid: offer X25519MLKEM768 first where the host's OpenSSL can (>= 3.5).
     dh_file: path of the DH parameter file on the host; required when the profile offers DHE.
+    resumption: a key of RESUMPTION.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown TLS profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    if resumption not in RESUMPTION:
+        raise ValueError(f"unknown resumption policy {resumption!r}; choose one of {', '.join(RESUMPTION)}")
     prof = PROFILES[profile]
     groups = ((PQ_HYBRID,) if offers_pq_hybrid(caps, pq_hybrid) else ()) + CLASSIC_GROUPS
     notes = []
@@ -174,9 +225,11 @@ def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: st
             )
     else:
         dh_file = None
-    return Policy(profile=prof, groups=groups, dh_file=dh_file, notes=tuple(notes))
+    return Policy(profile=prof, groups=groups, dh_file=dh_file, notes=tuple(notes),
+                  resumption=RESUMPTION[resumption])
 
 
 def protocols_at_least(minimum: str) -> tuple[str, ...]:
     """The protocol versions a floor admits: 'TLSv1.2' -> ('TLSv1.2', 'TLSv1.3')."""
     return PROTOCOLS[PROTOCOLS.index(minimum):]
+

@@ -81,10 +81,25 @@ def main_cf(policy: Policy, caps: HostCaps, current: Mapping[str, str],
         main["tls_ssl_options"] = "NO_RENEGOTIATION"  # always off from 3.10 on
     if policy.dh_file:
         main["smtpd_tls_dh1024_param_file"] = policy.dh_file
+    main.update(resumption_cf(policy))
     if cert_file and key_file:
         main["smtpd_tls_cert_file"] = cert_file
         main["smtpd_tls_key_file"] = key_file
     return main
+
+
+def resumption_cf(policy: Policy) -> dict[str, str]:
+    """main.cf settings of the resumption policy (docs/resumption.md).
+
+    smtpd_tls_session_cache_timeout T bounds the ticket keys (tlsmgr makes one every T/2;
+    smtpd decrypts with it until 1.5 T after); 0 turns tickets and the session cache off.
+    No on-disk server session cache: it would write master secrets to disk.
+    """
+    timeout = policy.resumption.postfix_cache_timeout
+    return {
+        "smtpd_tls_session_cache_timeout": f"{timeout}s",
+        "smtpd_tls_session_cache_database": "",
+    }
 
 
 def removed(policy: Policy) -> tuple[str, ...]:

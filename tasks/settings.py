@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tasks.policy import MIN_DH_BITS, PROFILES
+from tasks.policy import DEFAULT_RESUMPTION, MIN_DH_BITS, PROFILES, RESUMPTION
 from tasks.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 
 
@@ -183,6 +183,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_pq_hybrid", True, _bool,
             "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
             ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes)."),
+    Setting("tls_resumption", DEFAULT_RESUMPTION, _choice(*RESUMPTION),
+            "Session resumption: bounded (Postfix resumes TLS 1.2 by ticket with ticket keys usable "
+            "for at most one hour, lifetime hint 4800 s; Dovecot issues no TLS 1.2 tickets) or off (no "
+            "resumption: every session a full handshake). TLS 1.3 resumption always adds a fresh "
+            "(EC)DHE. See docs/resumption.md.", alias=False),
     Setting("postfix_cert_file", None, _path_or_none,
             "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
             "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has."),
@@ -233,6 +238,7 @@ _ALIASES = {s.key: s for s in SETTINGS if s.alias}
 class Settings:
     tls_profile: str
     tls_pq_hybrid: bool
+    tls_resumption: str
     postfix_cert_file: str | None
     postfix_key_file: str | None
     dovecot_cert_file: str | None

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 
-from tasks.policy import MIN_DH_BITS, PROTOCOLS, Profile, protocols_at_least
+from tasks.policy import (CLASSIC_GROUPS, DEFAULT_RESUMPTION, MIN_DH_BITS, PQ_HYBRID, PROTOCOLS, RESUMPTION,
+                          Profile, Resumption, protocols_at_least)
 
 # Port -> (service name, STARTTLS dialogue or None for implicit TLS). 25 is opportunistic TLS.
 MAIL_PORTS: dict[int, tuple[str, str | None]] = {
@@ -23,6 +25,11 @@ MAIL_PORTS: dict[int, tuple[str, str | None]] = {
     143: ("imap", "imap"), 993: ("imaps", None), 110: ("pop3", "pop3"), 995: ("pop3s", None),
 }
 OPPORTUNISTIC_PORTS = frozenset({25})
+POSTFIX_PORTS = frozenset({25, 587, 465})  # the rest are Dovecot's
+# A certificate this close to its end is a warning (expired is a failure).
+CERT_WARN_DAYS = 21
+# sslyze's group names for the policy's classic groups (prime256v1 is P-256 by either name).
+_GROUP_ALIASES = {"secp256r1": "prime256v1", "P-256": "prime256v1", "P-384": "secp384r1", "x25519": "X25519"}
 # Closed is a failure on these unless the caller says otherwise (POP3 is optional).
 DEFAULT_EXPECTED_PORTS = (25, 587, 465, 143, 993)
 # Old protocols sslyze can still test; below every floor.
@@ -98,6 +105,36 @@ class AcceptedSuite:
 
 
 @dataclass
+class Certificate:
+    """The leaf certificate as served, and what the chain looked like (CERTIFICATE_INFO)."""
+
+    subject: str
+    names: list[str]  # subjectAltName DNS names (or the CN when there are none)
+    key_type: str  # 'RSA', 'EllipticCurve', 'Ed25519', ...
+    key_bits: int | None
+    signature_hash: str | None  # 'sha256', 'sha1', ...; None for Ed25519/Ed448
+    not_after: str  # ISO 8601, UTC
+    chain_length: int
+    chain_in_order: bool | None = None
+    trusted: bool = False  # validates against sslyze's trust stores
+
+
+@dataclass
+class Resumed:
+    """Session resumption as measured on one port. None: not measured (or not applicable)."""
+
+    tls12_session_id: bool | None = None  # a second connection resumed by session ID
+    tls12_ticket: bool | None = None  # ... by a TLS 1.2 ticket
+    tls12_ticket_issued: bool | None = None
+    tls12_lifetime_hint: int | None = None  # seconds, from the TLS 1.2 ticket
+    tls13: bool | None = None  # a second TLS 1.3 connection resumed (psk_dhe_ke with OpenSSL)
+    tls13_lifetime_hint: int | None = None
+    # A client offering psk_ke alone (tasks/psk_probe.py): 'full handshake' is right; 'resumed
+    # without (EC)DHE' means a resumed TLS 1.3 session that the ticket key alone decrypts.
+    tls13_psk_ke_only: str | None = None
+
+
+@dataclass
 class PortScan:
     """What one port showed. state: open | closed | no-tls | error."""
 
@@ -105,6 +142,8 @@ class PortScan:
     service: str
     state: str
     error: str | None = None
+    ip: str | None = None  # the address scanned (a name may resolve to several)
+    incomplete: list[str] = field(default_factory=list)  # checks that still failed after the retries
     protocols: list[str] = field(default_factory=list)
     suites: list[AcceptedSuite] = field(default_factory=list)
     curves: list[str] | None = None
@@ -114,6 +153,13 @@ class PortScan:
     cert_key_bits: int | None = None
     pq_hybrid: bool | None = None  # None: not checked
     pq_note: str = "not checked"
+    compression: bool | None = None
+    extended_master_secret: bool | None = None
+    certificate: Certificate | None = None
+    server_order: bool | None = None  # a client preferring DHE got ECDHE; None: not probed
+    server_order_note: str = ""
+    resumption: Resumed = field(default_factory=Resumed)
+    retries: int = 0  # sslyze re-runs this port needed
 
     @property
     def tls13(self) -> bool:
@@ -126,6 +172,7 @@ class PortScan:
 @dataclass
 class PortVerdict:
     port: int
+    ip: str | None = None
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -139,14 +186,104 @@ def floor_for(port: int, profile: Profile) -> str:
     return profile.opportunistic_min_protocol if port in OPPORTUNISTIC_PORTS else profile.mandatory_min_protocol
 
 
-def judge_port(scan: PortScan, profile: Profile, expected: bool = True) -> PortVerdict:
-    """Judge one port's scan against `profile`; `expected`: must this port answer TLS?"""
-    v = PortVerdict(scan.port)
+@dataclass(frozen=True)
+class Expect:
+    """What the host's settings promise beyond the profile. None: unknown, not judged."""
+
+    resumption: Resumption = RESUMPTION[DEFAULT_RESUMPTION]
+    pq_hybrid: bool | None = None  # tls_pq_hybrid on and the host's OpenSSL >= 3.5
+    cert_name: str | None = None  # the name the certificate should carry (the host's myhostname)
+    now: datetime | None = None  # for certificate expiry; None: the current time
+
+
+def window(port: int, res: Resumed, policy: Resumption) -> int | None:
+    """Seconds a TLS 1.2 session stays decryptable from a ticket on this port, as measured.
+
+    Postfix (25, 587, 465) sends a lifetime hint of 2 T and its ticket keys decrypt for 1.5 T;
+    a port that resumes nothing and issues no TLS 1.2 ticket has a window of 0.
+    """
+    if res.tls12_ticket is None and res.tls12_ticket_issued is None:
+        return None
+    if not (res.tls12_ticket or res.tls12_ticket_issued):
+        return 0
+    if res.tls12_lifetime_hint is None:
+        return None
+    return res.tls12_lifetime_hint * 3 // 4 if port in POSTFIX_PORTS else res.tls12_lifetime_hint
+
+
+def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[str], list[str]]:
+    """(failures, warnings) of one port's resumption against the host's tls_resumption."""
+    fail, warn = [], []
+    if res.tls12_session_id:
+        fail.append("resumes TLS 1.2 by session ID: a server session cache holds master secrets "
+                    f"(tls_resumption={policy.name} allows none)")
+    tickets_allowed = policy.postfix_cache_timeout > 0 and port in POSTFIX_PORTS
+    if (res.tls12_ticket or res.tls12_ticket_issued) and not tickets_allowed:
+        why = "its login processes can never honour them" if port not in POSTFIX_PORTS else \
+            f"tls_resumption={policy.name}"
+        fail.append(f"issues TLS 1.2 session tickets ({why})")
+    elif tickets_allowed and res.tls12_lifetime_hint is not None \
+            and res.tls12_lifetime_hint > policy.postfix_lifetime_hint:
+        fail.append(f"TLS 1.2 ticket lifetime hint {res.tls12_lifetime_hint} s: ticket keys outlive "
+                    f"the policy's window ({policy.postfix_window} s, hint {policy.postfix_lifetime_hint} s)")
+    if res.tls13_psk_ke_only == "resumed without (EC)DHE":
+        fail.append("resumes TLS 1.3 without a fresh (EC)DHE for a client offering only psk_ke")
+    if res.tls13 and (policy.postfix_cache_timeout == 0 or port not in POSTFIX_PORTS):
+        fail.append(f"resumes TLS 1.3 sessions (tls_resumption={policy.name}"
+                    + ("" if port in POSTFIX_PORTS else "; a login process cannot") + ")")
+    return fail, warn
+
+
+def judge_certificate(cert: Certificate, expect: Expect) -> tuple[list[str], list[str]]:
+    """(failures, warnings) for the leaf certificate."""
+    fail, warn = [], []
+    now = expect.now or datetime.now(timezone.utc)
+    end = datetime.fromisoformat(cert.not_after)
+    days = (end - now).total_seconds() / 86400
+    if days < 0:
+        fail.append(f"certificate expired on {end:%Y-%m-%d} ({cert.subject})")
+    elif days < CERT_WARN_DAYS:
+        warn.append(f"certificate expires in {days:.0f} days ({end:%Y-%m-%d})")
+    if cert.key_type == "RSA" and (cert.key_bits or 0) < 2048:
+        fail.append(f"certificate RSA key of {cert.key_bits} bits (< 2048)")
+    elif cert.key_type == "EllipticCurve" and (cert.key_bits or 0) < 256:
+        fail.append(f"certificate EC key of {cert.key_bits} bits (< 256)")
+    elif cert.key_type in ("DSA", "DH"):
+        fail.append(f"certificate {cert.key_type} key")
+    if cert.signature_hash in ("md5", "sha1"):
+        fail.append(f"certificate signed with {cert.signature_hash.upper()}")
+    if expect.cert_name and not name_matches(expect.cert_name, cert.names):
+        warn.append(f"certificate names {', '.join(cert.names) or '(none)'} do not match {expect.cert_name}")
+    if cert.chain_in_order is False:
+        warn.append("certificate chain served out of order")
+    return fail, warn
+
+
+def name_matches(name: str, patterns: list[str]) -> bool:
+    """RFC 6125 matching, a wildcard only as the whole left-most label."""
+    name = name.lower().rstrip(".")
+    for pat in (p.lower().rstrip(".") for p in patterns):
+        if pat == name or (pat.startswith("*.") and "." in name and name.split(".", 1)[1] == pat[2:]):
+            return True
+    return False
+
+
+def _group(name: str) -> str:
+    return _GROUP_ALIASES.get(name, name)
+
+
+def judge_port(scan: PortScan, profile: Profile, expected: bool = True, expect: Expect | None = None) -> PortVerdict:
+    """Judge one port's scan against `profile` and `expect`; `expected`: must this port answer TLS?"""
+    v = PortVerdict(scan.port, ip=scan.ip)
     if scan.state != "open":
         why = "closed" if scan.state == "closed" else f"{scan.state}: {scan.error}"
         (v.failures if expected else v.warnings).append(
             f"port {scan.port} ({scan.service}) {why}" + (" but the profile expects TLS here" if expected else ""))
         return v
+    # A check that did not complete (after the retries) leaves the port unproven: fail it.
+    v.failures += [f"incomplete scan: {what}" for what in scan.incomplete]
+    if not scan.protocols and not any("cipher_suites" in w for w in scan.incomplete):
+        v.failures.append("no TLS protocol accepted")
     floor = floor_for(scan.port, profile)
     allowed = protocols_at_least(floor)
     for proto in sorted(set(scan.protocols) - set(allowed), key=ALL_PROTOCOLS.index):
@@ -158,23 +295,64 @@ def judge_port(scan: PortScan, profile: Profile, expected: bool = True) -> PortV
             bad.setdefault(f"accepts {s.name} ({cls.problem})", []).append(s.protocol)
         if s.kex_type == "DH" and s.key_bits is not None and s.key_bits < MIN_DH_BITS:
             bad.setdefault(f"{s.name} uses a {s.key_bits}-bit DH group (minimum {MIN_DH_BITS})", []).append(s.protocol)
+        elif cls.kex == "DHE" and (s.kex_type != "DH" or s.key_bits is None):
+            # an unreadable key proves nothing: it must not escape the 2048-bit rule
+            bad.setdefault(f"{s.name}: DH group size could not be read (minimum {MIN_DH_BITS})", []).append(s.protocol)
     v.failures += [f"{msg} on {', '.join(protos)}" for msg, protos in bad.items()]
     if scan.client_renegotiation:
         v.failures.append("accepts client-initiated renegotiation")
-    if scan.secure_renegotiation is False:
-        v.warnings.append("no secure renegotiation (RFC 5746)")
+    tls12 = bool(set(scan.protocols) - {"TLSv1.3"})
+    if scan.secure_renegotiation is False and tls12:
+        v.failures.append("no secure renegotiation (RFC 5746)")
+    if scan.compression:
+        v.failures.append("TLS compression on (CRIME)")
+    if scan.extended_master_secret is False and tls12:
+        v.failures.append("no extended master secret (RFC 7627)")
+    if profile.server_preference and scan.server_order is False:
+        v.failures.append(f"server cipher order not enforced (profile {profile.name}): {scan.server_order_note}")
+    _judge_groups(v, scan, expect)
+    if expect is not None:
+        fail, warn = judge_resumption(scan.port, scan.resumption, expect.resumption)
+        v.failures += fail
+        v.warnings += warn
+    if scan.certificate is not None:
+        fail, warn = judge_certificate(scan.certificate, expect or Expect())
+        v.failures += fail
+        v.warnings += warn
     outside = sorted({s.openssl_name for s in scan.suites if s.protocol != "TLSv1.3"} - set(profile.tls12_suites))
     if outside:
         v.warnings.append(f"suites outside profile {profile.name}: {', '.join(outside)}")
-    if scan.cert_key_type == "RSA" and (scan.cert_key_bits or 0) < 2048:
+    if scan.certificate is None and scan.cert_key_type == "RSA" and (scan.cert_key_bits or 0) < 2048:
         v.warnings.append(f"certificate RSA key of {scan.cert_key_bits} bits (< 2048)")
     return v
 
 
+def _judge_groups(v: PortVerdict, scan: PortScan, expect: Expect | None) -> None:
+    """The hybrid PQ group where the host's settings and OpenSSL promise it; the classic groups
+    offered against the policy's."""
+    want_pq = expect.pq_hybrid if expect else None
+    if want_pq and scan.pq_hybrid is False:
+        v.failures.append(f"{PQ_HYBRID} not offered (tls_pq_hybrid on, host OpenSSL supports it): {scan.pq_note}")
+    elif want_pq is False and scan.pq_hybrid:
+        v.failures.append(f"{PQ_HYBRID} offered though the policy leaves it out")
+    if scan.curves is not None and expect is not None:
+        offered = {_group(c) for c in scan.curves}
+        outside = sorted(offered - set(CLASSIC_GROUPS))
+        if outside:
+            v.failures.append(f"offers groups outside the policy: {', '.join(outside)}")
+        missing = [g for g in CLASSIC_GROUPS if g not in offered]
+        if missing and offered:
+            v.warnings.append(f"policy groups not offered: {', '.join(missing)}")
+
+
 def judge_host(scans: list[PortScan], profile: Profile,
-               expected_ports: tuple[int, ...] = DEFAULT_EXPECTED_PORTS) -> list[PortVerdict]:
-    """Verdicts for every scanned port, plus a failure for an expected port not scanned at all."""
-    verdicts = [judge_port(s, profile, s.port in expected_ports) for s in scans]
-    scanned = {s.port for s in scans}
-    verdicts += [PortVerdict(p, failures=[f"port {p} was not scanned"]) for p in expected_ports if p not in scanned]
+               expected_ports: tuple[int, ...] = DEFAULT_EXPECTED_PORTS, expect: Expect | None = None) -> list[PortVerdict]:
+    """Verdicts for every scanned port (of every address), plus a failure for an expected port
+    not scanned at all on an address."""
+    verdicts = [judge_port(s, profile, s.port in expected_ports, expect) for s in scans]
+    for ip in dict.fromkeys(s.ip for s in scans) or [None]:
+        scanned = {s.port for s in scans if s.ip == ip}
+        where = f" on {ip}" if ip else ""
+        verdicts += [PortVerdict(p, ip=ip, failures=[f"port {p} was not scanned{where}"])
+                     for p in expected_ports if p not in scanned]
     return verdicts

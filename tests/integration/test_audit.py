@@ -104,3 +104,103 @@ def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path):
     assert imap_stats["sessions"] == 2 and imap_stats["details_unknown"] == 0
     assert imap_stats["protocols"] == {"TLSv1.3": 1, "TLSv1.2": 1}
     assert result["log_report"]["excluded_clients"]  # the controller, seen via SSH_CLIENT
+
+
+def test_deployed_host_reports_every_check(deployed, suite, tmp_path):
+    """The JSON's per-port checks on a host deployed with the defaults (tls_resumption=bounded)."""
+    host = deployed[suite]
+    res, result = run_audit(host, tmp_path)
+    assert res.returncode == 0 and result["ok"], failures_in(result)
+    assert result["addresses"] == [host.address]
+    assert result["expect"]["tls_resumption"] == "bounded" and result["expect"]["pq_hybrid"] is (suite == "trixie")
+    for number in (25, 587, 465, 143, 993):
+        p = port(result, number)
+        assert p["incomplete"] == [] and p["compression"] is False and p["extended_master_secret"] is True, p
+        assert p["secure_renegotiation"] is True and p["pq_hybrid"] is (suite == "trixie")
+        cert = p["certificate"]
+        assert cert["key_type"] == "RSA" and cert["key_bits"] >= 2048 and cert["signature_hash"] == "sha256"
+        r = p["resumption"]
+        assert r["tls12_session_id"] is False
+        if number in (25, 587, 465):
+            assert r["tls12_ticket"] and r["tls12_lifetime_hint"] == 4800 and r["tls13"], r
+            assert p["window_seconds"] == 3600
+        else:
+            assert not r["tls12_ticket"] and not r["tls12_ticket_issued"] and r["tls13"] is False, r
+            assert p["window_seconds"] == 0
+
+
+def failures_in(result: dict) -> list[str]:
+    return [f for p in result["ports"] for f in p["failures"]] + result["unscanned_failures"]
+
+
+def expired_pair(name: str) -> tuple[str, str]:
+    """(certificate PEM, key PEM) for `name`, expired yesterday."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=90))
+            .not_valid_after(now - timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+def test_audit_fails_an_expired_certificate(fresh_host, tmp_path):
+    host = fresh_host("bookworm")
+    name = host.ssh("hostname -f").stdout.strip()
+    cert, key = expired_pair(name)
+    host.ssh("mkdir -p /etc/mailtls-test && cat > /etc/mailtls-test/expired.pem", input=cert)
+    host.ssh("umask 077 && cat > /etc/mailtls-test/expired.key", input=key)
+    data = ("--data", "postfix_cert_file=/etc/mailtls-test/expired.pem",
+            "--data", "postfix_key_file=/etc/mailtls-test/expired.key")
+    run_pyinfra(host, "deploy.py", *data)
+    res, result = run_audit(host, tmp_path, *data)
+    assert res.returncode != 0 and not result["ok"]
+    for number in (25, 587, 465):
+        p = port(result, number)
+        assert any(f.startswith("certificate expired on") for f in p["failures"]), p["failures"]
+        assert name in p["certificate"]["names"]
+        assert not any("do not match" in w for w in p["warnings"])  # the name is the host's own
+    assert not any("expired" in f for f in port(result, 993)["failures"])  # Dovecot keeps snakeoil
+    assert "certificate expired on" in res.stderr + res.stdout
+
+
+def test_audit_fails_a_host_missing_the_hybrid_group_where_promised(fresh_host, tmp_path):
+    host = fresh_host("trixie")  # OpenSSL 3.5: X25519MLKEM768 is promised with tls_pq_hybrid on
+    run_pyinfra(host)
+    # An admin removes the hybrid group by hand from both daemons.
+    host.ssh("postconf -e 'tls_eecdh_auto_curves = X25519 prime256v1 secp384r1' && postfix reload; "
+             "sed -i 's/^ssl_curve_list = X25519MLKEM768:/ssl_curve_list = /' /etc/dovecot/conf.d/99-mailtls.conf && "
+             "doveconf -n >/dev/null && systemctl reload dovecot && sleep 1")
+    res, result = run_audit(host, tmp_path)
+    assert res.returncode != 0 and not result["ok"]
+    for number in (25, 587, 465, 143, 993):
+        p = port(result, number)
+        assert p["pq_hybrid"] is False
+        assert any(f.startswith("X25519MLKEM768 not offered") for f in p["failures"]), p["failures"]
+
+
+def test_audit_fails_legacy_dhe_without_server_order(fresh_host, tmp_path):
+    host = fresh_host("bookworm")
+    legacy = ("--data", "tls_profile=legacy-dhe")
+    run_pyinfra(host, "deploy.py", *legacy)
+    host.ssh("postconf -e tls_preempt_cipherlist=no && postfix reload")  # Postfix only; Dovecot keeps its order
+    res, result = run_audit(host, tmp_path, *legacy)
+    assert res.returncode != 0 and not result["ok"]
+    for number in (25, 587, 465):
+        p = port(result, number)
+        assert p["server_order"] is False and "got DHE-" in p["server_order_note"], p
+        assert any(f.startswith("server cipher order not enforced") for f in p["failures"]), p["failures"]
+    for number in (143, 993):
+        p = port(result, number)
+        assert p["server_order"] is True and "got ECDHE-" in p["server_order_note"] and p["ok"], p

@@ -361,10 +361,16 @@ def test_dh_file_elsewhere_accepted():
     assert validate({"dh_file": "/etc/postfix/dh.pem"}, HOST).dh_file == "/etc/postfix/dh.pem"
 
 
+def test_resumption_choices():
+    assert validate({}, HOST).tls_resumption == "bounded"
+    assert validate({"mailtls_tls_resumption": "off"}, HOST).tls_resumption == "off"
+    refused({"mailtls_tls_resumption": "on"}, "mailtls_tls_resumption", "bounded, off")
+
+
 # --- every setting has at least one refused value here ------------------------------------------
 
 def test_every_setting_is_covered():
-    bad = {"tls_profile": "x", "tls_pq_hybrid": "x", "postfix_cert_file": "x", "postfix_key_file": "x",
+    bad = {"tls_profile": "x", "tls_pq_hybrid": "x", "tls_resumption": "x", "postfix_cert_file": "x", "postfix_key_file": "x",
            "dovecot_cert_file": "x", "dovecot_key_file": "x", "postfix_submission": "x",
            "postfix_submissions": "x", "dh_source": "x", "dh_bits": "x", "dh_file": "x",
            "dh_rotation": "x", "dh_rotation_schedule": "x", "audit_ports": "x", "audit_log_hours": "x",

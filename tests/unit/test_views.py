@@ -110,3 +110,19 @@ def test_dovecot_unsupported_version():
     caps = HostCaps(postfix=(3, 7), dovecot=(2, 2, 36), openssl=(3, 0))
     with pytest.raises(ValueError, match="Dovecot 2.2 is not supported"):
         dovecot_conf.render(resolve("intermediate", caps), caps)
+
+
+@pytest.mark.parametrize("caps", [DEB12, DEB13])
+@pytest.mark.parametrize("resumption,timeout", [("bounded", "2400s"), ("off", "0s")])
+def test_resumption_rendered_for_both_daemons(caps, resumption, timeout):
+    policy = resolve("intermediate", caps, resumption=resumption)
+    main = postfix_conf.render(policy, caps, STOCK_MAIN, STOCK_SERVICES).main
+    assert main["smtpd_tls_session_cache_timeout"] == timeout
+    assert main["smtpd_tls_session_cache_database"] == ""  # never master secrets on disk
+    # Dovecot's login processes die after one connection: no TLS 1.2 tickets, whatever the policy
+    assert "\nssl_options = no_ticket\n" in dovecot_conf.render(policy, caps)
+
+
+def test_bounded_resumption_window_is_one_hour():
+    r = resolve("intermediate", DEB13).resumption
+    assert (r.name, r.postfix_window, r.postfix_lifetime_hint) == ("bounded", 3600, 4800)
