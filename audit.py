@@ -15,29 +15,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pyinfra import host  # noqa: E402
+from pyinfra import host, logger  # noqa: E402
+from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import MailTlsLog, audit_host, failures_of, parse_ports  # noqa: E402
+from tasks.audit import MailTlsLog, audit_host, failure_report, parse_ports  # noqa: E402
 from tasks.policy import DEFAULT_PROFILE, PROFILES  # noqa: E402
 from tasks.verdict import DEFAULT_EXPECTED_PORTS  # noqa: E402
 
+# Bad host data stops the run before any scan, with one line naming the host and the key.
 profile = host.data.get("tls_profile") or DEFAULT_PROFILE
 if profile not in PROFILES:
-    raise ValueError(f"{host.name}: tls_profile={profile!r}; choose one of {', '.join(PROFILES)}")
-expected = parse_ports(host.data.get("audit_ports") or DEFAULT_EXPECTED_PORTS)
+    raise PyinfraError(f"invalid settings: {host.name}: tls_profile={profile!r}; choose one of {', '.join(PROFILES)}")
+try:
+    expected = parse_ports(host.data.get("audit_ports") or DEFAULT_EXPECTED_PORTS)
+    log_hours = float(host.data.get("audit_log_hours") or 24)
+except ValueError as exc:
+    raise PyinfraError(f"invalid settings: {host.name}: {exc}") from None
 log = host.get_fact(MailTlsLog)
 
 
-def _audit() -> None:
+def _audit(state, host) -> bool:
+    """The audit of this host; False (the host fails, the run exits non-zero) on any finding,
+    printed once as a list."""
     result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
-                        expected_ports=expected, log_hours=float(host.data.get("audit_log_hours") or 24),
+                        expected_ports=expected, log_hours=log_hours,
                         json_file=host.data.get("audit_json"),
                         exclude_self=str(host.data.get("audit_exclude_self", True)).lower() not in ("false", "no", "off", "0"))
-    failures = failures_of(result)
-    if failures:
-        shown = "\n  ".join(failures[:40]) + (f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else "")
-        raise RuntimeError(f"TLS audit FAILED on {host.name} ({len(failures)} failures):\n  {shown}")
+    report = failure_report(result)
+    if report:
+        host.log_styled(report, fg="red", log_func=logger.error)
+        return False
+    return True
 
 
 python.call(name=f"TLS audit against profile {profile}", function=_audit)

@@ -55,9 +55,12 @@ class MailTlsLog(FactBase):
 
 
 def parse_ports(value) -> tuple[int, ...]:
-    """'25,587' or [25, 587] -> (25, 587); only the mail ports this audit knows."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    ports = tuple(int(str(p).strip()) for p in items if str(p).strip())
+    """'25,587', 25 or [25, 587] -> (25, 587); only the mail ports this audit knows."""
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
+    try:
+        ports = tuple(int(str(p).strip()) for p in items if str(p).strip())
+    except ValueError:
+        raise ValueError(f"audit_ports={value!r}: expected port numbers, e.g. 25,587,465") from None
     unknown = [p for p in ports if p not in MAIL_PORTS]
     if unknown:
         raise ValueError(f"audit_ports: unknown port(s) {unknown}; choose from {sorted(MAIL_PORTS)}")
@@ -148,6 +151,16 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     path.write_text(json.dumps(result, indent=2) + "\n")
     _console().print(f"  JSON: {path}")
     return result
+
+
+def failure_report(result: dict, limit: int = 40) -> str | None:
+    """The failures of an audit_host() result as one readable list, None when it passed."""
+    failures = failures_of(result)
+    if not failures:
+        return None
+    shown = "\n".join(f"  - {f}" for f in failures[:limit])
+    more = f"\n  ... and {len(failures) - limit} more" if len(failures) > limit else ""
+    return f"TLS audit FAILED on {result['host']} ({len(failures)} failures):\n{shown}{more}"
 
 
 def failures_of(result: dict) -> list[str]:

@@ -14,8 +14,8 @@ import io
 import shlex
 from pathlib import Path
 
-from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from tasks.postfix_conf import PostfixConf
@@ -152,3 +152,24 @@ def commit(daemons: tuple[str, ...]):
     if unknown:
         raise ValueError(f"unknown daemons: {sorted(unknown)}")
     yield f"{APPLY} commit {' '.join(daemons)}"
+
+
+def _report(state, host, message: str) -> bool:
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+@operation(is_idempotent=False)
+def fail(message: str):
+    """Fail the current host with a one-line `message` (no traceback); other hosts carry on.
+
+    For what only the host can tell (Postfix missing, an unsupported version): the run goes on
+    for the other hosts and exits non-zero. Call it instead of the changes, then return.
+
+    **Example:**
+
+    .. code:: python
+
+        fail(name="Postfix installed", message=f"{host.name}: Postfix is not installed")
+    """
+    yield FunctionCommand(_report, (message,), {})
