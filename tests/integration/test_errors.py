@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from conftest import PYINFRA, ROOT, run_pyinfra
-from test_safety import grand_total, hosts_file_line, output, pending, tls
+from test_safety import grand_total, hosts_file_line, output, pending, snapshot, tls
 
 
 def no_traceback(out: str) -> None:
@@ -88,3 +88,26 @@ def test_ipv6_targets(tmp_path):
         assert res.returncode != 0
         no_traceback(out)
         assert said in out, out[-2000:]
+
+
+def test_dh_file_checked_against_the_host_before_any_change(fresh_host):
+    """What only the host can tell about dh_file (issue 12 item 5): a symlink, the certificate
+    the host uses now under another name, a directory others can write to. Each stops the run
+    with one line before anything changes."""
+    host = fresh_host("trixie")
+    host.ssh("mkdir -p /srv/tls /srv/shared && chmod 1777 /srv/shared && "
+             "cp /etc/ssl/certs/ssl-cert-snakeoil.pem /srv/tls/cert.pem && "
+             "postconf -e smtpd_tls_cert_file=/srv/tls/cert.pem")
+    before = snapshot(host) + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout
+    for dh_file, why in (
+            ("/etc/dovecot/private/dovecot.pem", "is a symlink (to /etc/ssl/certs/ssl-cert-snakeoil.pem)"),
+            ("/srv//tls/./cert.pem", "dh_file='/srv/tls/cert.pem' is a certificate or key the host uses now"),
+            ("/srv/shared/dh.pem", "/srv/shared is writable by others or sticky (mode 1777)")):
+        res = run_pyinfra(host, "deploy.py", "--data", "tls_profile=legacy-dhe", "--data", f"dh_file={dh_file}",
+                          check=False)
+        out = output(res)
+        assert res.returncode != 0, out[-3000:]
+        lines = [line for line in out.splitlines() if "invalid settings:" in line]
+        assert len(lines) == 1 and f"{host.name}: " in lines[0] and why in lines[0], out[-3000:]
+        assert "Starting operation" not in out, out[-3000:]
+        assert snapshot(host) + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout == before
