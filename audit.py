@@ -17,15 +17,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pyinfra import host, state  # noqa: E402
+from pyinfra import host, logger, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failures_of  # noqa: E402
+from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failure_report  # noqa: E402
 from tasks.settings import SettingsError, validate  # noqa: E402
 
-# As deploy.py: every host's settings checked before anything runs on any host. The audit judges
-# each host against the same settings the deploy applied.
+# As deploy.py: every host's settings checked before anything runs on any host, one line naming
+# the host and the key. The audit judges each host against the same settings the deploy applied.
 try:
     for each in state.inventory:
         validate(each.data.dict(), each.name)
@@ -38,15 +38,18 @@ log = host.get_fact(MailTlsLog)
 expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))
 
 
-def _audit() -> None:
+def _audit(state, host) -> bool:
+    """The audit of this host; False (the host fails, the run exits non-zero) on any finding,
+    printed once as a list."""
     result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
                         expected_ports=settings.audit_ports, log_hours=settings.audit_log_hours,
                         json_file=settings.audit_json, exclude_self=settings.audit_exclude_self,
                         expect=expect)
-    failures = failures_of(result)
-    if failures:
-        shown = "\n  ".join(failures[:40]) + (f"\n  ... and {len(failures) - 40} more" if len(failures) > 40 else "")
-        raise RuntimeError(f"TLS audit FAILED on {host.name} ({len(failures)} failures):\n  {shown}")
+    report = failure_report(result)
+    if report:
+        host.log_styled(report, fg="red", log_func=logger.error)
+        return False
+    return True
 
 
 python.call(name=f"TLS audit against profile {profile}", function=_audit)

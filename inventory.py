@@ -15,9 +15,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pyinfra.api.exceptions import PyinfraError  # noqa: E402
+
 from tasks import nodelay  # noqa: E402
-from tasks.inventory_source import hosts_from_env  # noqa: E402
+from tasks.inventory_source import InventoryError, hosts_from_env  # noqa: E402
+
+try:
+    hosts = hosts_from_env(os.environ)
+except InventoryError as exc:  # one line, no traceback
+    raise PyinfraError(f"invalid inventory: {exc}") from None
 
 # TCP_NODELAY from the SSH handshake on (tasks/nodelay.py); a host's own setting wins.
 mail_servers = [(name, {"ssh_paramiko_connect_kwargs": nodelay.CONNECT_KWARGS, **data})
-                for name, data in hosts_from_env(os.environ)]
+                for name, data in hosts]

@@ -219,6 +219,16 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     return result
 
 
+def failure_report(result: dict, limit: int = 40) -> str | None:
+    """The failures of an audit_host() result as one readable list, None when it passed."""
+    failures = failures_of(result)
+    if not failures:
+        return None
+    shown = "\n".join(f"  - {f}" for f in failures[:limit])
+    more = f"\n  ... and {len(failures) - limit} more" if len(failures) > limit else ""
+    return f"TLS audit FAILED on {result['host']} ({len(failures)} failures):\n{shown}{more}"
+
+
 def failures_of(result: dict) -> list[str]:
     """'HOST port N: message' for every failure in an audit_host() result."""
     multi = len(result.get("addresses") or []) > 1

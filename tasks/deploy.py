@@ -9,16 +9,31 @@ from __future__ import annotations
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 
 from tasks import certs, dh, dovecot_conf, nodelay, ops, postfix_conf
 from tasks.facts import MailHost
-from tasks.policy import resolve
+from tasks.policy import PROFILES, HostCaps, resolve
 from tasks.settings import Settings, data_defaults, validate
 
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
     """The files whose checksums the deploy's MailHost fact reads."""
     return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings), *certs.fact_files(settings))
+
+
+def unsupported(caps: HostCaps) -> str | None:
+    """Why this host cannot be deployed to, in one line; None when it can."""
+    if caps.postfix is None:
+        return "Postfix is not installed"
+    if caps.postfix[0] != 3 or caps.postfix[:2] < (3, 7):
+        return f"Postfix {'.'.join(map(str, caps.postfix))} is not supported (3.7 and later 3.x are)"
+    if caps.dovecot is not None:
+        try:
+            dovecot_conf.major(caps)
+        except ValueError as exc:
+            return str(exc)
+    return None
 
 
 def settings_for(current_host=None) -> Settings:
@@ -47,10 +62,18 @@ def mail_tls(settings: Settings | None = None) -> None:
     settings = settings or settings_for()
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
     apply_script = (ops.FILES / "mailtls-apply").read_bytes()
-    info = host.get_fact(MailHost, files=fact_files(settings))
+    # Where the DH file goes is checked against the host (links, certificates, shared
+    # directories) only for profiles that write one.
+    guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""
+    info = host.get_fact(MailHost, files=fact_files(settings), guard=guard)
     caps = info["caps"]
-    if caps.postfix is None:
-        raise RuntimeError(f"{host.name}: Postfix is not installed")
+    problem = unsupported(caps)
+    if problem:  # this host fails, one line, no traceback; the other hosts carry on
+        ops.fail(name="Supported Postfix and Dovecot", message=f"{host.name}: {problem}")
+        return
+    refusal = dh.host_refusal(settings.dh_file, info["guard"]) if guard else None
+    if refusal:  # a settings error: it stops the whole run, before any change on any host
+        raise PyinfraError(f"invalid settings: {host.name}: {refusal}")
     policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
                      dh_file=settings.dh_file, resumption=settings.tls_resumption)
     for note in policy.notes:

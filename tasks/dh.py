@@ -92,6 +92,45 @@ def rotate_stamp(dh_file: str, bits: int, dh_sha256: str) -> str:
     return f"DH_FILE={dh_file}\nDH_BITS={bits}\nDH_SHA256={dh_sha256}\n"
 
 
+def host_refusal(dh_file: str, guard: list[str]) -> str | None:
+    """Why `dh_file` must not be written on this host, or None. `guard`: the MailHost fact's
+    lines for guard=dh_file. Pure; checked before any change (settings.py cannot see the host).
+
+    Refused: a symlink (the deploy never replaces a link by a plain file; certbot's live/ files
+    are links); the host's current certificate or key, under any name (main.cf, master.cf,
+    Dovecot); a directory on the way that others can write to or that is sticky (root would
+    write through a name they can predict or replace).
+
+        >>> host_refusal("/srv/dh.pem", ["real /srv/dh.pem", "dir 0 0 1777 /srv"])
+        "dh_file='/srv/dh.pem': /srv is writable by others or sticky (mode 1777): root must not write the DH file there"
+    """
+    real = dh_file
+    for line in guard:
+        kind, _, rest = line.partition(" ")
+        if kind == "link":
+            return (f"dh_file={dh_file!r} is a symlink (to {rest}): the deploy never replaces a link "
+                    "by a plain file; name the file itself, or another path")
+        if kind == "real":
+            real = rest
+    for line in guard:
+        kind, _, rest = line.partition(" ")
+        if kind == "tls":
+            resolved, _, named = rest.partition(" ")
+            if real in (resolved, named) or dh_file in (resolved, named):
+                return (f"dh_file={dh_file!r} is a certificate or key the host uses now ({named}): "
+                        "the DH parameters would overwrite it")
+        elif kind == "dir":
+            uid, gid, mode, path = (rest.split(" ", 3) + ["", "", "", ""])[:4]
+            bits = int(mode, 8) if mode.isdigit() else 0o7777
+            if uid != "0":
+                return (f"dh_file={dh_file!r}: {path} is owned by uid {uid}, not root: root must not "
+                        "write the DH file there")
+            if bits & 0o1002 or (bits & 0o020 and gid != "0"):
+                return (f"dh_file={dh_file!r}: {path} is writable by others or sticky (mode {mode}): "
+                        "root must not write the DH file there")
+    return None
+
+
 @dataclass(frozen=True)
 class DhPlan:
     """What apply_dh() does on one host; built by plan() from host data and checksums.

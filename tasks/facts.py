@@ -27,8 +27,23 @@ set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || sha256sum -- "$@" > "$t/files" 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
+g={guard}
+if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
+    {
+        [ -L "$g" ] && echo "link $(readlink -- "$g")"
+        r=$(readlink -m -- "$g"); echo "real $r"; d=${r%/*}
+        while [ -n "$d" ]; do [ -d "$d" ] && stat -c 'dir %u %g %a %n' -- "$d"; d=${d%/*}; done
+        stat -c 'dir %u %g %a /' /
+        for p in $({ postconf -n; postconf -P; } 2>/dev/null |
+                   sed -n 's/^[^=]*\(cert\|key\|chain\)_files\{0,1\} = //p' | tr ',' ' ') \
+                 $(doveconf -P -n 2>/dev/null |
+                   sed -n 's/^[[:space:]]*ssl_[a-z_]*\(cert\|key\)[a-z_]* = <\{0,1\}\(\/[^ ]*\)$/\2/p'); do
+            case "$p" in /*) echo "tls $(readlink -m -- "$p") $p" ;; esac
+        done
+    } > "$t/guard" 2>/dev/null
+fi
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending; do
+for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending guard; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -51,15 +66,16 @@ class MailHost(FactBase):
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
     ``files`` (path -> sha256 for the paths asked for that exist), ``asked`` (every path asked for),
-    ``pending`` (daemons with a reload pending).
+    ``pending`` (daemons with a reload pending), ``guard`` (for ``guard=PATH``: lines about PATH
+    and the TLS certificate/key files the host uses now, judged by dh.host_refusal()).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
     """
 
-    def command(self, files=()) -> str:
+    def command(self, files=(), guard: str = "") -> str:
         quoted = " ".join("'" + f.replace("'", "") + "'" for f in files) or "''"
-        return _SCRIPT.replace("{files}", quoted)
+        return _SCRIPT.replace("{files}", quoted).replace("{guard}", "'" + guard.replace("'", "") + "'")
 
     def process(self, output: list[str]) -> dict:
         sections: dict[str, list[str]] = {}
@@ -96,4 +112,5 @@ class MailHost(FactBase):
             "files": files,
             "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
+            "guard": [line for line in sections.get("guard", []) if line],
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,21 +14,41 @@ class InventoryError(ValueError):
 
 
 def _target(text: str, where: str) -> tuple[str, dict]:
-    """'root@mx.example.org:2222' -> ('mx.example.org', {'ssh_user': 'root', 'ssh_port': 2222})."""
+    """'root@mx.example.org:2222' -> ('mx.example.org', {'ssh_user': 'root', 'ssh_port': 2222}).
+
+    IPv6: '2001:db8::1' (no port) or '[2001:db8::1]:2222'.
+    """
     data: dict = {}
     user, at, rest = text.rpartition("@")
     if at:
         if not user:
             raise InventoryError(f"{where}: empty user in {text!r}")
         data["ssh_user"] = user
-    host, colon, port = rest.partition(":")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise InventoryError(f"{where}: bad host {text!r} (IPv6 with a port: [2001:db8::1]:2222)")
+        colon, port = tail[:1], tail[1:]
+        _ipv6(host, text, where)
+    elif rest.count(":") > 1:  # a bare IPv6 address: no port
+        host, colon, port = rest, "", ""
+        _ipv6(host, text, where)
+    else:
+        host, colon, port = rest.partition(":")
     if colon:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+        if not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
             raise InventoryError(f"{where}: bad port in {text!r}")
         data["ssh_port"] = int(port)
-    if not host or any(c.isspace() or c in "'\"`$;&|<>" for c in host):
+    if not host or any(c.isspace() or c in "'\"`$;&|<>[]" for c in host):
         raise InventoryError(f"{where}: bad host {text!r}")
     return host, data
+
+
+def _ipv6(address: str, text: str, where: str) -> None:
+    try:
+        ipaddress.IPv6Address(address)
+    except ValueError:
+        raise InventoryError(f"{where}: bad IPv6 address in {text!r} (with a port: [2001:db8::1]:2222)") from None
 
 
 def parse_hosts_list(text: str) -> list:

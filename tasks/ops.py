@@ -14,8 +14,8 @@ import io
 import shlex
 from pathlib import Path
 
-from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 
 from tasks.postfix_conf import PostfixConf
@@ -33,25 +33,29 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _upload(data: bytes, dest: str, mode: str, before: str | None = None) -> list:
-    """Write next to `dest`, then rename: the file is whole or absent, never half-written.
+def _upload(data: bytes, dest: str, mode: str, before: str | None = None,
+            after: str | None = None) -> list:
+    """Write next to `dest`, then rename: the file is whole or absent, never half-written. A
+    symlink at `dest` stays one: its target gets the data.
 
-    `before`: a command to run first, in the same round trip.
+    `before`/`after`: commands to run first/last, in the same round trip.
     """
-    tmp = f"{dest}.mailtls-new"
-    q_tmp, q_dest = shlex.quote(tmp), shlex.quote(dest)
+    q_dest = shlex.quote(dest)
     first = [before] if before else []
     first.append(f"mkdir -p {shlex.quote(str(Path(dest).parent))}")
-    install = f"chmod {mode} {q_tmp} && mv -f {q_tmp} {q_dest}"
+    # The link's target, resolved on the host: `t` names the file written, "$t.mailtls-new" its temp.
+    first.append(f"t=$(readlink -m -- {q_dest})")
+    install = 'chmod ' + mode + ' "$t.mailtls-new" && mv -f "$t.mailtls-new" "$t"' + (f" && {after}" if after else "")
     if len(data) <= INLINE_MAX:
         # Hidden: -vv output shows the command with a placeholder, not the file's bytes.
         blob = HiddenValue(shlex.quote(base64.b64encode(data).decode()), f"<{len(data)} bytes>")
         return [StringCommand(" && ".join(first), "&& printf %s", blob,
-                              f"| base64 -d > {q_tmp} && {install}")]
+                              f'| base64 -d > "$t.mailtls-new" && {install}')]
+    tmp = f"{dest}.mailtls-new"
     return [
         StringCommand(" && ".join(first)),
         FileUploadCommand(io.BytesIO(data), tmp),
-        StringCommand(install),
+        StringCommand(f"t=$(readlink -m -- {q_dest}) && mv -f {shlex.quote(tmp)} \"$t.mailtls-new\" && {install}"),
     ]
 
 
@@ -74,7 +78,9 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
         host.noop(f"{dest} is up to date")
         return
     before = " && ".join(f"{APPLY} begin {daemon} {shlex.quote(dest)}" for daemon in pending)
-    yield from _upload(data, dest, mode, before or None)
+    # What the deploy wrote: a rollback undoes it only while the file still holds it.
+    after = " && ".join(f"{APPLY} written {daemon} {shlex.quote(dest)}" for daemon in pending)
+    yield from _upload(data, dest, mode, before or None, after or None)
 
 
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
@@ -121,7 +127,8 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
         host.noop("Postfix TLS settings are in place")
         return
     commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
-                *postconf_commands(todo, postconf)]
+                *postconf_commands(todo, postconf),
+                f"{APPLY} written postfix {' '.join(POSTFIX_FILES)}"]
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)
@@ -145,3 +152,24 @@ def commit(daemons: tuple[str, ...]):
     if unknown:
         raise ValueError(f"unknown daemons: {sorted(unknown)}")
     yield f"{APPLY} commit {' '.join(daemons)}"
+
+
+def _report(state, host, message: str) -> bool:
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
+@operation(is_idempotent=False)
+def fail(message: str):
+    """Fail the current host with a one-line `message` (no traceback); other hosts carry on.
+
+    For what only the host can tell (Postfix missing, an unsupported version): the run goes on
+    for the other hosts and exits non-zero. Call it instead of the changes, then return.
+
+    **Example:**
+
+    .. code:: python
+
+        fail(name="Postfix installed", message=f"{host.name}: Postfix is not installed")
+    """
+    yield FunctionCommand(_report, (message,), {})

@@ -39,10 +39,15 @@ _MAX_PATH = 4095  # PATH_MAX less the terminating NUL
 CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
+# Directories others can write to (Debian): root would write the DH file through a name they can
+# predict or replace. The host's own directories are checked too (tasks/dh_guard.py).
+_SHARED_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/lock/", "/var/lock/", "/var/mail/",
+                "/var/spool/mail/", "/var/crash/", "/run/user/", "/var/spool/postfix/")
 # Cron fields: (name, lowest, highest); day of week 7 is Sunday, as 0.
 _CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
                 ("day of week", 0, 7))
-_CRON_ITEM = re.compile(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?")
+# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, fullwidth), which cron refuses.
+_CRON_ITEM = re.compile(r"(\*|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?", re.ASCII)
 _BOOL_WORDS = {"on": True, "off": False, "yes": True, "no": False, "true": True, "false": False}
 
 
@@ -66,13 +71,15 @@ def _choice(*allowed: Any) -> Callable[[Any], Any]:
 
 
 def _path_or_none(value: Any) -> str | None:
+    """A plain absolute file path, normalised: '/etc/ssl//certs/./x.pem' -> '/etc/ssl/certs/x.pem'
+    (so comparisons with other paths cannot be walked around)."""
     if value is None or value == "":
         return None
     if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or "/../" in value + "/":
         raise ValueError("expected an absolute path of letters, digits and ._/+- only")
-    if value.endswith("/") or len(value) > _MAX_PATH:
+    if value.endswith("/") or value.endswith("/.") or len(value) > _MAX_PATH:
         raise ValueError("expected the path of a file (no trailing /, at most 4095 characters)")
-    return value
+    return re.sub(r"/(\./)+", "/", re.sub(r"/+", "/", value + "/"))[:-1]
 
 
 def _path(value: Any) -> str:
@@ -346,6 +353,9 @@ def _check_combinations(s: Settings, host: str) -> None:
     if s.dh_file.startswith(_CERT_DIRS) or not s.dh_file.endswith(".pem"):
         raise SettingsError(f"{host}: dh_file={s.dh_file!r}: expected a .pem file outside "
                             f"{' and '.join(_CERT_DIRS)} (the deploy writes it)")
+    if s.dh_file.startswith(_SHARED_DIRS):
+        raise SettingsError(f"{host}: dh_file={s.dh_file!r}: other users can write to "
+                            f"{s.dh_file.rsplit('/', 1)[0]}; root must not write the DH file there")
 
 
 def defaults() -> dict[str, Any]:

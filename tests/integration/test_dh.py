@@ -215,3 +215,26 @@ def test_kill_9_and_concurrent_rotations(fresh_host, suite):
     res = run_pyinfra(host, "deploy.py", *data)
     assert "Generate 4096-bit DH parameters in the background" in res.stderr
     assert generating(host)
+
+
+def test_rotation_goes_through_the_safety_net(fresh_host, suite):
+    """The rotation reloads through mailtls-apply: check, reload, Dovecot's reload confirmed in its
+    log, a TLS probe, rollback. Here Dovecot's config on disk has a key that belongs to another
+    certificate: `doveconf -x -n` passes, the reload breaks TLS on 993. A reload of its own would
+    report the new parameters installed; the safety net's probe catches it and the run fails."""
+    host = fresh_host(suite)
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048")
+    run_pyinfra(host, "deploy.py", *data)
+    assert wait_until(lambda: not generating(host), timeout=900), "generation never ended"
+    installed = log_count(host, "mailtls-dh-rotate: installed new")
+    stamp = host.ssh(f"cat {dh.ROTATE_STAMP}").stdout
+    key = "ssl_key" if suite == "bookworm" else "ssl_server_key_file"
+    value = "</etc/ssl/private/other.key" if suite == "bookworm" else "/etc/ssl/private/other.key"
+    host.ssh("openssl genrsa -out /etc/ssl/private/other.key 2048 2>/dev/null && "
+             f"echo '{key} = {value}' > /etc/dovecot/conf.d/98-other-key.conf && doveconf -x -n >/dev/null")
+    res = run_like_cron(host, dh.ROTATE_BIN)
+    out = res.stderr + res.stdout
+    assert res.stdout.strip().endswith("rc=1"), out
+    assert "dovecot rejected the new configuration" in out and "TLS handshake" in out, out
+    assert log_count(host, "mailtls-dh-rotate: installed new") == installed
+    assert host.ssh(f"cat {dh.ROTATE_STAMP}").stdout == stamp  # the deploy will try again

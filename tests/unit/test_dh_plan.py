@@ -186,3 +186,50 @@ def test_script_is_posix_sh():
             res = subprocess.run([shell, "-n", str(dh.ROTATE_SCRIPT)], capture_output=True, text=True)
             assert res.returncode == 0, (shell, res.stderr)
     assert dh.ROTATE_SCRIPT.stat().st_mode & 0o111, "the script should be executable in git"
+
+
+# --- issue 12 item 5: where the DH file goes, judged against what the host has -------------------
+
+from tasks.deploy import unsupported  # noqa: E402
+
+STOCK_GUARD = ["real /etc/ssl/mailtls/dh.pem", "dir 0 0 755 /etc/ssl", "dir 0 0 755 /etc", "dir 0 0 755 /",
+               "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/ssl/certs/ssl-cert-snakeoil.pem",
+               "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/dovecot/private/dovecot.pem",
+               "tls /srv/tls/key.pem /srv/tls/key.pem"]
+
+
+def test_host_refusal_accepts_a_plain_root_path():
+    assert dh.host_refusal("/etc/ssl/mailtls/dh.pem", STOCK_GUARD) is None
+
+
+@pytest.mark.parametrize("dh_file,guard,why", [
+    ("/srv/tls/key.pem", ["real /srv/tls/key.pem"], "uses now (/srv/tls/key.pem)"),
+    # the current certificate under another name (Dovecot's link to it)
+    ("/srv/cert.pem", ["real /etc/ssl/certs/ssl-cert-snakeoil.pem"], "uses now"),
+    ("/etc/letsencrypt/live/mx/dh.pem", ["link ../../archive/mx/dh1.pem",
+                                         "real /etc/letsencrypt/archive/mx/dh1.pem"], "symlink"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 1777 /srv/x"], "writable by others or sticky"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 1755 /srv/x"], "sticky"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 757 /srv/x"], "writable by others"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 8 2775 /srv/x"], "writable by others"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 1000 1000 755 /srv/x"], "uid 1000"),
+    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 755 /srv/x", "dir 0 0 777 /srv"], "/srv is"),
+])
+def test_host_refusal(dh_file, guard, why):
+    got = dh.host_refusal(dh_file, STOCK_GUARD[3:] + guard if guard[0].startswith("link") else guard + STOCK_GUARD[3:])
+    assert got and why in got and dh_file in got and "\n" not in got, got
+
+
+@pytest.mark.parametrize("caps,why", [
+    (HostCaps(None, (2, 3, 19), (3, 0)), "Postfix is not installed"),
+    (HostCaps((3, 5, 18), (2, 3, 19), (3, 0)), "Postfix 3.5.18 is not supported"),
+    (HostCaps((2, 11, 0), None, (3, 0)), "Postfix 2.11.0 is not supported"),
+    (HostCaps((3, 7, 11), (2, 2, 36), (3, 0)), "Dovecot 2.2 is not supported"),
+])
+def test_unsupported_hosts_named_in_one_line(caps, why):
+    assert why in unsupported(caps)
+
+
+def test_supported_hosts():
+    assert unsupported(HostCaps((3, 7, 11), (2, 3, 19), (3, 0))) is None
+    assert unsupported(HostCaps((3, 10, 1), None, (3, 5))) is None

@@ -84,3 +84,19 @@ def test_env_precedence(tmp_path):
     f.write_text("from-file\n")
     assert hosts_from_env({"MAILTLS_HOSTS": "from-env", "MAILTLS_HOSTS_FILE": str(f)}) == [("from-env", {})]
     assert hosts_from_env({"MAILTLS_HOSTS_FILE": str(f)}) == [("from-file", {})]
+
+
+# --- issue 12 item 9: IPv6 targets ----------------------------------------------------------------
+
+def test_hosts_list_ipv6():
+    assert parse_hosts_list("2001:db8::1, [2001:db8::1]:2222,root@[2001:db8::2],admin@fe80::1") == [
+        ("2001:db8::1", {}), ("2001:db8::1", {"ssh_port": 2222}),
+        ("2001:db8::2", {"ssh_user": "root"}), ("fe80::1", {"ssh_user": "admin"})]
+
+
+@pytest.mark.parametrize("bad,why", [("[2001:db8::1", "IPv6 with a port"), ("[2001:db8::1]2222", "IPv6 with a port"),
+                                     ("[2001:db8::1]:0", "bad port"), ("[mx.example.org]:22", "bad IPv6"),
+                                     ("2001:db8::zz", "bad IPv6"), ("[2001:db8::1]:２２", "bad port")])
+def test_hosts_list_bad_ipv6(bad, why):
+    with pytest.raises(InventoryError, match=why):
+        parse_hosts_list(bad)

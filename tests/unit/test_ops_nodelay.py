@@ -23,6 +23,18 @@ def test_inline_upload_writes_exact_bytes_and_mode(tmp_path, data):
     assert not list(dest.parent.glob("*.mailtls-new"))
 
 
+def test_upload_through_a_symlink_keeps_the_link(tmp_path):
+    target = tmp_path / "real" / "file.conf"
+    target.parent.mkdir()
+    target.write_bytes(b"old\n")
+    dest = tmp_path / "file.conf"
+    dest.symlink_to(target)
+    cmd = ops._upload(b"new\n", str(dest), "0644", after=f"touch {tmp_path}/after-ran")[0]
+    subprocess.run(["sh", "-c", cmd.get_raw_value()], check=True)
+    assert dest.is_symlink() and target.read_bytes() == b"new\n"
+    assert (tmp_path / "after-ran").exists()
+
+
 def test_failing_before_command_leaves_dest_alone(tmp_path):
     dest = tmp_path / "file.conf"
     dest.write_bytes(b"old\n")
@@ -87,7 +99,8 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
     (command,) = ops.postfix_settings._inner(conf=conf, postconf=current, services={}, master_params={})
     parts = command.split(" && ")
     assert parts[0].startswith(f"{ops.APPLY} begin postfix ")
-    assert parts[1:] == [
+    assert parts[-1] == f"{ops.APPLY} written postfix {' '.join(ops.POSTFIX_FILES)}"
+    assert parts[1:-1] == [
         "postconf -e smtpd_tls_security_level=may smtpd_tls_loglevel=1",  # in place: one batch
         "postconf -e tls_preempt_cipherlist=no",  # appended: one each, in our order
         "postconf -e 'smtpd_tls_protocols=>=TLSv1.2'",

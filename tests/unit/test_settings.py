@@ -423,3 +423,34 @@ def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
     # values the user gave are still checked, namespaced or not
     with pytest.raises(SettingsError, match="mailtls_tls_profile='x'"):
         settings_for(_Host({"mailtls_tls_profile": "x"}))
+
+
+# --- issue 12: paths are normalised before they are compared; no shared directories; ASCII cron --
+
+@pytest.mark.parametrize("value", ["/etc/ssl//certs/ssl-cert-snakeoil.pem", "/etc/ssl/./private/x.pem",
+                                   "//etc/ssl/certs/x.pem", "/etc/ssl/certs/./././x.pem",
+                                   "/etc/ssl/private//./dh.pem"])
+def test_dh_file_cannot_reach_the_certificate_stores_by_spelling(value):
+    refused({"dh_file": value}, "dh_file", "outside /etc/ssl/certs/")
+
+
+@pytest.mark.parametrize("value", ["/tmp/dh.pem", "/var/mail/dh.pem", "/var/tmp/x/dh.pem", "/dev/shm/dh.pem",
+                                   "/run/lock/dh.pem", "//tmp/dh.pem", "/./tmp/dh.pem"])
+def test_dh_file_in_a_directory_others_write_to_refused(value):
+    refused({"dh_file": value}, "dh_file", "other users can write")
+
+
+def test_paths_are_normalised():
+    s = validate({"dh_file": "/etc/ssl//mailtls/./dh.pem", "postfix_cert_file": "/srv//tls/./c.pem",
+                  "postfix_key_file": "/srv/tls/k.pem"}, HOST)
+    assert (s.dh_file, s.postfix_cert_file) == ("/etc/ssl/mailtls/dh.pem", "/srv/tls/c.pem")
+    # the same file under two spellings is still the same file
+    refused({"dh_file": "/srv/tls//c.pem", "postfix_cert_file": "/srv/./tls/c.pem",
+             "postfix_key_file": "/srv/tls/k.pem"}, "dh_file", "overwrite")
+    refused({"dh_file": "/etc/ssl/mailtls/."}, "dh_file")
+
+
+@pytest.mark.parametrize("value", ["١٧ 4 * * 0", "１７ 4 * * 0", "17 ४ * * 0", "17 4 * * ０", "*/３ 4 * * 0",
+                                   "1-５ 4 * * 0"])
+def test_cron_schedule_ascii_digits_only(value):
+    refused({"dh_rotation_schedule": value}, "dh_rotation_schedule")
