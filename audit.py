@@ -26,7 +26,7 @@ profile = host.data.get("tls_profile") or DEFAULT_PROFILE
 if profile not in PROFILES:
     raise ValueError(f"{host.name}: tls_profile={profile!r}; choose one of {', '.join(PROFILES)}")
 expected = parse_ports(host.data.get("audit_ports") or DEFAULT_EXPECTED_PORTS)
-log = host.get_fact(MailTlsLog)
+log = host.get_fact(MailTlsLog, hours=float(host.data.get("audit_log_hours") or 24))
 
 
 def _audit() -> None:

@@ -80,7 +80,8 @@ def handshake(out: str) -> tuple[bool, str]:
         key, proto = _TEMP_KEY.search(out), _PROTOCOL.search(out)
         return True, f"{proto.group(1) if proto else m.group(1)} {m.group(2)}" + (f" ({key.group(1)})" if key else "")
     lines = [l for l in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", l, re.I)]
-    return False, (lines[-1].strip() if lines else out.strip().splitlines()[-1:] or ["no output"])[0][:160]
+    last = lines[-1] if lines else (out.strip().splitlines() or ["no output"])[-1]
+    return False, last.strip()[:160]
 
 
 def _probe(address: str, port: int, name: str, args: tuple, must_succeed: bool) -> Probe:
@@ -227,8 +228,29 @@ def non_tls_postfix(state: dict[str, list[str]]) -> dict[str, object]:
 
 def dovecot_state(host) -> list[str]:
     """`doveconf -n` minus its version banner and TLS settings (nested blocks keep their lines)."""
-    out = host.ssh("doveconf -n 2>/dev/null").stdout.splitlines()
-    return [l for l in out if not l.startswith("#") and not is_tls_key(l.strip().split(" ", 1)[0])]
+    return non_tls_dovecot(host.ssh("doveconf -n 2>/dev/null").stdout)
+
+
+def non_tls_dovecot(doveconf_n: str) -> list[str]:
+    """`doveconf -n` lines minus TLS settings, also inside 2.4's `ssl_server { ... }` blocks."""
+    kept, stack = [], []
+    for line in doveconf_n.splitlines():
+        word = line.strip().split(" ", 1)[0]
+        if line.startswith("#") or not word:
+            continue
+        if word == "}":
+            if stack.pop() is False:
+                kept.append(line)
+            continue
+        inside_tls = any(s is True for s in stack)
+        if line.rstrip().endswith("{"):
+            stack.append(inside_tls or is_tls_key(word))
+            if not stack[-1]:
+                kept.append(line)
+            continue
+        if not inside_tls and not is_tls_key(word):
+            kept.append(line)
+    return kept
 
 
 CONFIG_DIRS = "/etc/postfix /etc/dovecot"
