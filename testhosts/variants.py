@@ -12,6 +12,7 @@ The stock hosts log to the journal only, as Debian 12/13 do (rsyslog is installe
     legacy465     an upgraded Debian <= 10 server: 465 is the pre-3.5 `smtps` entry, 587 `submission`,
                   both with SASL (Dovecot's auth socket) and restriction options
     localconf     /etc/dovecot/local.conf overrides the cipher list: the deploy must refuse, naming it
+    protocolssl   a cipher list inside 20-pop3.conf's `protocol pop3 {}`: must refuse, naming it
     hardened2014  a 2014 hardening guide's leftovers in main.cf and Dovecot's 10-ssl.conf
     postscreen    postscreen on 25 (smtpd via `pass`, dnsblog, tlsproxy); submission left at `may`
     miab          Mail-in-a-Box's shape: smtps + submission with an absent milter and a cleanup
@@ -106,6 +107,14 @@ cat > /etc/dovecot/local.conf <<EOF
 $prefer
 ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT
 EOF
+""",
+
+    # A per-protocol TLS setting inside Debian's own `protocol pop3 {}` block (kept for an old
+    # POP3 client): a protocol filter beats every global setting, whatever the file order, so
+    # 110/995 keep RSA key exchange. The deploy must refuse, naming 20-pop3.conf and the line.
+    "protocolssl": r"""
+sed -i '/^protocol pop3 {/a\  ssl_cipher_list = ALL:!aNULL:!eNULL' /etc/dovecot/conf.d/20-pop3.conf
+grep -q '^  ssl_cipher_list = ALL:!aNULL:!eNULL$' /etc/dovecot/conf.d/20-pop3.conf
 """,
 
     # The seed's 2014 blog post, applied years ago and never removed: main.cf and 10-ssl.conf.
@@ -343,7 +352,8 @@ ln -s /opt/mailcow/dovecot/mailcow.conf /etc/dovecot/conf.d/50-mailcow.conf
 # Variants whose 465 / 587 offer AUTH PLAIN to the test user.
 SASL = {"legacy465": (465, 587), "miab": (465, 587), "dms": (465, 587), "mailcow": (465, 587)}
 # Variants the deploy must refuse: (file, line) its error must name.
-REFUSES = {"localconf": ("/etc/dovecot/local.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT")}
+REFUSES = {"localconf": ("/etc/dovecot/local.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"),
+           "protocolssl": ("/etc/dovecot/conf.d/20-pop3.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL")}
 
 # Restart (not reload: new listeners) and require both daemons up with a clean check.
 _FINISH = r"""

@@ -9,7 +9,7 @@ second time. Then, for a variant the deploy must converge:
 - one master.cf service and one listening socket per port, every port still served;
 - Postfix and Dovecot settings that are not TLS policy are exactly what they were;
 - the second run changes nothing.
-For a variant it must refuse (localconf): the run fails naming the overriding file and line, and
+For a variant it must refuse (localconf, protocolssl): the run fails naming the overriding file and line, and
 the host's config files, pending reloads and daemons are as they were.
 """
 
@@ -27,8 +27,8 @@ from testhosts import hosts as th
 from testhosts.variants import REFUSES, SASL
 
 # Old-era shapes carry rsyslog (Debian <= 11 installed it): their logs are in mail.log too.
-VARIANTS = ["legacy465+rsyslog", "localconf", "hardened2014+rsyslog", "postscreen", "miab", "dms",
-            "mailcow"]
+VARIANTS = ["legacy465+rsyslog", "localconf", "protocolssl", "hardened2014+rsyslog", "postscreen", "miab",
+            "dms", "mailcow"]
 
 
 def _names(variant: str) -> list[str]:
@@ -85,10 +85,9 @@ def _deploy_and_check(lived: Lived) -> Lived:
     host = lived.host
     lived.deploy = run_pyinfra(host, check=False)
     lived.after = _snapshot(host, lived.before.sasl.keys())
-    if lived.refuses is None:
-        lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
-        if lived.deploy.returncode == 0:
-            lived.rerun = run_pyinfra(host, check=False)
+    lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
+    if lived.refuses is None and lived.deploy.returncode == 0:
+        lived.rerun = run_pyinfra(host, check=False)
     return lived
 
 
@@ -184,7 +183,8 @@ def test_second_run_changes_nothing(lived, suite):
 def test_refuses_naming_the_override(lived, suite):
     one = _refusing(lived, suite)
     path, line = one.refuses
-    assert one.deploy.returncode != 0, "deploy reported success:\n" + one.output[-4000:]
+    accepted = "\n".join(str(p) for p in one.probes if not p.ok)
+    assert one.deploy.returncode != 0, f"deploy reported success, while:\n{accepted}\n" + one.output[-3000:]
     out = one.output
     assert path in out, f"error does not name {path}:\n{out[-4000:]}"
     number = one.host.ssh(f"grep -nF {line!r} {path}").stdout.split(":", 1)[0]
