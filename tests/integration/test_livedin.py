@@ -86,6 +86,8 @@ def _deploy_and_check(lived: Lived) -> Lived:
     lived.deploy = run_pyinfra(host, check=False)
     lived.after = _snapshot(host, lived.before.sasl.keys())
     lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
+    print(f"{host.name} ({host.suite}, {lived.variant}): deploy exit {lived.deploy.returncode}; probes after it:")
+    print("\n".join(f"  {'ok ' if p.ok else 'BAD'} {p}" for p in lived.probes))
     if lived.refuses is None and lived.deploy.returncode == 0:
         lived.rerun = run_pyinfra(host, check=False)
     return lived
