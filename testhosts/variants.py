@@ -19,6 +19,8 @@ The stock hosts log to the journal only, as Debian 12/13 do (rsyslog is installe
                   service of their own, permissive port-25 cipher list, 10-ssl.conf edits
     dms           docker-mailserver's shape: SASL options per service in master.cf, `smtps`,
                   an amavis re-injection smtpd on 127.0.0.1:10025 without TLS
+    iredmail      iRedMail's shape: 465 named `465`, SASL socket private/dovecot-auth, a re-injection
+                  smtpd with `smtpd_tls_security_level=none`, SSL settings in dovecot.conf itself
     mailcow       mailcow's shape: postscreen, `smtps` with a TLS option of its own, extra
                   smtpd ports 588/590, Dovecot SNI `local_name` blocks via a symlinked, `!include_try`d
                   file, `protocol imap {}` settings, `%k` in the login log format
@@ -272,6 +274,93 @@ smtp-amavis     unix    -       -       n       -       2       smtp
 EOF
 """,
 
+    # iredmail/iRedMail samples/postfix/master.cf (465 named by its port number, SASL on 465/587,
+    # the amavis re-injection smtpd on 127.0.0.1:10025 with `-o smtpd_tls_security_level=none`)
+    # and samples/dovecot/dovecot23.conf (SASL socket private/dovecot-auth; the global SSL lines
+    # in dovecot.conf itself, above the includes; `%k` in the login log format; `!include_try`
+    # of a conf dir at the end). Changed: no content_filter (amavis is absent, mail must flow).
+    "iredmail": r"""
+cat >> /etc/dovecot/conf.d/10-master.conf <<'EOF'
+
+service auth {
+  unix_listener /var/spool/postfix/private/dovecot-auth {
+    user = postfix
+    group = postfix
+    mode = 0666
+  }
+}
+EOF
+postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/dovecot-auth
+cat >> /etc/postfix/master.cf <<'EOF'
+# Submission, port 587, force TLS connection.
+submission inet n       -       n       -       -       smtpd
+  -o syslog_name=postfix/submission
+  -o smtpd_tls_security_level=encrypt
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+
+# smtps, port 465, force SSL connection.
+465 inet  n       -       n       -       -       smtpd
+  -o syslog_name=postfix/smtps
+  -o smtpd_tls_wrappermode=yes
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+
+# smtp port used by Amavisd to re-inject scanned email back to Postfix
+127.0.0.1:10025 inet n  -   n   -   -  smtpd
+    -o syslog_name=postfix/10025
+    -o content_filter=
+    -o mynetworks_style=host
+    -o mynetworks=127.0.0.1
+    -o local_recipient_maps=
+    -o relay_recipient_maps=
+    -o strict_rfc821_envelopes=yes
+    -o smtp_tls_security_level=none
+    -o smtpd_tls_security_level=none
+    -o smtpd_restriction_classes=
+    -o smtpd_delay_reject=no
+    -o smtpd_client_restrictions=permit_mynetworks,reject
+    -o smtpd_helo_restrictions=
+    -o smtpd_sender_restrictions=
+    -o smtpd_recipient_restrictions=permit_mynetworks,reject
+    -o smtpd_end_of_data_restrictions=
+    -o smtpd_error_sleep_time=0
+    -o smtpd_soft_error_limit=1001
+    -o smtpd_hard_error_limit=1000
+    -o smtpd_client_connection_count_limit=0
+    -o smtpd_client_connection_rate_limit=0
+    -o receive_override_options=no_header_body_checks,no_unknown_recipient_checks,no_address_mappings
+EOF
+openssl dhparam -dsaparam -out /etc/ssl/dh2048_param.pem 2048 2>/dev/null
+mkdir -p /etc/dovecot/conf-enabled
+if [ "$DOVECOT" = 2.3 ]; then
+  ssl_files='verbose_ssl = no
+ssl_cert = </etc/ssl/certs/ssl-cert-snakeoil.pem
+ssl_key = </etc/ssl/private/ssl-cert-snakeoil.key
+ssl_dh = </etc/ssl/dh2048_param.pem
+ssl_prefer_server_ciphers = yes
+login_log_format_elements = user=<%u> method=%m rip=%r lip=%l mpid=%e %c %k session=<%{session}>'
+else  # 2.4: no verbose_ssl
+  ssl_files='ssl_server_cert_file = /etc/ssl/certs/ssl-cert-snakeoil.pem
+ssl_server_key_file = /etc/ssl/private/ssl-cert-snakeoil.key
+ssl_server_dh_file = /etc/ssl/dh2048_param.pem
+ssl_server_prefer_ciphers = server
+login_log_format_elements = user=<%{user}> method=%{mechanism} rip=%{remote_ip} lip=%{local_ip} mpid=%{mail_pid} %{secured} %{ssl_security} session=<%{session}>'
+fi
+# iRedMail's SSL settings sit in dovecot.conf itself, above the includes (2.4 wants its
+# dovecot_config_version line first: keep what precedes `!include conf.d/*.conf`).
+{
+  printf '# SSL: Global settings.\nssl = required\n%s\n' "$ssl_files"
+  printf "# Fix 'The Logjam Attack'\nssl_cipher_list = EECDH+CHACHA20:EECDH+AESGCM:EDH+AESGCM:AES256+EECDH\n"
+} > /etc/dovecot/iredmail-ssl.tmp
+awk '/^!include conf.d\/\*.conf/ { while ((getline l < "/etc/dovecot/iredmail-ssl.tmp") > 0) print l } { print }' \
+  /etc/dovecot/dovecot.conf > /etc/dovecot/dovecot.conf.new
+printf '!include_try /etc/dovecot/conf-enabled/*.conf\n' >> /etc/dovecot/dovecot.conf.new
+grep -q '^ssl_cipher_list = EECDH' /etc/dovecot/dovecot.conf.new
+mv /etc/dovecot/dovecot.conf.new /etc/dovecot/dovecot.conf
+rm /etc/dovecot/iredmail-ssl.tmp
+""",
+
     # mailcow/mailcow-dockerized data/conf/postfix/master.cf (postscreen, smtps with
     # -o tls_preempt_cipherlist, submission with smtpd_enforce_tls, 588/590 smtpd without TLS
     # options) and data/conf/dovecot/dovecot.conf (ssl_cipher_list/ssl_prefer_server_ciphers/
@@ -350,7 +439,8 @@ ln -s /opt/mailcow/dovecot/mailcow.conf /etc/dovecot/conf.d/50-mailcow.conf
 }
 
 # Variants whose 465 / 587 offer AUTH PLAIN to the test user.
-SASL = {"legacy465": (465, 587), "miab": (465, 587), "dms": (465, 587), "mailcow": (465, 587)}
+SASL = {"legacy465": (465, 587), "miab": (465, 587), "dms": (465, 587), "mailcow": (465, 587),
+        "iredmail": (465, 587)}
 # Variants the deploy must refuse: (file, line) its error must name.
 REFUSES = {"localconf": ("/etc/dovecot/local.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"),
            "protocolssl": ("/etc/dovecot/conf.d/20-pop3.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL")}

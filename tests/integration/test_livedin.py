@@ -28,7 +28,7 @@ from testhosts.variants import REFUSES, SASL
 
 # Old-era shapes carry rsyslog (Debian <= 11 installed it): their logs are in mail.log too.
 VARIANTS = ["legacy465+rsyslog", "localconf", "protocolssl", "hardened2014+rsyslog", "postscreen", "miab",
-            "dms", "mailcow"]
+            "dms", "iredmail", "mailcow"]
 
 
 def _names(variant: str) -> list[str]:
@@ -37,7 +37,8 @@ def _names(variant: str) -> list[str]:
 
 @dataclass
 class Snapshot:
-    postfix: dict
+    postfix: dict  # non-TLS part (probes.non_tls_postfix)
+    master: dict  # 'name/type' -> the whole `postconf -M` line
     dovecot: list
     checksums: str
     services: dict  # port -> [master.cf services]
@@ -47,7 +48,9 @@ class Snapshot:
 
 
 def _snapshot(host, sasl_ports=()) -> Snapshot:
-    return Snapshot(postfix=probes.non_tls_postfix(probes.postfix_state(host)),
+    state = probes.postfix_state(host)
+    return Snapshot(postfix=probes.non_tls_postfix(state),
+                    master={"/".join(l.split()[:2]): l for l in state["master"]},
                     dovecot=probes.dovecot_state(host), checksums=probes.config_checksums(host),
                     services=probes.services_by_port(host), listeners=probes.listeners(host),
                     sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
@@ -161,6 +164,14 @@ def test_non_tls_settings_unchanged(lived, suite):
     changed = {svc: (line, after["master"].get(svc)) for svc, line in before["master"].items()
                if after["master"].get(svc) != line}
     assert not changed, f"master.cf services changed beyond TLS options (before, after): {changed}"
+    # Services that are not on a mail-facing TLS port (content-filter re-injection, milters...)
+    # are left exactly as they are, TLS options included.
+    port_of = {svc: port for port, svcs in one.before.services.items() for svc in svcs}
+    other = {key: line for key, line in one.before.master.items()
+             if key.endswith("/inet") and port_of.get(key[:-5]) not in probes.TLS_PORTS}
+    touched = {key: (line, one.after.master.get(key)) for key, line in other.items()
+               if one.after.master.get(key) != line}
+    assert not touched, f"services off the TLS ports changed (before, after): {touched}"
     assert one.after.dovecot == one.before.dovecot, "\n".join(
         [f"- {l}" for l in one.before.dovecot if l not in one.after.dovecot]
         + [f"+ {l}" for l in one.after.dovecot if l not in one.before.dovecot])
