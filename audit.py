@@ -34,7 +34,7 @@ except SettingsError as exc:
 
 settings = validate(host.data.dict(), host.name)
 profile = settings.tls_profile
-log = host.get_fact(MailTlsLog)
+log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
 expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))
 
 

@@ -30,23 +30,32 @@ class MailTlsLog(FactBase):
     """The host's clock, the controller's address as the host sees it, the certificate watcher's
     status per daemon, and the TLS lines of its mail log.
 
-    Returns {'now': aware datetime, 'ssh_client': str | None, 'certs': {daemon: status line},
-    'lines': [str]}; the newest `max_lines` lines of mail.log.1 + mail.log that can matter to
-    logreport.
+    Returns {'now': aware datetime, 'ssh_client': str | None, 'source': str,
+    'certs': {daemon: status line}, 'lines': [str]}: the newest `max_lines` lines of the last
+    `hours` that can matter to logreport. Debian 12/13 keep the mail log in the journal only
+    (read: facility mail, as rsyslog's mail.log has it, in `short-iso-precise`); where a syslog
+    daemon runs and writes /var/log/mail.log (older installs, kept across upgrades) mail.log.1 +
+    mail.log are read instead: they survive reboots that a volatile journal does not.
 
     Example:
-        log = host.get_fact(MailTlsLog, max_lines=200000)
+        log = host.get_fact(MailTlsLog, max_lines=200000, hours=24)
     """
 
-    def command(self, max_lines: int = 200000) -> str:
-        return ("export LC_ALL=C; echo \"@@now $(date +%s) $(date +%z)\"; echo \"@@client ${SSH_CLIENT%% *}\"; "
+    def command(self, max_lines: int = 200000, hours: float = 24) -> str:
+        since = int(float(hours) * 3600) + 3600  # an hour of slack: the report applies the window
+        return ("export LC_ALL=C; now=$(date +%s); echo \"@@now $now $(date +%z)\"; echo \"@@client ${SSH_CLIENT%% *}\"; "
                 f"for f in {CERT_STATUS}/*.status; do [ -r \"$f\" ] && "
                 "echo \"@@cert $(basename \"$f\" .status) $(head -n 1 \"$f\")\"; done; "
+                "if systemctl is-active --quiet rsyslog syslog-ng 2>/dev/null && [ -r /var/log/mail.log ]; then "
+                "echo '@@source /var/log/mail.log'; "
                 "for f in /var/log/mail.log.1 /var/log/mail.log; do [ -r \"$f\" ] && "
-                f"grep -hE '{_PATTERN}' \"$f\"; done | tail -n {int(max_lines)}; true")
+                f"grep -hE '{_PATTERN}' \"$f\"; done; "
+                "else echo '@@source journal'; "
+                f"journalctl -q --no-pager -o short-iso-precise SYSLOG_FACILITY=2 --since \"@$((now - {since}))\" "
+                f"| grep -E '{_PATTERN}'; fi | tail -n {int(max_lines)}; true")
 
     def process(self, output: list[str]) -> dict:
-        now, client, lines, certs = datetime.now(timezone.utc), None, [], {}
+        now, client, source, lines, certs = datetime.now(timezone.utc), None, "none", [], {}
         for line in output:
             if line.startswith("@@now "):
                 epoch, offset = line.split()[1:3]
@@ -54,12 +63,14 @@ class MailTlsLog(FactBase):
                 now = datetime.fromtimestamp(int(epoch), tz)
             elif line.startswith("@@client"):
                 client = line[8:].strip() or None
+            elif line.startswith("@@source "):
+                source = line[9:].strip()
             elif line.startswith("@@cert "):
                 _, daemon, status = (line + " ").split(" ", 2)
                 certs[daemon] = status.strip()
             else:
                 lines.append(line)
-        return {"now": now, "ssh_client": client, "certs": certs, "lines": lines}
+        return {"now": now, "ssh_client": client, "source": source, "certs": certs, "lines": lines}
 
 
 class AuditHost(FactBase):
@@ -135,7 +146,8 @@ def _suites_cell(scan) -> str:
 
 
 def render(console: Console, name: str, address: str, profile: str, scan: HostScan,
-           verdicts: list[PortVerdict], report: LogReport, certs: dict | None = None) -> None:
+           verdicts: list[PortVerdict], report: LogReport, certs: dict | None = None,
+           source: str = "mail log") -> None:
     certs = certs or {}
     ok = all(v.ok for v in verdicts)
     table = Table(title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}", title_justify="left")
@@ -167,7 +179,7 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
     console.print(f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
                   f"on {len(scan.ips)} address(es), retries included; resumption/order probes "
                   f"{scan.probe_seconds:.2f} s; PQ probe {scan.pq_seconds:.2f} s")
-    logs = Table(title=f"{name}: TLS sessions in the mail log, {report.since:%Y-%m-%d %H:%M} .. "
+    logs = Table(title=f"{name}: TLS sessions in the mail log ({source}), {report.since:%Y-%m-%d %H:%M} .. "
                        f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
                  title_justify="left")
     for col in ("service", "port", "sessions", "forward-secret", "protocols", "ciphers", "groups", "failed", "plaintext"):
@@ -193,7 +205,8 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)
-    render(_console(), name, address, profile, scan, verdicts, report, log.get("certs"))
+    render(_console(), name, address, profile, scan, verdicts, report, log.get("certs"),
+           log.get("source", "mail log"))
     result = {
         "host": name, "address": address, "addresses": scan.ips, "profile": profile,
         "ok": all(v.ok for v in verdicts),
@@ -208,7 +221,7 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
                                  "ok": v.ok, "failures": v.failures, "warnings": v.warnings}
                   for p, v in zip(scan.ports, verdicts)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
-        "log_report": report.to_dict() | {"excluded_clients": sorted(excluded)},
+        "log_report": report.to_dict() | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"
         "certificates": log.get("certs", {}),
     }

@@ -128,7 +128,9 @@ def _cron(value: Any) -> str:
 
 
 def _ports(value: Any) -> tuple[int, ...]:
-    items = value.split(",") if isinstance(value, str) else value
+    # --data audit_ports=25 arrives as the int 25 (pyinfra parses --data values)
+    one = isinstance(value, int) and not isinstance(value, bool)
+    items = value.split(",") if isinstance(value, str) else [value] if one else value
     if not isinstance(items, (list, tuple)):
         raise ValueError("expected comma-separated ports, e.g. '25,587,465,143,993'")
     ports = []

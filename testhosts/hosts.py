@@ -15,10 +15,11 @@ import re
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from testhosts import image
+from testhosts import image, variants
 
 STATE_DIR = Path(os.environ.get("MAILTLS_STATE_DIR", "/run/mailtls-testhosts"))
 ROOTS_DIR = Path("/var/lib/mailtls-testhosts")
@@ -35,6 +36,7 @@ class Host:
     suite: str
     index: int
     pid: int = 0
+    variants: tuple[str, ...] = ()  # testhosts/variants.py shapes applied after boot
 
     @property
     def address(self) -> str:
@@ -108,7 +110,8 @@ def _state_file(name: str) -> Path:
 
 def _load(name: str) -> Host | None:
     try:
-        return Host(**json.loads(_state_file(name).read_text()))
+        data = json.loads(_state_file(name).read_text())
+        return Host(**data | {"variants": tuple(data.get("variants", ()))})
     except (FileNotFoundError, ValueError, TypeError):
         return None
 
@@ -284,11 +287,14 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
     """Start hosts (restarting any of the same name) and return them once SSH answers.
 
     A name's suite is the part after ``:`` (``web1:trixie``), else `suite`, else the name
-    without its trailing digits (``bookworm``, ``trixie2``).
+    without its trailing digits (``bookworm``, ``trixie2``). ``+VARIANT`` suffixes
+    (``web1:trixie+legacy465+rsyslog``) shape the booted host (testhosts/variants.py).
     """
-    plan = []
+    plan, shapes = [], {}
     for spec in names:
+        spec, shapes_of = variants.parse(spec)
         name, _, own_suite = spec.partition(":")
+        shapes[name] = shapes_of
         if not NAME_RE.match(name):
             raise ValueError(f"bad host name {name!r}: lowercase letters and digits, 1-12 chars")
         s = own_suite or suite or re.sub(r"\d+$", "", name)
@@ -308,7 +314,7 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
             _stop(name, old.pid if old else 0, old.index if old else None)
         taken = {h.index for h in _known()}
         for name, s in plan:
-            host = Host(name=name, suite=s, index=_free_index(taken))
+            host = Host(name=name, suite=s, index=_free_index(taken), variants=shapes[name])
             taken.add(host.index)
             _state_file(name).write_text(json.dumps(asdict(host)))  # so `down` can clear a half-made host
             host.root.mkdir(parents=True, exist_ok=True)
@@ -323,6 +329,8 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
     try:
         for host in hosts:
             _wait_ready(host)
+        with ThreadPoolExecutor(max_workers=len(hosts) or 1) as pool:
+            list(pool.map(lambda h: variants.shape(h, h.variants), hosts))
     except Exception:
         down([h.name for h in hosts])
         raise

@@ -23,7 +23,9 @@ CACHE_DIR = Path(os.environ.get("MAILTLS_CACHE_DIR", "/var/cache/mailtls-testhos
 
 SUITES = {"bookworm": "12", "trixie": "13"}
 
-# What a host runs. No apt inside a host later (no route out): add here what tests need.
+# What a host runs. No apt inside a host later (no route out): add here what tests need,
+# including what a shaping variant (testhosts/variants.py) switches on. rsyslog is installed
+# but masked: Debian 12/13 log to the journal only; the `rsyslog` variant unmasks it.
 PACKAGES = [
     "openssh-server", "postfix", "dovecot-imapd", "dovecot-pop3d", "cron", "rsyslog",
     "ca-certificates", "openssl", "ssl-cert", "procps", "iproute2", "systemd-sysv", "dbus",
@@ -62,12 +64,15 @@ echo '{TEST_USER}:{TEST_PASSWORD}' | chpasswd
 mkdir -p /var/lib/dbus && ln -sf /etc/machine-id /var/lib/dbus/machine-id
 : > /etc/resolv.conf
 for u in {" ".join(MASKED_UNITS)}; do ln -sf /dev/null /etc/systemd/system/$u; done
+rm -f /etc/systemd/system/syslog.service /etc/systemd/system/multi-user.target.wants/rsyslog.service
+ln -sf /dev/null /etc/systemd/system/rsyslog.service
+rm -f /var/log/mail.* /var/log/syslog /var/log/messages
 rm -f /var/cache/apt/archives/*.deb /var/lib/apt/lists/*_* /etc/ssh/ssh_host_*
 ssh-keygen -A -q
 install -d -m 0700 /root/.ssh
 """
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 
 
 def recipe_hash(suite: str) -> str:

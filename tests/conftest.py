@@ -78,11 +78,13 @@ def deployed():
 
 @pytest.fixture
 def fresh_host():
-    """Factory: fresh_host('trixie') -> a new stock host, stopped after the test."""
+    """Factory: fresh_host('trixie') -> a new stock host, stopped after the test;
+    fresh_host('trixie', 'rsyslog') one shaped by testhosts/variants.py."""
     made = []
 
-    def make(suite: str) -> th.Host:
-        host = _up([f"{PREFIX}f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}"])[0]
+    def make(suite: str, variant: str | None = None) -> th.Host:
+        shape = f"+{variant}" if variant else ""
+        host = _up([f"{PREFIX}f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}{shape}"])[0]
         made.append(host)
         return host
 

@@ -77,8 +77,10 @@ def test_deployed_host_passes(deployed, suite, tmp_path):
 SMTP_SESSIONS = [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3"), ("-tls1_3", "TLSv1.3")]
 
 
-def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path):
-    host = fresh_host(suite)
+@pytest.mark.parametrize("source", ["journal", "/var/log/mail.log"])
+def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path, source):
+    """From the journal (Debian 12/13) and from rsyslog's mail.log (the rsyslog variant)."""
+    host = fresh_host(suite, "rsyslog" if source.endswith("mail.log") else None)
     # What the deploy will do for logging, done by hand so this test does not depend on it.
     host.ssh("postconf -e smtpd_tls_loglevel=1 && postfix reload >/dev/null 2>&1; "
              "E=$(doveconf -h login_log_format_elements); "
@@ -96,6 +98,7 @@ def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path):
         assert "a OK" in out, out
     host.ssh("sleep 1")  # rsyslog writes asynchronously
     _, result = run_audit(host, tmp_path)
+    assert result["log_report"]["source"] == source
     services = result["log_report"]["services"]
     smtpd, imap_stats = services["postfix/smtpd"], services["dovecot/imap-login"]
     assert smtpd["sessions"] == len(SMTP_SESSIONS)

@@ -95,7 +95,7 @@ def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
         imap.logout()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        log = host.ssh("tail -n 300 /var/log/mail.log").stdout
+        log = host.ssh("journalctl -q --no-pager -o short-iso -n 300 SYSLOG_FACILITY=2").stdout
         if tag in host.ssh("cat /var/mail/mailtest", check=False).stdout and re.search(r"imap-login: (Login|Logged in): user=<mailtest>", log):
             break
         time.sleep(0.5)

@@ -247,6 +247,25 @@ def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(fresh
     assert pending(host) == ""
 
 
+@pytest.mark.parametrize("variant", [None, "rsyslog"], ids=["journal", "rsyslog"])
+def test_reload_errors_are_read_from_the_log_journald_only_or_with_rsyslog(fresh_host, suite, tmp_path, variant):
+    """mailtls-apply reads what a reload logged: on a journald-only host (Debian 12/13 as
+    installed) and where rsyslog also writes /var/log/mail.log. Dovecot accepts a key of another
+    certificate at reload; only its log says why the probe then fails."""
+    host = fresh_host(suite, variant)
+    assert host.ssh("test -e /var/log/mail.log && echo yes || echo no").stdout.strip() == \
+        ("yes" if variant else "no")
+    _, other_key = _new_pair(tmp_path, "other")
+    _put(host, "/etc/ssl/private/other.key", other_key, "0600")
+    res = run_pyinfra(host, "deploy.py", "--data", "dovecot_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
+                      "--data", "dovecot_key_file=/etc/ssl/private/other.key", check=False)
+    said = [line for line in output(res).splitlines() if "mailtls: dovecot rejected the new configuration" in line]
+    assert res.returncode != 0 and said, output(res)[-3000:]
+    # the hint in parentheses comes from since_log: Dovecot's own words about the key
+    assert re.search(r"failed after reload \(.*(key|certificate).*\)", said[0], re.I), said[0]
+    assert pending(host) == ""
+
+
 # --- pending reload -----------------------------------------------------------------------------
 
 def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host, suite):

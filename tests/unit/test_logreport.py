@@ -56,3 +56,27 @@ def test_rfc3339_offsets_and_other_lines():
                                                           "DHE-RSA-AES256-GCM-SHA384")
     assert parse_line("2026-11-28T18:30:00+00:00 mx postfix/smtp[9]: Verified TLS connection established to x", NOW) is None
     assert parse_line("garbage", NOW) is None
+
+
+def test_journal_short_iso_precise_lines_of_both_releases():
+    """What MailTlsLog reads on journald-only hosts: systemd 252 writes +0000, 257 +00:00."""
+    journal = [
+        "2026-11-28T17:10:35.032962+0000 b.mailtls.test postfix/smtpd[378]: Anonymous TLS connection established "
+        "from c[10.0.0.9]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519",
+        "2026-11-28T17:10:39.672039+00:00 t.mailtls.test postfix/smtpd[274]: Anonymous TLS connection established "
+        "from c[10.0.0.9]: TLSv1.2 with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
+    ]
+    r = summarize(journal, NOW)
+    smtpd = r.services["postfix/smtpd"]
+    assert (smtpd.sessions, smtpd.forward_secret) == (2, 2)
+    assert smtpd.protocols == {"TLSv1.3": 1, "TLSv1.2": 1}
+
+
+def test_mail_log_fact_reports_its_source():
+    from tasks.audit import MailTlsLog
+
+    fact = MailTlsLog()
+    out = fact.process(["@@now 1795000000 +0000", "@@client 10.213.5.1", "@@source journal", "a line"])
+    assert (out["source"], out["ssh_client"], out["lines"]) == ("journal", "10.213.5.1", ["a line"])
+    command = fact.command(hours=2)
+    assert "SYSLOG_FACILITY=2" in command and "now - 10800" in command and "/var/log/mail.log" in command

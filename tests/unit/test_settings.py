@@ -174,12 +174,13 @@ def test_data_defaults_are_the_namespaced_defaults():
 # --- audit keys ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value,expected", [("25,587", (25, 587)), ("993", (993,)), ([25, "465"], (25, 465)),
-                                            (" 25 , 143 ,", (25, 143)), ("25,25", (25,))])
+                                            (" 25 , 143 ,", (25, 143)), ("25,25", (25,)),
+                                            (25, (25,))])  # --data audit_ports=25 arrives as an int
 def test_audit_ports_accepted(value, expected):
     assert validate({"audit_ports": value}, HOST).audit_ports == expected
 
 
-@pytest.mark.parametrize("value", ["", "25,26", "smtp", "25;587", [True], 25, None, "-25"])
+@pytest.mark.parametrize("value", ["", "25,26", "smtp", "25;587", [True], True, 26, None, "-25"])
 def test_audit_ports_refused(value):
     refused({"mailtls_audit_ports": value}, "mailtls_audit_ports")
 

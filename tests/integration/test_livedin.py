@@ -1,0 +1,212 @@
+"""The deploy on lived-in servers (testhosts/variants.py), Debian 12 and 13, with defaults.
+
+One host per (variant, suite), shared by the checks of that variant: shaped, observed (SASL AUTH
+on 465/587, a mail, the config), deployed with the real `pyinfra` CLI, observed again, deployed a
+second time. Then, for a variant the deploy must converge:
+- every TLS port the host serves refuses what the profile forbids (TLS 1.1, TLS 1.2 RSA key
+  exchange, TLS 1.2 CBC, DHE) and completes an ECDHE handshake, probed from the controller;
+- SASL AUTH still works wherever it worked before; mail is still delivered;
+- one master.cf service and one listening socket per port, every port still served;
+- Postfix and Dovecot settings that are not TLS policy are exactly what they were;
+- the second run changes nothing.
+For a variant it must refuse (localconf, protocolssl): the run fails naming the overriding file and line, and
+the host's config files, pending reloads and daemons are as they were.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pytest
+
+import probes
+from conftest import PREFIX, SUITES, _up, run_pyinfra
+from testhosts import hosts as th
+from testhosts.variants import REFUSES, SASL
+
+# Old-era shapes carry rsyslog (Debian <= 11 installed it): their logs are in mail.log too.
+VARIANTS = ["legacy465+rsyslog", "localconf", "protocolssl", "hardened2014+rsyslog", "postscreen", "miab",
+            "dms", "iredmail", "mailcow"]
+
+
+def _names(variant: str) -> list[str]:
+    return variant.split("+")
+
+
+@dataclass
+class Snapshot:
+    postfix: dict  # non-TLS part (probes.non_tls_postfix)
+    master: dict  # 'name/type' -> the whole `postconf -M` line
+    dovecot: list
+    checksums: str
+    services: dict  # port -> [master.cf services]
+    listeners: dict  # port -> ['addr process', ...]
+    sasl: dict = field(default_factory=dict)  # port -> '235 ...' or the failure
+    active: list = field(default_factory=list)
+
+
+def _snapshot(host, sasl_ports=()) -> Snapshot:
+    state = probes.postfix_state(host)
+    return Snapshot(postfix=probes.non_tls_postfix(state),
+                    master={"/".join(l.split()[:2]): l for l in state["master"]},
+                    dovecot=probes.dovecot_state(host), checksums=probes.config_checksums(host),
+                    services=probes.services_by_port(host), listeners=probes.listeners(host),
+                    sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
+                    active=probes.daemons_active(host))
+
+
+@dataclass
+class Lived:
+    host: th.Host
+    variant: str
+    before: Snapshot
+    deploy: object  # CompletedProcess of the first run
+    after: Snapshot | None = None
+    probes: list = field(default_factory=list)
+    rerun: object = None
+
+    @property
+    def refuses(self) -> tuple[str, str] | None:
+        return next((REFUSES[n] for n in _names(self.variant) if n in REFUSES), None)
+
+    @property
+    def output(self) -> str:
+        return self.deploy.stdout + self.deploy.stderr
+
+
+def _observe(host, variant: str) -> Lived:
+    sasl_ports = next((SASL[n] for n in _names(variant) if n in SASL), ())
+    before = _snapshot(host, sasl_ports)
+    assert all(r.startswith("235") for r in before.sasl.values()), (host.name, before.sasl)  # the shape works
+    probes.deliver(host)
+    return Lived(host, variant, before, deploy=None)
+
+
+def _deploy_and_check(lived: Lived) -> Lived:
+    host = lived.host
+    lived.deploy = run_pyinfra(host, check=False)
+    lived.after = _snapshot(host, lived.before.sasl.keys())
+    lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
+    print(f"{host.name} ({host.suite}, {lived.variant}): deploy exit {lived.deploy.returncode}; probes after it:")
+    print("\n".join(f"  {'ok ' if p.ok else 'BAD'} {p}" for p in lived.probes))
+    if lived.refuses is None and lived.deploy.returncode == 0:
+        lived.rerun = run_pyinfra(host, check=False)
+    return lived
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def lived(request) -> dict[str, Lived]:
+    """{suite: Lived} for one variant: both releases shaped, observed, deployed, observed."""
+    variant = request.param
+    index = VARIANTS.index(variant)
+    started = _up([f"{PREFIX}lv{index}{s[0]}:{s}+{variant}" for s in SUITES])
+    request.addfinalizer(lambda: th.down([h.name for h in started]))
+    with ThreadPoolExecutor(max_workers=len(started)) as pool:
+        observed = list(pool.map(lambda h: _observe(h, variant), started))
+        done = list(pool.map(_deploy_and_check, observed))
+    return {h.host.suite: h for h in done}
+
+
+def _converging(lived, suite) -> Lived:
+    one = lived[suite]
+    if one.refuses:
+        pytest.skip(f"{one.variant}: the deploy must refuse here (test_refuses_naming_the_override)")
+    return one
+
+
+def _refusing(lived, suite) -> Lived:
+    one = lived[suite]
+    if not one.refuses:
+        pytest.skip(f"{one.variant}: the deploy must converge here")
+    return one
+
+
+# --- variants the deploy converges ---------------------------------------------------------
+
+def test_deploy_succeeds(lived, suite):
+    one = _converging(lived, suite)
+    assert one.deploy.returncode == 0, one.output[-6000:]
+
+
+def test_negative_probes_on_every_tls_port(lived, suite):
+    one = _converging(lived, suite)
+    served = sorted(p for p in one.before.listeners if p in probes.TLS_PORTS)
+    assert {p.port for p in one.probes} >= set(served), (served, one.after.listeners)
+    bad = [str(p) for p in one.probes if not p.ok]
+    assert not bad, "\n".join(bad)
+
+
+def test_sasl_auth_still_works(lived, suite):
+    one = _converging(lived, suite)
+    if not one.before.sasl:
+        pytest.skip(f"{one.variant}: no SASL on 465/587")
+    assert one.after.sasl == one.before.sasl, {"before": one.before.sasl, "after": one.after.sasl}
+
+
+def test_one_service_and_one_listener_per_port(lived, suite):
+    one = _converging(lived, suite)
+    shared = {p: s for p, s in one.after.services.items() if len(s) > 1}
+    assert not shared, f"master.cf services sharing a port: {shared}"
+    doubled = {p: l for p, l in one.after.listeners.items() if len(l) != len(set(l))}
+    assert not doubled, doubled
+    lost = set(one.before.listeners) - set(one.after.listeners)
+    assert not lost, f"ports no longer served: {sorted(lost)}"
+    assert one.after.active == ["active", "active"], one.after.active
+
+
+def test_non_tls_settings_unchanged(lived, suite):
+    one = _converging(lived, suite)
+    before, after = one.before.postfix, one.after.postfix
+    assert after["main"] == before["main"], {"removed": sorted(set(before["main"]) - set(after["main"])),
+                                             "added": sorted(set(after["main"]) - set(before["main"]))}
+    changed = {svc: (line, after["master"].get(svc)) for svc, line in before["master"].items()
+               if after["master"].get(svc) != line}
+    assert not changed, f"master.cf services changed beyond TLS options (before, after): {changed}"
+    # Services that are not on a mail-facing TLS port (content-filter re-injection, milters...)
+    # are left exactly as they are, TLS options included.
+    port_of = {svc: port for port, svcs in one.before.services.items() for svc in svcs}
+    other = {key: line for key, line in one.before.master.items()
+             if key.endswith("/inet") and port_of.get(key[:-5]) not in probes.TLS_PORTS}
+    touched = {key: (line, one.after.master.get(key)) for key, line in other.items()
+               if one.after.master.get(key) != line}
+    assert not touched, f"services off the TLS ports changed (before, after): {touched}"
+    assert one.after.dovecot == one.before.dovecot, "\n".join(
+        [f"- {l}" for l in one.before.dovecot if l not in one.after.dovecot]
+        + [f"+ {l}" for l in one.after.dovecot if l not in one.before.dovecot])
+
+
+def test_mail_delivered_after_deploy(lived, suite):
+    one = _converging(lived, suite)
+    probes.deliver(one.host)
+
+
+def test_second_run_changes_nothing(lived, suite):
+    one = _converging(lived, suite)
+    assert one.rerun is not None, "first run failed: " + one.output[-3000:]
+    assert one.rerun.returncode == 0, (one.rerun.stdout + one.rerun.stderr)[-4000:]
+    assert "No changes" in one.rerun.stderr, one.rerun.stderr[-3000:]
+    grand = next(l for l in one.rerun.stderr.splitlines() if "Grand total" in l).split()
+    assert grand[3] == "-", grand  # Success column: nothing changed
+
+
+# --- variants the deploy must refuse -------------------------------------------------------
+
+def test_refuses_naming_the_override(lived, suite):
+    one = _refusing(lived, suite)
+    path, line = one.refuses
+    accepted = "\n".join(str(p) for p in one.probes if not p.ok)
+    assert one.deploy.returncode != 0, f"deploy reported success, while:\n{accepted}\n" + one.output[-3000:]
+    out = one.output
+    assert path in out, f"error does not name {path}:\n{out[-4000:]}"
+    number = one.host.ssh(f"grep -nF {line!r} {path}").stdout.split(":", 1)[0]
+    assert line in out or re.search(rf"{re.escape(path)}(:| line ){number}\b", out), \
+        f"error does not name the line ({number}: {line}):\n{out[-4000:]}"
+
+
+def test_refusal_leaves_nothing_changed(lived, suite):
+    one = _refusing(lived, suite)
+    assert one.after.checksums == one.before.checksums, "config files or pending marks changed"
+    assert one.after.listeners == one.before.listeners
+    assert one.after.active == ["active", "active"], one.after.active
