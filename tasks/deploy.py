@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import deploy
 
-from tasks import dh, dovecot_conf, nodelay, ops, postfix_conf
+from tasks import dh, dovecot_conf, nodelay, ops, postfix_conf, probes
 from tasks.facts import MailHost
 from tasks.policy import resolve
 from tasks.settings import Settings, validate
@@ -18,7 +18,7 @@ from tasks.settings import Settings, validate
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
     """The files whose checksums the deploy's MailHost fact reads."""
-    return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings))
+    return (ops.APPLY, dovecot_conf.CONF_PATH, probes.VERIFY_PATH, *dh.dh_fact_files(settings))
 
 
 def settings_for(current_host=None) -> Settings:
@@ -49,28 +49,54 @@ def mail_tls(settings: Settings | None = None) -> None:
     for note in policy.notes:
         logger.warning(f"{host.name}: {note}")
 
+    # Pre-flight: everything rendered and every override found before anything changes.
+    refusals = []
+    try:
+        pf = postfix_conf.render(
+            policy, caps, info["postconf"], info["services"], info["master_params"],
+            cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
+            submission=settings.postfix_submission, submissions=settings.postfix_submissions,
+        )
+    except postfix_conf.MasterCfError as exc:
+        pf = None
+        refusals.append(f"/etc/postfix/master.cf: {exc}")
+    dovecot_text = None
+    if caps.dovecot is None:
+        logger.info(f"{host.name}: Dovecot is not installed, skipping it")
+    else:
+        dovecot_text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
+                                           settings.dovecot_key_file)
+        refusals += dovecot_conf.overrides(dovecot_text, info["dovecot_tree"])
+    if refusals:
+        ops.refuse(name="Pre-flight: settings outside mailtls override the TLS policy",
+                   reasons=refusals)
+        return
+    for note in pf.notes:
+        logger.warning(f"{host.name}: {note}")
+
     ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
                   dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
+    # What the commit verifies after each reload: read-back values and handshakes to try.
+    verify = probes.render(
+        policy, pf.main, pf.params, pf.remove,
+        None if dovecot_text is None else {k: v for k, v in dovecot_conf.settings_of(dovecot_text).items()
+                                           if k in dovecot_conf.POLICY_KEYS},
+    ).encode()
+    ops.put_bytes(name=f"Checks after each reload ({probes.VERIFY_PATH})", data=verify,
+                  dest=probes.VERIFY_PATH, current_sha256=info["files"].get(probes.VERIFY_PATH))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = dh.apply_dh(settings, policy, info)
 
-    pf = postfix_conf.render(
-        policy, caps, info["postconf"], info["services"],
-        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
-        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
-    )
     pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=pf,
                                  postconf=info["postconf"], services=info["services"],
                                  master_params=info["master_params"])
     reload = {"postfix": pf_op.will_change}
 
-    if caps.dovecot is None:
-        logger.info(f"{host.name}: Dovecot is not installed, skipping it")
-    else:
-        text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file, settings.dovecot_key_file)
-        dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=text.encode(),
-                              dest=dovecot_conf.CONF_PATH,
-                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
+    if dovecot_text is not None:
+        dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})",
+                              data=dovecot_text.encode(), dest=dovecot_conf.CONF_PATH,
+                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH),
+                              pending=("dovecot",))
         reload["dovecot"] = dc_op.will_change
 
     # One commit for both, after every change: the daemons are checked, reloaded and probed at

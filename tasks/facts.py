@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
+from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
 # Each section starts with a `@@name` line. Missing daemons print nothing in their section.
@@ -21,6 +22,14 @@ if command -v postconf >/dev/null; then
     postconf -P > "$t/postconf_p" 2>/dev/null &
 fi
 command -v dovecot >/dev/null && dovecot --version > "$t/dovecot_version" 2>/dev/null &
+# Dovecot files other than ours that set a TLS-policy setting: then their block structure and
+# every !include, so the deploy can tell whether one beats ours (none on a stock host: no output).
+if [ -d /etc/dovecot ]; then
+    k='^[[:space:]]*({keys})[[:space:]]*='
+    hits=$(grep -rlE "$k" --exclude={ours} /etc/dovecot 2>/dev/null)
+    [ -z "$hits" ] || { grep -rnE '^[[:space:]]*!include' /etc/dovecot
+                        grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/dovecot_tree" 2>/dev/null
+fi &
 openssl version > "$t/openssl_version" 2>/dev/null &
 printf '%s\n' {files} > "$t/asked"
 set --
@@ -28,7 +37,8 @@ for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || sha256sum -- "$@" > "$t/files" 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending; do
+for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending \
+         dovecot_tree; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -51,7 +61,9 @@ class MailHost(FactBase):
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
     ``files`` (path -> sha256 for the paths asked for that exist), ``asked`` (every path asked for),
-    ``pending`` (daemons with a reload pending).
+    ``pending`` (daemons with a reload pending), ``dovecot_tree`` (grep lines ``file:line:text``
+    of Dovecot files other than ours that set a TLS-policy setting, with their blocks and every
+    !include; empty on a stock host).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
@@ -59,7 +71,8 @@ class MailHost(FactBase):
 
     def command(self, files=()) -> str:
         quoted = " ".join("'" + f.replace("'", "") + "'" for f in files) or "''"
-        return _SCRIPT.replace("{files}", quoted)
+        return (_SCRIPT.replace("{files}", quoted).replace("{keys}", "|".join(POLICY_KEYS))
+                .replace("{ours}", CONF_PATH.rsplit("/", 1)[1]))
 
     def process(self, output: list[str]) -> dict:
         sections: dict[str, list[str]] = {}
@@ -96,4 +109,5 @@ class MailHost(FactBase):
             "files": files,
             "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
+            "dovecot_tree": [line for line in sections.get("dovecot_tree", []) if line],
         }

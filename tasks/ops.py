@@ -100,6 +100,8 @@ def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True
         commands.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
     if todo.params:
         commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+    if todo.unset:  # TLS-policy -o overrides that would beat main.cf's policy
+        commands.append("postconf -PX " + " ".join(shlex.quote(k) for k in todo.unset))
     return commands
 
 
@@ -145,3 +147,18 @@ def commit(daemons: tuple[str, ...]):
     if unknown:
         raise ValueError(f"unknown daemons: {sorted(unknown)}")
     yield f"{APPLY} commit {' '.join(daemons)}"
+
+
+@operation()
+def refuse(reasons: list[str]):
+    """Fail this host with `reasons`, before anything on it is changed: the deploy found
+    something it must not guess about (one line per cause, naming file and line or service).
+
+    **Example:**
+
+    .. code:: python
+
+        refuse(name="Pre-flight", reasons=["/etc/dovecot/local.conf:3: ssl_cipher_list = ALL ..."])
+    """
+    text = "\n".join(f"mailtls: {r}" for r in reasons) + "\nmailtls: nothing was changed on this host"
+    yield f"printf '%s\\n' {shlex.quote(text)} >&2; exit 1"
