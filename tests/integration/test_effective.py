@@ -146,3 +146,20 @@ def test_log_reads_work_from_the_journal_alone(fresh_host, suite, stop):
     res = host.ssh(f"{APPLY} begin postfix /etc/postfix/master.cf && "
                    f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && {APPLY} commit postfix", check=False)
     assert res.returncode != 0 and "duplicate master.cf entry" in res.stderr, res.stderr
+
+
+def test_a_port_lost_in_the_reload_fails_the_commit_and_rolls_back(fresh_host, suite):
+    """Dovecot running before the commit must listen on every port it did: a change that drops
+    993 (port = 0) passes doveconf and the 143 probe, and must still be rolled back."""
+    host = fresh_host(suite)
+    run_pyinfra(host)
+    conf = "/etc/dovecot/conf.d/10-master.conf"
+    before = host.ssh(f"sha256sum {conf}").stdout
+    res = host.ssh(f"{APPLY} begin dovecot {conf} && "
+                   f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf} && "
+                   f"{APPLY} commit dovecot", check=False)
+    assert res.returncode != 0, res.stdout + res.stderr
+    assert re.search(r"dovecot no longer listens on \S+:993", res.stderr), res.stderr
+    assert "rolled back" in res.stderr
+    assert host.ssh(f"sha256sum {conf}").stdout == before
+    assert host.ssh("ss -Hltn 'sport = :993' | wc -l").stdout.strip() != "0"
