@@ -74,16 +74,16 @@ def mail_tls(settings: Settings | None = None) -> None:
     for note in pf.notes:
         logger.warning(f"{host.name}: {note}")
 
-    ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
-                  dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
-    # What the commit verifies after each reload: read-back values and handshakes to try.
+    # The safety net, and what its commit verifies after each reload (read-back values and
+    # handshakes to try): one round trip.
     verify = probes.render(
         policy, pf.main, pf.params, pf.remove,
         None if dovecot_text is None else {k: v for k, v in dovecot_conf.settings_of(dovecot_text).items()
                                            if k in dovecot_conf.POLICY_KEYS},
     ).encode()
-    ops.put_bytes(name=f"Checks after each reload ({probes.VERIFY_PATH})", data=verify,
-                  dest=probes.VERIFY_PATH, current_sha256=info["files"].get(probes.VERIFY_PATH))
+    ops.put_files(name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
+                  files=((apply_script, ops.APPLY, "0755", info["files"].get(ops.APPLY)),
+                         (verify, probes.VERIFY_PATH, "0644", info["files"].get(probes.VERIFY_PATH))))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = dh.apply_dh(settings, policy, info)
 

@@ -77,6 +77,31 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     yield from _upload(data, dest, mode, before or None)
 
 
+@operation()
+def put_files(files: tuple[tuple[bytes, str, str, str | None], ...]):
+    """Several `put_bytes` in one round trip: (data, dest, mode, current_sha256) each; only the
+    files whose checksum differs are written, each whole or absent (as put_bytes).
+
+    **Example:**
+
+    .. code:: python
+
+        put_files(name="Tools", files=((script, "/usr/local/sbin/x", "0755", info["files"].get(...)),))
+    """
+    todo = [f for f in files if f[3] != sha256(f[0])]
+    if not todo:
+        host.noop(f"{', '.join(f[1] for f in files)} up to date")
+        return
+    inline = [c for data, dest, mode, _ in todo if len(data) <= INLINE_MAX
+              for c in _upload(data, dest, mode)]
+    if inline:
+        yield StringCommand(*[part for i, c in enumerate(inline)
+                              for part in ((["&&"] if i else []) + list(c.bits))])
+    for data, dest, mode, _ in todo:
+        if len(data) > INLINE_MAX:
+            yield from _upload(data, dest, mode)
+
+
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
     """The postconf runs that apply `todo` (a PostfixConf.missing_from() result).
 
