@@ -77,7 +77,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     # The safety net, and what its commit verifies after each reload (read-back values and
     # handshakes to try): one round trip.
     verify = probes.render(
-        policy, pf.main, pf.params, pf.remove,
+        policy, *probes.stable(pf.main, pf.params), pf.remove,
         None if dovecot_text is None else {k: v for k, v in dovecot_conf.settings_of(dovecot_text).items()
                                            if k in dovecot_conf.POLICY_KEYS},
     ).encode()

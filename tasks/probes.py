@@ -76,6 +76,18 @@ def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) ->
             for probe in _for_port(policy, daemon, port, starttls)]
 
 
+# Set only on the first run (TLS off before, a service the deploy creates): a verify file with
+# them would differ on the next run and rewrite itself, and they are no TLS policy.
+FIRST_RUN_ONLY = ("smtpd_tls_security_level", "smtp_tls_security_level", "syslog_name")
+
+
+def stable(main: dict[str, str], params: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The main.cf and master.cf settings to read back: the same on every run for one policy.
+    The mandatory ports' `-o smtpd_tls_security_level=encrypt` stays (always set there)."""
+    return ({k: v for k, v in main.items() if k not in FIRST_RUN_ONLY},
+            {k: v for k, v in params.items() if not k.endswith("/syslog_name")})
+
+
 def render(policy: Policy, postfix_main: dict[str, str], postfix_params: dict[str, str],
            postfix_removed: tuple[str, ...], dovecot: dict[str, str] | None) -> str:
     """The verify file: settings each daemon must report after the reload, then the probes.

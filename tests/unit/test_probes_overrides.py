@@ -144,3 +144,17 @@ def test_preference_key_of_each_version(key):
     caps = DEB12 if key == "ssl_prefer_server_ciphers" else DEB13
     tree = TREE_HEAD + [f"/etc/dovecot/local.conf:1:{key} = yes"]
     assert len(dovecot_conf.overrides(ours(caps), tree)) == 1
+
+
+def test_verify_file_is_the_same_before_and_after_the_first_run():
+    """The verify file must not rewrite itself on the second run (a no-op run changes nothing)."""
+    from tasks import postfix_conf
+    policy = resolve("intermediate", DEB12)
+    stock = {"smtp/inet": "smtp inet n - y - - smtpd"}
+    first = postfix_conf.render(policy, DEB12, {}, stock, {})
+    services = dict(stock, **first.services)
+    main = dict(first.main)
+    second = postfix_conf.render(policy, DEB12, main, services, dict(first.params))
+    assert first.params != second.params  # syslog_name only on the services it creates
+    render = lambda conf: probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
+    assert render(first) == render(second)
