@@ -84,3 +84,14 @@ def test_env_precedence(tmp_path):
     f.write_text("from-file\n")
     assert hosts_from_env({"MAILTLS_HOSTS": "from-env", "MAILTLS_HOSTS_FILE": str(f)}) == [("from-env", {})]
     assert hosts_from_env({"MAILTLS_HOSTS_FILE": str(f)}) == [("from-file", {})]
+
+
+def test_mailhost_fact_dovecot_tree_section():
+    out = FACT_OUTPUT[:-1] + ["@@dovecot_tree", "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+                              "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL", "@@end"]
+    info = MailHost().process(out)
+    assert info["dovecot_tree"] == ["/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+                                    "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL"]
+    assert MailHost().process(FACT_OUTPUT)["dovecot_tree"] == []  # stock host: nothing printed
+    command = MailHost().command()
+    assert "{keys}" not in command and "ssl_cipher_list|" in command and "--exclude=99-mailtls.conf" in command
