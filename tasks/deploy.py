@@ -78,8 +78,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     # handshakes to try): one round trip.
     verify = probes.render(
         policy, *probes.stable(pf.main, pf.params), pf.remove,
-        None if dovecot_text is None else {k: v for k, v in dovecot_conf.settings_of(dovecot_text).items()
-                                           if k in dovecot_conf.POLICY_KEYS},
+        None if dovecot_text is None else dovecot_conf.readback(dovecot_text),
     ).encode()
     ops.put_files(name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
                   files=((apply_script, ops.APPLY, "0755", info["files"].get(ops.APPLY)),

@@ -80,6 +80,18 @@ def settings_of(text: str) -> dict[str, str]:
     return out
 
 
+def readback(text: str) -> dict[str, str]:
+    r"""What `doveconf` must report for our file's TLS-policy settings: doveconf name -> value.
+    2.4 keeps ssl_server_* in the ssl_server filter: `doveconf ssl_server_prefer_ciphers` shows
+    the default there, `doveconf ssl_server/prefer_ciphers` the value in effect.
+
+    >>> readback("ssl_server_prefer_ciphers = server\nssl_min_protocol = TLSv1.2\n")
+    {'ssl_server/prefer_ciphers': 'server', 'ssl_min_protocol': 'TLSv1.2'}
+    """
+    return {(f"ssl_server/{k[len('ssl_server_'):]}" if k.startswith("ssl_server_") else k): v
+            for k, v in settings_of(text).items() if k in POLICY_KEYS}
+
+
 def _unquote(value: str) -> str:
     value = value.split(" #", 1)[0].strip()
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value

@@ -158,3 +158,10 @@ def test_verify_file_is_the_same_before_and_after_the_first_run():
     assert first.params != second.params  # syslog_name only on the services it creates
     render = lambda conf: probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
     assert render(first) == render(second)
+
+
+def test_readback_names_per_version():
+    """2.4 keeps ssl_server_* in the ssl_server filter: doveconf must be asked there."""
+    assert dovecot_conf.readback(ours(DEB13, "legacy-dhe"))["ssl_server/prefer_ciphers"] == "server"
+    assert dovecot_conf.readback(ours(DEB12, "legacy-dhe"))["ssl_prefer_server_ciphers"] == "yes"
+    assert "login_log_format_elements" not in dovecot_conf.readback(ours())
