@@ -167,24 +167,24 @@ def watcher_absent(files: Mapping[str, str]):
 
 
 @deploy("Certificate renewals")
-def apply_certs(settings: Settings, info: dict) -> tuple[CertPlan, tuple[str, ...]]:
+def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
     """Install (or remove) the watcher and make the copies the daemons serve current.
 
-    Runs before the Postfix/Dovecot config steps, which name the copies (served()). Returns the
-    plan and the daemons whose copies change in this run (they need the commit).
+    Runs before the Postfix/Dovecot config steps, which name the copies (served()); `p` is
+    plan() for this host. Returns the daemons whose copies change in this run (they need the
+    commit).
 
     **Example:**
 
     .. code:: python
 
-        cert_plan, cert_changed = certs.apply_certs(settings, info)
+        cert_changed = certs.apply_certs(settings, info, certs.plan(settings, True, info["files"]))
     """
     files = info["files"]
-    p = plan(settings, info["caps"].dovecot is not None, files)
     if not p.watch:
         if p.remove:
             watcher_absent(name="No certificate watcher", files=files)
-        return p, ()
+        return ()
     put_bytes(name="Certificate watcher", data=(FILES / "mailtls-cert-watch").read_bytes(),
               dest=WATCH_BIN, mode="0755", current_sha256=files.get(WATCH_BIN))
     put_bytes(name="Certificate watcher settings", data=watch_conf(p.watch).encode(), dest=WATCH_CONF,
@@ -205,4 +205,4 @@ def apply_certs(settings: Settings, info: dict) -> tuple[CertPlan, tuple[str, ..
         units_changed = units_changed or op.will_change
     timer_enabled(name=f"Certificate watcher timer ({TIMER})", units_changed=units_changed,
                   enabled=TIMER_LINK in files)
-    return p, changed
+    return changed

@@ -11,7 +11,7 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 
-from tasks import certs, dh, dovecot_conf, nodelay, ops, postfix_conf
+from tasks import certs, dh, dovecot_conf, nodelay, ops, postfix_conf, probes
 from tasks.facts import MailHost
 from tasks.policy import PROFILES, HostCaps, resolve
 from tasks.settings import Settings, data_defaults, validate
@@ -19,7 +19,8 @@ from tasks.settings import Settings, data_defaults, validate
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
     """The files whose checksums the deploy's MailHost fact reads."""
-    return (ops.APPLY, dovecot_conf.CONF_PATH, *dh.dh_fact_files(settings), *certs.fact_files(settings))
+    return (ops.APPLY, dovecot_conf.CONF_PATH, probes.VERIFY_PATH, *dh.dh_fact_files(settings),
+            *certs.fact_files(settings))
 
 
 def unsupported(caps: HostCaps) -> str | None:
@@ -79,31 +80,58 @@ def mail_tls(settings: Settings | None = None) -> None:
     for note in policy.notes:
         logger.warning(f"{host.name}: {note}")
 
-    ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
-                  dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
+    # Pre-flight: everything rendered and every override found before anything changes.
+    # The daemons name the checked copies of the certificate renewals put in service (certs.py).
+    cert_plan = certs.plan(settings, caps.dovecot is not None, info["files"])
+    pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
+    refusals = []
+    try:
+        pf = postfix_conf.render(
+            policy, caps, info["postconf"], info["services"], info["master_params"],
+            cert_file=pf_cert, key_file=pf_key,
+            submission=settings.postfix_submission, submissions=settings.postfix_submissions,
+        )
+    except postfix_conf.MasterCfError as exc:
+        pf = None
+        refusals.append(f"/etc/postfix/master.cf: {exc}")
+    dovecot_text = None
+    if caps.dovecot is None:
+        logger.info(f"{host.name}: Dovecot is not installed, skipping it")
+    else:
+        dovecot_text = dovecot_conf.render(policy, caps, *certs.served("dovecot", settings, cert_plan))
+        refusals += dovecot_conf.overrides(dovecot_text, info["dovecot_tree"])
+    if refusals:
+        ops.fail(name="Pre-flight: settings outside mailtls override the TLS policy",
+                 message="\n".join(f"{host.name}: {r}" for r in refusals)
+                 + f"\n{host.name}: nothing was changed on this host")
+        return
+    for note in pf.notes:
+        logger.warning(f"{host.name}: {note}")
+
+    # The safety net, and what its commit verifies after each reload (read-back values and
+    # handshakes to try): one round trip.
+    verify = probes.render(
+        policy, *probes.stable(pf.main, pf.params), pf.remove,
+        None if dovecot_text is None else dovecot_conf.readback(dovecot_text),
+    ).encode()
+    ops.put_files(name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
+                  files=((apply_script, ops.APPLY, "0755", info["files"].get(ops.APPLY)),
+                         (verify, probes.VERIFY_PATH, "0644", info["files"].get(probes.VERIFY_PATH))))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = dh.apply_dh(settings, policy, info)
     # Before the config that names the copies: they exist (checked) by the time it does.
-    cert_plan, cert_changed = certs.apply_certs(settings, info)
+    cert_changed = certs.apply_certs(settings, info, cert_plan)
 
-    pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
-    pf = postfix_conf.render(
-        policy, caps, info["postconf"], info["services"],
-        cert_file=pf_cert, key_file=pf_key,
-        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
-    )
     pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=pf,
                                  postconf=info["postconf"], services=info["services"],
                                  master_params=info["master_params"])
     reload = {"postfix": pf_op.will_change}
 
-    if caps.dovecot is None:
-        logger.info(f"{host.name}: Dovecot is not installed, skipping it")
-    else:
-        text = dovecot_conf.render(policy, caps, *certs.served("dovecot", settings, cert_plan))
-        dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=text.encode(),
-                              dest=dovecot_conf.CONF_PATH,
-                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
+    if dovecot_text is not None:
+        dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})",
+                              data=dovecot_text.encode(), dest=dovecot_conf.CONF_PATH,
+                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH),
+                              pending=("dovecot",))
         reload["dovecot"] = dc_op.will_change
 
     # One commit for both, after every change: the daemons are checked, reloaded and probed at

@@ -11,6 +11,7 @@ template in files/dovecot/; the values both share are decided here once.
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import jinja2
@@ -60,3 +61,104 @@ def render(policy: Policy, caps: HostCaps, cert_file: str | None = None,
                              keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     template = env.get_template(f"mailtls-{major(caps)}.conf.j2")
     return template.render(**context(policy, caps, cert_file, key_file))
+
+
+# The TLS-policy settings of both versions: set anywhere else with another value, one of these
+# may beat ours (certificate and DH file are not: per-name certificates are legitimate).
+POLICY_KEYS = ("ssl_min_protocol", "ssl_cipher_list", "ssl_cipher_suites", "ssl_curve_list",
+               "ssl_prefer_server_ciphers", "ssl_server_prefer_ciphers", "ssl_protocols")
+MAIN_CONF = "/etc/dovecot/dovecot.conf"
+
+
+def settings_of(text: str) -> dict[str, str]:
+    """'key = value' lines of a rendered file."""
+    out = {}
+    for line in text.splitlines():
+        key, found, value = line.partition("=")
+        if found and not line.lstrip().startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def readback(text: str) -> dict[str, str]:
+    r"""What `doveconf` must report for our file's TLS-policy settings: doveconf name -> value.
+    2.4 keeps ssl_server_* in the ssl_server filter: `doveconf ssl_server_prefer_ciphers` shows
+    the default there, `doveconf ssl_server/prefer_ciphers` the value in effect.
+
+    >>> readback("ssl_server_prefer_ciphers = server\nssl_min_protocol = TLSv1.2\n")
+    {'ssl_server/prefer_ciphers': 'server', 'ssl_min_protocol': 'TLSv1.2'}
+    """
+    return {(f"ssl_server/{k[len('ssl_server_'):]}" if k.startswith("ssl_server_") else k): v
+            for k, v in settings_of(text).items() if k in POLICY_KEYS}
+
+
+def _unquote(value: str) -> str:
+    value = value.split(" #", 1)[0].strip()
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[str]:
+    """What in the host's Dovecot config beats the policy in `text` (our rendered file).
+
+    `tree` is the MailHost fact's ``dovecot_tree``: grep lines 'file:line:text' with every
+    !include and, for files setting a policy key, their block lines and those settings. Walked
+    from dovecot.conf in Dovecot's order (includes in place, globs sorted), with our file where
+    its include glob puts it, present or not: a global setting read after ours wins, a setting
+    inside a block (protocol imap { }, local_name x { }, local/remote { }) wins wherever it is.
+    Returns one line per override naming file, line and what to do; empty when ours wins.
+
+    >>> overrides("ssl_cipher_list = ECDHE+AESGCM", [
+    ...     "/etc/dovecot/dovecot.conf:97:!include conf.d/*.conf",
+    ...     "/etc/dovecot/dovecot.conf:101:!include_try local.conf",
+    ...     "/etc/dovecot/local.conf:1:ssl_cipher_list = ALL"])[0][:35]
+    '/etc/dovecot/local.conf:1: ssl_ciph'
+    """
+    ours = {k: v for k, v in settings_of(text).items() if k in POLICY_KEYS}
+    files: dict[str, list[tuple[str, str]]] = {}
+    for line in tree:
+        path, _, rest = line.partition(":")
+        lineno, _, body = rest.partition(":")
+        files.setdefault(path, []).append((lineno, body))
+    found: list[str] = []
+    seen_ours = False
+    stack: list[str] = []
+
+    def walk(path: str, depth: int) -> None:
+        nonlocal seen_ours
+        if path == conf_path:
+            seen_ours = True
+            return
+        if depth > 20:
+            return
+        for lineno, body in files.get(path, []):
+            code = body.split("#", 1)[0].strip()
+            if code.startswith("!include"):
+                parts = code.split(None, 1)
+                if len(parts) == 2:
+                    pattern = _unquote(parts[1])
+                    if not pattern.startswith("/"):
+                        pattern = f"{path.rsplit('/', 1)[0]}/{pattern}"
+                    names = set(files) | {conf_path}
+                    for match in sorted(n for n in names if fnmatch.fnmatchcase(n, pattern)):
+                        walk(match, depth + 1)
+                continue
+            key, eq, value = code.partition("=")
+            key = key.strip()
+            if eq and key in POLICY_KEYS and "{" not in key:
+                value = _unquote(value.strip().rstrip("}").strip())
+                if value != ours.get(key):
+                    where = f"inside '{stack[-1]} {{'" if stack else (
+                        f"read after {conf_path}" if seen_ours else "")
+                    if where:
+                        want = (f"or set it to {ours[key]}" if key in ours
+                                else "the setting is not used by this Dovecot")
+                        found.append(f"{path}:{lineno}: {key} = {value} ({where}) overrides the "
+                                     f"mailtls policy: remove this line ({want})")
+            for ch in code:
+                if ch == "{":
+                    stack.append(code.split("{", 1)[0].strip())
+                elif ch == "}" and stack:
+                    stack.pop()
+
+    walk(MAIN_CONF, 0)
+    return found

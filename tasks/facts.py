@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pyinfra.api import FactBase
 
+from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
 # Each section starts with a `@@name` line. Missing daemons print nothing in their section.
@@ -21,6 +22,14 @@ if command -v postconf >/dev/null; then
     postconf -P > "$t/postconf_p" 2>/dev/null &
 fi
 command -v dovecot >/dev/null && dovecot --version > "$t/dovecot_version" 2>/dev/null &
+# Dovecot files other than ours that set a TLS-policy setting: then their block structure and
+# every !include, so the deploy can tell whether one beats ours (none on a stock host: no output).
+if [ -d /etc/dovecot ]; then
+    k='^[[:space:]]*({keys})[[:space:]]*='
+    hits=$(grep -rlE "$k" --exclude={ours} /etc/dovecot 2>/dev/null)
+    [ -z "$hits" ] || { grep -rnE '^[[:space:]]*!include' /etc/dovecot
+                        grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/dovecot_tree" 2>/dev/null
+fi &
 openssl version > "$t/openssl_version" 2>/dev/null &
 printf '%s\n' {files} > "$t/asked"
 set --
@@ -43,7 +52,8 @@ if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must no
     } > "$t/guard" 2>/dev/null
 fi
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending guard; do
+for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending \
+         dovecot_tree guard; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -66,8 +76,10 @@ class MailHost(FactBase):
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
     ``files`` (path -> sha256 for the paths asked for that exist), ``asked`` (every path asked for),
-    ``pending`` (daemons with a reload pending), ``guard`` (for ``guard=PATH``: lines about PATH
-    and the TLS certificate/key files the host uses now, judged by dh.host_refusal()).
+    ``pending`` (daemons with a reload pending), ``dovecot_tree`` (grep lines ``file:line:text``
+    of Dovecot files other than ours that set a TLS-policy setting, with their blocks and every
+    !include; empty on a stock host), ``guard`` (for ``guard=PATH``: lines about PATH and the TLS
+    certificate/key files the host uses now, judged by dh.host_refusal()).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
@@ -75,7 +87,8 @@ class MailHost(FactBase):
 
     def command(self, files=(), guard: str = "") -> str:
         quoted = " ".join("'" + f.replace("'", "") + "'" for f in files) or "''"
-        return _SCRIPT.replace("{files}", quoted).replace("{guard}", "'" + guard.replace("'", "") + "'")
+        return (_SCRIPT.replace("{files}", quoted).replace("{guard}", "'" + guard.replace("'", "") + "'")
+                .replace("{keys}", "|".join(POLICY_KEYS)).replace("{ours}", CONF_PATH.rsplit("/", 1)[1]))
 
     def process(self, output: list[str]) -> dict:
         sections: dict[str, list[str]] = {}
@@ -113,4 +126,5 @@ class MailHost(FactBase):
             "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
             "guard": [line for line in sections.get("guard", []) if line],
+            "dovecot_tree": [line for line in sections.get("dovecot_tree", []) if line],
         }

@@ -83,6 +83,31 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     yield from _upload(data, dest, mode, before or None, after or None)
 
 
+@operation()
+def put_files(files: tuple[tuple[bytes, str, str, str | None], ...]):
+    """Several `put_bytes` in one round trip: (data, dest, mode, current_sha256) each; only the
+    files whose checksum differs are written, each whole or absent (as put_bytes).
+
+    **Example:**
+
+    .. code:: python
+
+        put_files(name="Tools", files=((script, "/usr/local/sbin/x", "0755", info["files"].get(...)),))
+    """
+    todo = [f for f in files if f[3] != sha256(f[0])]
+    if not todo:
+        host.noop(f"{', '.join(f[1] for f in files)} up to date")
+        return
+    inline = [c for data, dest, mode, _ in todo if len(data) <= INLINE_MAX
+              for c in _upload(data, dest, mode)]
+    if inline:
+        yield StringCommand(*[part for i, c in enumerate(inline)
+                              for part in ((["&&"] if i else []) + list(c.bits))])
+    for data, dest, mode, _ in todo:
+        if len(data) > INLINE_MAX:
+            yield from _upload(data, dest, mode)
+
+
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
     """The postconf runs that apply `todo` (a PostfixConf.missing_from() result).
 
@@ -106,6 +131,8 @@ def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True
         commands.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
     if todo.params:
         commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+    if todo.unset:  # TLS-policy -o overrides that would beat main.cf's policy
+        commands.append("postconf -PX " + " ".join(shlex.quote(k) for k in todo.unset))
     return commands
 
 
@@ -161,10 +188,12 @@ def _report(state, host, message: str) -> bool:
 
 @operation(is_idempotent=False)
 def fail(message: str):
-    """Fail the current host with a one-line `message` (no traceback); other hosts carry on.
+    """Fail the current host with `message` (one line per cause, no traceback), before anything
+    on it is changed; other hosts carry on.
 
-    For what only the host can tell (Postfix missing, an unsupported version): the run goes on
-    for the other hosts and exits non-zero. Call it instead of the changes, then return.
+    For what only the host can tell (Postfix missing, an unsupported version, a setting outside
+    our files that overrides the policy): the run goes on for the other hosts and exits non-zero.
+    Call it instead of the changes, then return.
 
     **Example:**
 

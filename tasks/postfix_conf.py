@@ -19,10 +19,100 @@ from tasks.policy import HostCaps, Policy
 OBSOLETE = ("smtpd_tls_eecdh_grade", "smtpd_tls_dh512_param_file")
 
 SERVICES = {
-    # name/type: the master.cf line created when the service is missing (Debian's own template).
+    # name/type: the master.cf line created when no service listens on the port (Debian's own
+    # template).
     "submission/inet": "submission inet n - y - - smtpd",
     "submissions/inet": "submissions inet n - y - - smtpd",
 }
+# Mandatory-TLS port -> the name of the service created when nothing listens on it.
+MANDATORY_PORTS = {587: "submission", 465: "submissions"}
+# Service names (services(5), as Debian's /etc/services spells them) of the ports that matter here.
+PORT_NAMES = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465, "ssmtp": 465,
+              "urd": 465}
+# TLS-policy parameters: a master.cf -o override of one of these on a mail-facing smtpd
+# service would serve something else than main.cf's policy. Everything else (SASL,
+# restrictions, milters, syslog_name, ...) is the admin's and is never touched.
+POLICY_PARAMS = frozenset({
+    "smtpd_tls_protocols", "smtpd_tls_mandatory_protocols", "smtpd_tls_ciphers",
+    "smtpd_tls_mandatory_ciphers", "tls_high_cipherlist", "tls_medium_cipherlist",
+    "tls_low_cipherlist", "tls_preempt_cipherlist", "tls_eecdh_auto_curves",
+    "tls_ffdhe_auto_groups", "tls_ssl_options", "smtpd_tls_eecdh_grade",
+    "smtpd_tls_dh1024_param_file", "smtpd_tls_dh512_param_file",
+})
+
+
+class MasterCfError(ValueError):
+    """master.cf is in a shape the deploy must not guess about (e.g. two services, one port)."""
+
+
+@dataclass(frozen=True)
+class Service:
+    """One active master.cf entry, from a `postconf -M` line."""
+
+    key: str  # 'name/type', as postconf -M/-P address it
+    host: str  # listen address ('' = all)
+    port: int | None  # inet services: the TCP port; None for other types or unknown names
+    command: str
+
+    @property
+    def mail_facing(self) -> bool:
+        """An smtpd that serves a mail port (25, 465, 587), or postscreen's smtpd behind 25."""
+        if self.command != "smtpd":
+            return False
+        return self.port in (25, 465, 587) or self.key.endswith("/pass")
+
+
+def parse_service(key: str, line: str) -> Service:
+    """A `postconf -M` line ('smtps inet n - y - - smtpd -o ...') as a Service.
+
+    >>> parse_service("[::1]:465/inet", "[::1]:465 inet n - y - - smtpd").port
+    465
+    """
+    name, _, kind = key.rpartition("/")
+    fields = line.split()
+    command = fields[7] if len(fields) > 7 else ""
+    host, port = "", None
+    if kind == "inet":
+        if name.startswith("["):  # [address]:port
+            host, _, rest = name[1:].partition("]")
+            spec = rest.lstrip(":")
+        elif ":" in name:
+            host, _, spec = name.rpartition(":")
+        else:
+            spec = name
+        port = int(spec) if spec.isdigit() else PORT_NAMES.get(spec)
+    return Service(key=key, host=host, port=port, command=command)
+
+
+def _overlap(a: Service, b: Service) -> bool:
+    return not a.host or not b.host or a.host == b.host
+
+
+def listeners(services: Mapping[str, str]) -> dict[int, list[Service]]:
+    """Active inet services of the mail ports, by port. Two that would listen on the same
+    address and port are refused: Postfix would warn and serve only the last one."""
+    by_port: dict[int, list[Service]] = {}
+    for key, line in services.items():
+        svc = parse_service(key, line)
+        if svc.port in (25, 465, 587):
+            by_port.setdefault(svc.port, []).append(svc)
+    for port, found in by_port.items():
+        for i, a in enumerate(found):
+            for b in found[i + 1:]:
+                if _overlap(a, b):
+                    raise MasterCfError(
+                        f"master.cf has two services on port {port}: {a.key.split('/')[0]!r} and "
+                        f"{b.key.split('/')[0]!r} (Postfix uses only the last one): remove or "
+                        "comment out one of them, then run the deploy again")
+    return by_port
+
+
+@dataclass(frozen=True)
+class MasterPlan:
+    create: dict[str, str]  # 'name/type' -> master.cf line
+    params: dict[str, str]  # 'name/type/param' -> value
+    unset: tuple[str, ...]  # 'name/type/param' TLS-policy overrides to delete (postconf -PX)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -31,9 +121,11 @@ class PostfixConf:
     remove: tuple[str, ...]  # main.cf parameters to delete (postconf -X)
     services: dict[str, str]  # master.cf services to create when missing
     params: dict[str, str]  # master.cf overrides: 'service/type/parameter' -> value
+    unset: tuple[str, ...] = ()  # master.cf overrides to delete (postconf -PX)
+    notes: tuple[str, ...] = ()  # what the deploy left alone, for the log
 
     def __bool__(self) -> bool:
-        return bool(self.main or self.remove or self.services or self.params)
+        return bool(self.main or self.remove or self.services or self.params or self.unset)
 
     def missing_from(self, postconf: Mapping[str, str], services: Mapping[str, str],
                      master_params: Mapping[str, str]) -> PostfixConf:
@@ -44,6 +136,7 @@ class PostfixConf:
             remove=tuple(k for k in self.remove if k in postconf),
             services={svc: line for svc, line in self.services.items() if svc not in services},
             params={k: v for k, v in self.params.items() if master_params.get(k) != v},
+            unset=tuple(k for k in self.unset if k in master_params),
         )
 
 
@@ -108,38 +201,69 @@ def removed(policy: Policy) -> tuple[str, ...]:
 
 
 def master_cf(policy: Policy, present: Mapping[str, str], submission: bool = True,
-              submissions: bool = True) -> tuple[dict[str, str], dict[str, str]]:
-    """(services to create, per-service overrides) for 587 and 465.
+              submissions: bool = True, main: Mapping[str, str] | None = None,
+              master_params: Mapping[str, str] | None = None) -> MasterPlan:
+    """The master.cf changes for the mail ports, found by what each service listens on.
 
-    `present` is `postconf -M` keyed by 'name/type'. A service that exists is hardened even
-    when its enable flag is off: every TLS session it serves must follow the policy.
+    `present` is `postconf -M` keyed by 'name/type', `master_params` its `postconf -P`, `main` the
+    main.cf settings the deploy sets. 465 may be served by `smtps`, `submissions`, `465` or
+    `[addr]:465`, 587 by `submission` or `587`: an existing service is reused, never a second one
+    created. A service that exists is hardened even when its enable setting is off: every TLS
+    session it serves must follow the policy. Only TLS-policy -o options are set or removed;
+    SASL, restrictions, milters, syslog_name and the like stay as they are. Raises MasterCfError
+    when two services would listen on one port.
     """
-    wanted = {"submission/inet": submission, "submissions/inet": submissions}
-    create = {svc: SERVICES[svc] for svc, on in wanted.items() if on and svc not in present}
-    params = {}
-    for svc in SERVICES:
-        if svc not in present and svc not in create:
+    main = main or {}
+    master_params = master_params or {}
+    wanted = {587: submission, 465: submissions}
+    by_port = listeners(present)
+    create, params, unset, notes = {}, {}, [], []
+    for port, name in MANDATORY_PORTS.items():
+        found = by_port.get(port, [])
+        if not found and wanted[port]:
+            key = f"{name}/inet"
+            create[key] = SERVICES[key]
+            params[f"{key}/syslog_name"] = f"postfix/{name}"  # only on the service we create
+            found = [parse_service(key, SERVICES[key])]
+        for svc in found:
+            if svc.command != "smtpd":
+                notes.append(f"port {port} is served by {svc.key.split('/')[0]!r} running "
+                             f"{svc.command!r}, not smtpd: left as it is")
+                continue
+            overrides = {
+                "smtpd_tls_security_level": "encrypt",  # TLS is required here: the strict policy
+                "smtpd_tls_mandatory_protocols": f">={policy.mandatory_min_protocol}",
+                "smtpd_tls_mandatory_ciphers": "high",
+            }
+            if port == 465:
+                overrides["smtpd_tls_wrappermode"] = "yes"
+            params.update({f"{svc.key}/{k}": v for k, v in overrides.items()})
+    # Every mail-facing smtpd (25, 465, 587, postscreen's "pass"): a TLS-policy -o override that
+    # differs from main.cf goes, so main.cf's policy (or ours above) is what the service serves.
+    for key, line in present.items():
+        svc = parse_service(key, line)
+        if not svc.mail_facing:
             continue
-        name = svc.split("/")[0]
-        overrides = {
-            "syslog_name": f"postfix/{name}",
-            "smtpd_tls_security_level": "encrypt",  # TLS is required here: the strict policy applies
-            "smtpd_tls_mandatory_protocols": f">={policy.mandatory_min_protocol}",
-            "smtpd_tls_mandatory_ciphers": "high",
-        }
-        if name == "submissions":
-            overrides["smtpd_tls_wrappermode"] = "yes"
-        params.update({f"{svc}/{k}": v for k, v in overrides.items()})
-    return create, params
+        for param in sorted(POLICY_PARAMS):
+            k = f"{key}/{param}"
+            if k in master_params and k not in params and master_params[k] != main.get(param):
+                unset.append(k)
+    return MasterPlan(create=create, params=params, unset=tuple(unset), notes=tuple(notes))
 
 
 def render(policy: Policy, caps: HostCaps, current: Mapping[str, str], services: Mapping[str, str],
-           *, cert_file: str | None = None, key_file: str | None = None, submission: bool = True,
+           master_params: Mapping[str, str] | None = None, *, cert_file: str | None = None, key_file: str | None = None, submission: bool = True,
            submissions: bool = True) -> PostfixConf:
-    create, params = master_cf(policy, services, submission, submissions)
+    """The Postfix config for `policy` on a host whose `postconf -n` is `current`, `postconf -M`
+    `services` and `postconf -P` `master_params`. Raises MasterCfError (nothing to change
+    safely) when master.cf has two services on one mail port."""
+    main = main_cf(policy, caps, current, cert_file, key_file)
+    plan = master_cf(policy, services, submission, submissions, main, master_params)
     return PostfixConf(
-        main=main_cf(policy, caps, current, cert_file, key_file),
+        main=main,
         remove=removed(policy),
-        services=create,
-        params=params,
+        services=plan.create,
+        params=plan.params,
+        unset=plan.unset,
+        notes=plan.notes,
     )

@@ -207,11 +207,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dovecot_key_file", None, _path_or_none,
             "Dovecot private key; unset keeps what Dovecot uses now."),
     Setting("postfix_submission", True, _bool,
-            "Enable the submission service (587, STARTTLS required) in master.cf and apply the "
-            "mandatory-TLS policy to it."),
+            "Create the submission service (587, STARTTLS required) in master.cf when no service "
+            "listens on 587. Whatever serves 587 (submission, 587, [addr]:587) gets the "
+            "mandatory-TLS policy."),
     Setting("postfix_submissions", True, _bool,
-            "Enable the submissions service (465, implicit TLS) in master.cf with the mandatory-TLS "
-            "policy."),
+            "Create the submissions service (465, implicit TLS) in master.cf when no service "
+            "listens on 465. Whatever serves 465 (smtps, submissions, 465, [addr]:465) gets the "
+            "mandatory-TLS policy."),
     Setting("dh_source", "ffdhe3072", _choice("ffdhe3072", "ffdhe4096", "generated"),
             "DH parameters for profiles with DHE: an RFC 7919 group shipped in files/dh/ "
             "(ffdhe3072, ffdhe4096) or safe-prime parameters generated on the host (generated)."),

@@ -100,3 +100,14 @@ def test_hosts_list_ipv6():
 def test_hosts_list_bad_ipv6(bad, why):
     with pytest.raises(InventoryError, match=why):
         parse_hosts_list(bad)
+
+
+def test_mailhost_fact_dovecot_tree_section():
+    out = FACT_OUTPUT[:-1] + ["@@dovecot_tree", "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+                              "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL", "@@end"]
+    info = MailHost().process(out)
+    assert info["dovecot_tree"] == ["/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+                                    "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL"]
+    assert MailHost().process(FACT_OUTPUT)["dovecot_tree"] == []  # stock host: nothing printed
+    command = MailHost().command()
+    assert "{keys}" not in command and "ssl_cipher_list|" in command and "--exclude=99-mailtls.conf" in command

@@ -1,0 +1,108 @@
+"""What mailtls-apply verifies after a commit, as data: the effective settings to read back and
+the handshakes to try from the host itself. No I/O.
+
+The deploy writes it to VERIFY_PATH on the host (`render`); `mailtls-apply commit` reads it after
+each reload. A probe offers only what the profile forbids (TLS 1.1, RSA key exchange, non-AEAD
+suites, DHE where the profile has none, TLS 1.2 where the profile needs 1.3) and must be refused,
+or offers what the profile allows and must succeed. The client side uses SECLEVEL=0 so that a
+refusal is the server's, not the host's OpenSSL defaults.
+
+    >>> from tasks.policy import HostCaps, resolve
+    >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 20))
+    >>> [p.what for p in probes(resolve("modern", caps)) if p.port == 993]
+    ['TLS 1.1', 'TLS 1.2', 'TLS 1.3']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tasks.policy import Policy
+
+VERIFY_PATH = "/etc/mailtls/verify.conf"
+
+# Every TLS port each daemon may serve, with its STARTTLS protocol (None: implicit TLS).
+# mailtls-apply probes the ones that listen.
+PORTS = {
+    "postfix": {25: "smtp", 587: "smtp", 465: None},
+    "dovecot": {143: "imap", 993: None, 110: "pop3", 995: None},
+}
+OPPORTUNISTIC = (25,)  # TLS optional: the profile's opportunistic floor applies
+
+LEGACY_CLIENT = ":@SECLEVEL=0"
+# Forward-secret but not AEAD (CBC with SHA-1/SHA-2 MACs).
+NON_AEAD = "ECDHE:!AESGCM:!CHACHA20:!AESCCM:!ARIAGCM"
+
+
+@dataclass(frozen=True)
+class Probe:
+    daemon: str
+    port: int
+    starttls: str | None
+    expect: str  # "accept" or "refuse"
+    what: str  # what is offered, for the report
+    args: tuple[str, ...]  # openssl s_client arguments
+
+    def line(self) -> str:
+        return (f"probe {self.daemon} {self.port} {self.starttls or '-'} {self.expect} "
+                f"{' '.join(self.args)} -- {self.what}")
+
+
+def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> list[Probe]:
+    floor = policy.opportunistic_min_protocol if port in OPPORTUNISTIC else policy.mandatory_min_protocol
+
+    def p(expect, what, *args):
+        return Probe(daemon, port, starttls, expect, what, args)
+
+    out = [p("refuse", "TLS 1.1", "-tls1_1", "-cipher", "DEFAULT" + LEGACY_CLIENT)]
+    if floor == "TLSv1.2":
+        out += [
+            p("refuse", "TLS 1.2 with RSA key exchange only", "-tls1_2", "-cipher", "kRSA" + LEGACY_CLIENT),
+            p("refuse", "TLS 1.2 with non-AEAD suites only", "-tls1_2", "-cipher", NON_AEAD + LEGACY_CLIENT),
+        ]
+        if not policy.offers_dhe:
+            out.append(p("refuse", "TLS 1.2 with DHE suites only", "-tls1_2", "-cipher", "kDHE" + LEGACY_CLIENT))
+        out.append(p("accept", "TLS 1.2 with the profile's suites", "-tls1_2", "-cipher",
+                     ":".join(policy.tls12_suites)))
+    else:
+        out.append(p("refuse", "TLS 1.2", "-tls1_2", "-cipher", "DEFAULT" + LEGACY_CLIENT))
+    out.append(p("accept", "TLS 1.3", "-tls1_3"))
+    return out
+
+
+def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) -> list[Probe]:
+    """Every probe of every TLS port of `daemons` under `policy`."""
+    return [probe for daemon in daemons for port, starttls in PORTS[daemon].items()
+            for probe in _for_port(policy, daemon, port, starttls)]
+
+
+# Set only on the first run (TLS off before, a service the deploy creates): a verify file with
+# them would differ on the next run and rewrite itself, and they are no TLS policy.
+FIRST_RUN_ONLY = ("smtpd_tls_security_level", "smtp_tls_security_level", "syslog_name")
+
+
+def stable(main: dict[str, str], params: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The main.cf and master.cf settings to read back: the same on every run for one policy.
+    The mandatory ports' `-o smtpd_tls_security_level=encrypt` stays (always set there)."""
+    return ({k: v for k, v in main.items() if k not in FIRST_RUN_ONLY},
+            {k: v for k, v in params.items() if not k.endswith("/syslog_name")})
+
+
+def render(policy: Policy, postfix_main: dict[str, str], postfix_params: dict[str, str],
+           postfix_removed: tuple[str, ...], dovecot: dict[str, str] | None) -> str:
+    """The verify file: settings each daemon must report after the reload, then the probes.
+
+    postfix_main: main.cf settings (`postconf -n` must show them); postfix_params: master.cf
+    -o overrides 'svc/type/param' (`postconf -P`); postfix_removed: parameters that must be
+    gone (a warning naming one of these, or any of the above, fails the commit); dovecot: the
+    TLS settings `doveconf -f protocol=P` must report for every protocol, None without Dovecot.
+    """
+    lines = ["# Written by the mailtls deploy: what `mailtls-apply commit` verifies after a reload.",
+             f"# Profile {policy.name}. Changes here are overwritten on the next deploy."]
+    lines += [f"postconf {k}={v}" for k, v in postfix_main.items()]
+    lines += [f"postconf-P {k}={v}" for k, v in postfix_params.items()]
+    lines += [f"postconf-X {k}" for k in postfix_removed]
+    lines += [f"doveconf {k}={v}" for k, v in (dovecot or {}).items()]
+    daemons = ("postfix",) + (("dovecot",) if dovecot is not None else ())
+    lines += [probe.line() for probe in probes(policy, daemons)]
+    return "\n".join(lines) + "\n"

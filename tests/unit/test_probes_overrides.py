@@ -1,0 +1,167 @@
+"""What the deploy checks beyond its own files: the probes it hands to the host (policy-derived)
+and the Dovecot settings elsewhere that would beat its file (pre-flight)."""
+
+import pytest
+
+from tasks import dovecot_conf, probes
+from tasks.policy import HostCaps, resolve
+
+DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
+DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
+DH = "/etc/ssl/mailtls/dh.pem"
+
+
+def by_port(profile, caps=DEB12):
+    out = {}
+    for p in probes.probes(resolve(profile, caps, dh_file=DH)):
+        out.setdefault(p.port, {})[p.what] = p
+    return out
+
+
+def test_every_tls_port_of_both_daemons_is_probed():
+    ports = by_port("intermediate")
+    assert set(ports) == {25, 587, 465, 143, 993, 110, 995}
+    assert ports[587]["TLS 1.1"].starttls == "smtp" and ports[465]["TLS 1.1"].starttls is None
+    assert ports[143]["TLS 1.1"].starttls == "imap" and ports[110]["TLS 1.1"].starttls == "pop3"
+    assert {p.daemon for p in ports[993].values()} == {"dovecot"}
+
+
+def test_intermediate_forbids_old_protocols_rsa_kx_cbc_and_dhe():
+    for port, found in by_port("intermediate").items():
+        refused = {w for w, p in found.items() if p.expect == "refuse"}
+        assert refused == {"TLS 1.1", "TLS 1.2 with RSA key exchange only",
+                           "TLS 1.2 with non-AEAD suites only", "TLS 1.2 with DHE suites only"}, port
+        accepted = {w for w, p in found.items() if p.expect == "accept"}
+        assert accepted == {"TLS 1.2 with the profile's suites", "TLS 1.3"}, port
+        # a refusal must be the server's: the client offers what OpenSSL would not by default
+        assert found["TLS 1.1"].args == ("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
+        assert found["TLS 1.2 with RSA key exchange only"].args[-1] == "kRSA:@SECLEVEL=0"
+
+
+def test_legacy_dhe_offers_dhe_so_no_dhe_probe():
+    for found in by_port("legacy-dhe").values():
+        assert "TLS 1.2 with DHE suites only" not in found
+        assert "DHE-RSA-AES128-GCM-SHA256" in found["TLS 1.2 with the profile's suites"].args[-1]
+
+
+def test_modern_refuses_tls12_where_tls_is_mandatory_not_on_25():
+    ports = by_port("modern", DEB13)
+    for port in (587, 465, 143, 993, 110, 995):
+        assert ports[port]["TLS 1.2"].expect == "refuse", port
+        assert "TLS 1.2 with the profile's suites" not in ports[port]
+    assert ports[25]["TLS 1.2 with the profile's suites"].expect == "accept"
+    assert "TLS 1.2" not in ports[25]
+
+
+def test_verify_file_lines_parse_as_mailtls_apply_reads_them():
+    policy = resolve("intermediate", DEB12)
+    text = probes.render(policy, {"tls_ffdhe_auto_groups": "", "smtpd_tls_ciphers": "high"},
+                         {"smtps/inet/smtpd_tls_security_level": "encrypt"}, ("smtpd_tls_eecdh_grade",),
+                         {"ssl_min_protocol": "TLSv1.2"})
+    lines = text.splitlines()
+    assert "postconf tls_ffdhe_auto_groups=" in lines
+    assert "postconf-P smtps/inet/smtpd_tls_security_level=encrypt" in lines
+    assert "postconf-X smtpd_tls_eecdh_grade" in lines and "doveconf ssl_min_protocol=TLSv1.2" in lines
+    for line in lines:
+        if line.startswith("probe "):
+            kind, daemon, port, starttls, expect, rest = line.split(" ", 5)
+            args, sep, what = rest.partition(" -- ")
+            assert sep and what and " " not in what.split()[0] and expect in ("accept", "refuse")
+            assert all(" " not in a for a in args.split(" "))
+    no_dovecot = probes.render(policy, {}, {}, (), None)
+    assert " dovecot " not in no_dovecot and "probe postfix 25 smtp" in no_dovecot
+
+
+TREE_HEAD = [
+    "/etc/dovecot/dovecot.conf:24:!include_try /usr/share/dovecot/protocols.d/*.protocol",
+    "/etc/dovecot/dovecot.conf:97:!include conf.d/*.conf",
+    "/etc/dovecot/dovecot.conf:101:!include_try local.conf",
+    "/etc/dovecot/conf.d/10-auth.conf:122:!include auth-system.conf.ext",
+]
+
+
+def ours(caps=DEB12, profile="intermediate"):
+    return dovecot_conf.render(resolve(profile, caps, dh_file=DH), caps)
+
+
+def test_stock_tree_has_no_override():
+    assert dovecot_conf.overrides(ours(), []) == []
+    # Debian 13's 10-ssl.conf sets ssl_min_protocol before ours: ours wins
+    tree = TREE_HEAD + ["/etc/dovecot/conf.d/10-ssl.conf:47:ssl_min_protocol = TLSv1"]
+    assert dovecot_conf.overrides(ours(DEB13), tree) == []
+
+
+def test_local_conf_after_ours_is_named_with_its_line():
+    tree = TREE_HEAD + ["/etc/dovecot/local.conf:3:ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"]
+    found = dovecot_conf.overrides(ours(), tree)
+    assert len(found) == 1
+    assert found[0].startswith("/etc/dovecot/local.conf:3: ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT "
+                               "(read after /etc/dovecot/conf.d/99-mailtls.conf)")
+    assert "remove this line" in found[0]
+
+
+def test_a_later_conf_d_file_wins_an_earlier_one_does_not():
+    tree = TREE_HEAD + ["/etc/dovecot/conf.d/10-ssl.conf:50:ssl_cipher_list = ALL",
+                        "/etc/dovecot/conf.d/99-zz-site.conf:1:ssl_min_protocol = TLSv1"]
+    found = dovecot_conf.overrides(ours(), tree)
+    assert [f.split(":")[0] for f in found] == ["/etc/dovecot/conf.d/99-zz-site.conf"]
+
+
+def test_block_override_wins_wherever_it_is():
+    tree = TREE_HEAD + [
+        "/etc/dovecot/conf.d/20-imap.conf:3:protocol imap {",
+        "/etc/dovecot/conf.d/20-imap.conf:4:  ssl_cipher_list = ALL",
+        "/etc/dovecot/conf.d/20-imap.conf:5:}",
+        "/etc/dovecot/conf.d/20-imap.conf:7:local_name mail.example.org {",
+        "/etc/dovecot/conf.d/20-imap.conf:8:  ssl_min_protocol = TLSv1.1",
+        "/etc/dovecot/conf.d/20-imap.conf:9:}",
+        "/etc/dovecot/conf.d/20-imap.conf:10:ssl_curve_list = P-256",  # global, before ours
+    ]
+    found = dovecot_conf.overrides(ours(), tree)
+    assert len(found) == 2
+    assert "20-imap.conf:4: ssl_cipher_list = ALL (inside 'protocol imap {')" in found[0]
+    assert "20-imap.conf:8: ssl_min_protocol = TLSv1.1 (inside 'local_name mail.example.org {')" in found[1]
+
+
+def test_same_value_elsewhere_is_no_override():
+    policy = resolve("intermediate", DEB12)
+    tree = TREE_HEAD + [f"/etc/dovecot/local.conf:1:ssl_cipher_list = {':'.join(policy.tls12_suites)}",
+                        "/etc/dovecot/local.conf:2:ssl_prefer_server_ciphers = no  # as ours"]
+    assert dovecot_conf.overrides(ours(), tree) == []
+
+
+def test_commented_and_nested_include_order():
+    tree = TREE_HEAD + [
+        "/etc/dovecot/local.conf:1:!include site/*.conf",
+        "/etc/dovecot/site/a.conf:2:ssl_cipher_suites = TLS_AES_128_CCM_SHA256",
+    ]
+    found = dovecot_conf.overrides(ours(DEB13), tree)
+    assert len(found) == 1 and found[0].startswith("/etc/dovecot/site/a.conf:2:")
+
+
+@pytest.mark.parametrize("key", ["ssl_prefer_server_ciphers", "ssl_server_prefer_ciphers"])
+def test_preference_key_of_each_version(key):
+    caps = DEB12 if key == "ssl_prefer_server_ciphers" else DEB13
+    tree = TREE_HEAD + [f"/etc/dovecot/local.conf:1:{key} = yes"]
+    assert len(dovecot_conf.overrides(ours(caps), tree)) == 1
+
+
+def test_verify_file_is_the_same_before_and_after_the_first_run():
+    """The verify file must not rewrite itself on the second run (a no-op run changes nothing)."""
+    from tasks import postfix_conf
+    policy = resolve("intermediate", DEB12)
+    stock = {"smtp/inet": "smtp inet n - y - - smtpd"}
+    first = postfix_conf.render(policy, DEB12, {}, stock, {})
+    services = dict(stock, **first.services)
+    main = dict(first.main)
+    second = postfix_conf.render(policy, DEB12, main, services, dict(first.params))
+    assert first.params != second.params  # syslog_name only on the services it creates
+    render = lambda conf: probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
+    assert render(first) == render(second)
+
+
+def test_readback_names_per_version():
+    """2.4 keeps ssl_server_* in the ssl_server filter: doveconf must be asked there."""
+    assert dovecot_conf.readback(ours(DEB13, "legacy-dhe"))["ssl_server/prefer_ciphers"] == "server"
+    assert dovecot_conf.readback(ours(DEB12, "legacy-dhe"))["ssl_prefer_server_ciphers"] == "yes"
+    assert "login_log_format_elements" not in dovecot_conf.readback(ours())
