@@ -119,6 +119,8 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
         path, _, rest = line.partition(":")
         lineno, _, body = rest.partition(":")
         files.setdefault(path, []).append((lineno, body))
+    for lines in files.values():  # the fact lists !include lines and settings in separate runs
+        lines.sort(key=lambda item: int(item[0]) if item[0].isdigit() else 0)
     found: list[str] = []
     seen_ours = False
     stack: list[str] = []

@@ -100,6 +100,18 @@ def test_local_conf_after_ours_is_named_with_its_line():
     assert "remove this line" in found[0]
 
 
+def test_settings_above_the_include_in_dovecot_conf_do_not_win():
+    """iRedMail keeps ssl_* in dovecot.conf above `!include conf.d/*.conf`: ours is read later.
+    The fact lists a file's !include lines before its settings (two greps): order is by line."""
+    tree = ["/etc/dovecot/dovecot.conf:107:!include conf.d/*.conf",
+            "/etc/dovecot/dovecot.conf:111:!include_try local.conf",
+            "/etc/dovecot/dovecot.conf:103:ssl_prefer_server_ciphers = yes",
+            "/etc/dovecot/dovecot.conf:106:ssl_cipher_list = EECDH+CHACHA20:EECDH+AESGCM"]
+    assert dovecot_conf.overrides(ours(), tree) == []
+    below = tree[:1] + ["/etc/dovecot/dovecot.conf:120:ssl_cipher_list = ALL"]
+    assert [f.split(": ")[0] for f in dovecot_conf.overrides(ours(), below)] == ["/etc/dovecot/dovecot.conf:120"]
+
+
 def test_a_later_conf_d_file_wins_an_earlier_one_does_not():
     tree = TREE_HEAD + ["/etc/dovecot/conf.d/10-ssl.conf:50:ssl_cipher_list = ALL",
                         "/etc/dovecot/conf.d/99-zz-site.conf:1:ssl_min_protocol = TLSv1"]
