@@ -22,17 +22,17 @@ from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
 from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failure_report  # noqa: E402
-from tasks.settings import SettingsError, validate  # noqa: E402
+from tasks.settings import SettingsError, host_settings  # noqa: E402
 
 # As deploy.py: every host's settings checked before anything runs on any host, one line naming
 # the host and the key. The audit judges each host against the same settings the deploy applied.
 try:
     for each in state.inventory:
-        validate(each.data.dict(), each.name)
+        host_settings(each)
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
-settings = validate(host.data.dict(), host.name)
+settings = host_settings(host)
 profile = settings.tls_profile
 log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
 expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))

@@ -15,7 +15,7 @@ from pyinfra import host, logger, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
 from tasks.deploy import mail_tls  # noqa: E402
-from tasks.settings import SettingsError, notes, validate  # noqa: E402
+from tasks.settings import SettingsError, host_settings, notes  # noqa: E402
 
 # Every host's settings are checked before any operation or fact runs on any host: one bad
 # value stops the whole run with a one-line error, and no host is changed. pyinfra has logged in
@@ -24,10 +24,10 @@ from tasks.settings import SettingsError, notes, validate  # noqa: E402
 # registered earlier). Unreachable hosts are in state.inventory too: they are checked as well.
 try:
     for each in state.inventory:
-        validate(each.data.dict(), each.name)
+        host_settings(each)
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
 for note in notes(host.data.dict()):
     logger.warning(f"{host.name}: {note}")
-mail_tls(settings=validate(host.data.dict(), host.name))
+mail_tls(settings=host_settings(host))

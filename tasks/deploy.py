@@ -14,7 +14,7 @@ from pyinfra.api.exceptions import PyinfraError
 from tasks import certs, dh, dovecot_conf, nodelay, ops, postfix_conf, probes
 from tasks.facts import MailHost
 from tasks.policy import PROFILES, HostCaps, resolve
-from tasks.settings import Settings, data_defaults, validate
+from tasks.settings import Settings, data_defaults, host_settings
 
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
@@ -38,14 +38,7 @@ def unsupported(caps: HostCaps) -> str | None:
 
 
 def settings_for(current_host=None) -> Settings:
-    """The host's settings from its data, without our own @deploy data_defaults: a default must
-    not count as the user's value of a namespaced key (it would contradict an old name's)."""
-    h = current_host or host
-    data = h.data.dict()
-    for key, default in h.get_deploy_data().items():
-        if data.get(key) is default:  # the same object: nothing in the inventory overrides it
-            del data[key]
-    return validate(data, h.name)
+    return host_settings(current_host or host)
 
 
 # data_defaults: `host.data.mailtls_tls_profile` works inside the deploy, pyinfra's way.

@@ -285,6 +285,20 @@ def _unknown_in_namespace(data: Mapping[str, Any], host: str) -> None:
             raise SettingsError(f"{host}: unknown setting {key!r}{hint}")
 
 
+def host_settings(h) -> Settings:
+    """The settings of pyinfra host `h`, from its data.
+
+    Our own @deploy data_defaults never count as the user's value of a namespaced key: pyinfra
+    merges the deploy data of the deploy (or operation) current on the host into its data, and a
+    default would then contradict an old name the user set.
+    """
+    data = h.data.dict()
+    for key, default in h.get_deploy_data().items():
+        if data.get(key) is default:  # the same object: nothing in the inventory overrides it
+            del data[key]
+    return validate(data, h.name)
+
+
 def validate(data: Mapping[str, Any], host: str) -> Settings:
     """Check every key we own in `data` (host data, after group data and --data) for `host`.
 
