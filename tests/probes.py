@@ -177,13 +177,18 @@ def services_by_port(host) -> dict[int, list[str]]:
 
 
 def listeners(host) -> dict[int, list[str]]:
-    """{port: ['0.0.0.0 master', '[::] master', ...]} from `ss -ltnp` on the host."""
+    """{port: ['0.0.0.0 master', '[::] master', ...]} from `ss -ltnp` on the host.
+
+    A listening socket is named after the daemon's master process that owns it: ss also lists
+    the children that inherited it (an smtpd or login process still alive), in no fixed order.
+    """
     out: dict[int, list[str]] = {}
     for line in host.ssh("ss -Hltnp").stdout.splitlines():
         fields = line.split()
         addr, _, port = fields[3].rpartition(":")
-        proc = re.search(r'\(\("([^"]+)"', line)
-        out.setdefault(int(port), []).append(f"{addr} {proc.group(1) if proc else '?'}")
+        procs = re.findall(r'\("([^"]+)",pid=', line)
+        owner = next((p for p in ("master", "dovecot") if p in procs), procs[0] if procs else "?")
+        out.setdefault(int(port), []).append(f"{addr} {owner}")
     return out
 
 

@@ -128,8 +128,11 @@ def test_duplicate_entry_warning_fails_the_commit_and_rolls_back(fresh_host, sui
     host = fresh_host(suite)
     run_pyinfra(host)
     before = host.ssh("sha256sum /etc/postfix/master.cf").stdout
+    # begin, write, written, commit: the deploy's own protocol (a rollback undoes only what was
+    # recorded as written)
     res = host.ssh(f"{APPLY} begin postfix /etc/postfix/master.cf && "
-                   f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && {APPLY} commit postfix", check=False)
+                   f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
+                   f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix", check=False)
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r'duplicate master.cf entry for service "\w+" \(465\)', res.stderr), res.stderr
     assert "rolled back" in res.stderr
@@ -157,7 +160,7 @@ def test_a_port_lost_in_the_reload_fails_the_commit_and_rolls_back(fresh_host, s
     before = host.ssh(f"sha256sum {conf}").stdout
     res = host.ssh(f"{APPLY} begin dovecot {conf} && "
                    f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf} && "
-                   f"{APPLY} commit dovecot", check=False)
+                   f"{APPLY} written dovecot {conf} && {APPLY} commit dovecot", check=False)
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r"dovecot no longer listens on \S+:993", res.stderr), res.stderr
     assert "rolled back" in res.stderr

@@ -15,10 +15,13 @@ from test_safety import output, pending, tls
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 LEGACY = ("--data", "tls_profile=legacy-dhe")
+# A pair the daemon itself must reject: without the certificate watcher, which would refuse it
+# before any daemon saw it (tests/integration/test_renewals.py covers that path).
+NO_WATCH = ("--data", "mailtls_cert_watch=false")
 MISSING_POSTFIX_CERT = ("--data", "postfix_cert_file=/etc/ssl/certs/missing.pem",
-                        "--data", "postfix_key_file=/etc/ssl/private/missing.key")
+                        "--data", "postfix_key_file=/etc/ssl/private/missing.key", *NO_WATCH)
 MISSING_DOVECOT_CERT = ("--data", "dovecot_cert_file=/etc/ssl/certs/missing.pem",
-                        "--data", "dovecot_key_file=/etc/ssl/private/missing.key")
+                        "--data", "dovecot_key_file=/etc/ssl/private/missing.key", *NO_WATCH)
 
 
 def rejected(res, daemon: str) -> str:
