@@ -14,8 +14,8 @@ What is measured (per round):
 - ssh_true: a bare `ssh host true` (new connection each time, like pyinfra's).
 - pyinfra_version: `pyinfra --version` (Python start-up + imports: fixed overhead of any run).
 - floor: ONE ssh session running, as one shell script, the same writes the deploy performs,
-  rendered by the project's own code (tasks.postfix_conf.render / tasks.dovecot_conf.render
-  from the host's MailHost fact, read untimed beforehand), then `postfix reload` and
+  rendered by the deploy's own pure function (tasks.host_conf.render, from the host's
+  MailHost fact, read untimed beforehand), then `postfix reload` and
   `doveadm reload`. floor_apply: the same script with the deploy's exact safety net
   (`mailtls-apply begin` before each change, `mailtls-apply commit` = check/reload/probe).
   After the round a real `pyinfra` run on each floor host must report "No changes": proof that
@@ -53,10 +53,9 @@ sys.path.insert(0, str(ROOT))
 
 from testhosts import hosts as th  # noqa: E402
 
-from tasks import dovecot_conf, ops, postfix_conf  # noqa: E402
-from tasks.deploy import fact_files  # noqa: E402
+from tasks import dovecot_conf, host_conf, ops  # noqa: E402
+from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
-from tasks.policy import resolve  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -167,32 +166,27 @@ def _write_file(path: str, data: bytes, mode: str, before: str | None = None) ->
 
 
 def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
-    """The shell script of the deploy's writes for this host, rendered by the project's code
-    exactly as tasks/deploy.py and tasks/ops.py do (same settings, same diff against the fact)."""
+    """The shell script of the deploy's writes for this host, rendered by the deploy's own pure
+    function (tasks.host_conf.render: same settings, same policy, same bytes) and diffed against
+    the fact as tasks/ops.py does."""
     settings = validate({}, host.name)  # bench hosts carry no host data: the defaults
-    caps = info["caps"]
-    policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
-                     dh_file=settings.dh_file)
-    if policy.offers_dhe:
+    conf = host_conf.render(settings, info)
+    if conf.policy.offers_dhe:
         raise RuntimeError("the floor does not render DH files yet (default profile has no DHE)")
+    if conf.dovecot is None:
+        raise RuntimeError(f"{host.name}: the floor expects Dovecot (stock test hosts have it)")
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
     script = (ops.FILES / "mailtls-apply").read_bytes()
     if info["files"].get(ops.APPLY) != ops.sha256(script):
         lines.append(_write_file(ops.APPLY, script, "0755"))
-    pf = postfix_conf.render(
-        policy, caps, info["postconf"], info["services"],
-        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
-        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
-    )
-    todo = pf.missing_from(info["postconf"], info["services"], info["master_params"])
+    todo = conf.postfix.missing_from(info["postconf"], info["services"], info["master_params"])
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
     # The least postconf can do: one run per kind of change (the deploy runs one per new
     # main.cf parameter, to write the same bytes on every host).
     lines += ops.postconf_commands(todo, info["postconf"], same_bytes=False)
-    text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
-                               settings.dovecot_key_file).encode()
+    text = conf.dovecot.encode()
     begin_dovecot = f"{apply} begin dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
     lines.append(_write_file(dovecot_conf.CONF_PATH, text, "0644", begin_dovecot))
     if safety_net:

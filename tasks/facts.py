@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from tasks.policy import HostCaps, parse_version
 
@@ -58,6 +58,21 @@ def _kv(lines: list[str]) -> dict[str, str]:
         if found:
             out[key.strip()] = value.strip()
     return out
+
+
+class CronNameLines(FactBase[int]):
+    """How many ``# pyinfra-name=NAME`` lines a crontab holds, wherever they are.
+
+    pyinfra's Crontab fact drops comments that no job follows: this sees them.
+    """
+
+    def command(self, cron_name: str, user: str | None = None) -> StringCommand:
+        user_args = ["-u", QuoteString(user)] if user else []
+        return StringCommand("crontab", *user_args, "-l", "2>/dev/null", "|", "grep", "-cxF",
+                             QuoteString(f"# pyinfra-name={cron_name}"), "||", "true")
+
+    def process(self, output: list[str]) -> int:
+        return int(output[0]) if output and output[0].strip().isdigit() else 0
 
 
 class MailHost(FactBase):

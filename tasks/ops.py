@@ -15,9 +15,12 @@ import shlex
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from collections.abc import Mapping
+
+from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 
+from tasks.facts import CronNameLines
 from tasks.postfix_conf import PostfixConf
 
 FILES = Path(__file__).resolve().parent.parent / "files"
@@ -81,6 +84,72 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     # What the deploy wrote: a rollback undoes it only while the file still holds it.
     after = " && ".join(f"{APPLY} written {daemon} {shlex.quote(dest)}" for daemon in pending)
     yield from _upload(data, dest, mode, before or None, after or None)
+
+
+@operation()
+def absent(paths: list[str], files: Mapping[str, str]):
+    """
+    Remove files that the fact saw on the host (``files``: path -> sha256); no-op otherwise.
+
+    **Example:**
+
+    .. code:: python
+
+        absent(name="Remove rotation files", paths=[dh.ROTATE_CONF], files=info["files"])
+    """
+    there = [p for p in paths if p in files]
+    if not there:
+        host.noop(f"{', '.join(paths)} absent")
+        return
+    yield StringCommand("rm", "-f", *(QuoteString(p) for p in there))
+
+
+@operation(is_idempotent=False)
+def start_generation(unit: str, command: str):
+    """
+    Start `command` (the DH rotation script) as the transient systemd unit `unit`; return at once.
+
+    The unit is collected when it ends, also on failure, so its file under
+    /run/systemd/transient/ tells a later deploy whether it still runs. Only call when
+    dh.plan() says so: starting is a change by nature.
+
+    **Example:**
+
+    .. code:: python
+
+        start_generation(name="Generate DH parameters in the background",
+                         unit=dh.ROTATE_UNIT, command=dh.ROTATE_BIN)
+    """
+    yield StringCommand(
+        "systemctl", "is-active", "--quiet", QuoteString(unit), "||",
+        "systemd-run", "--no-block", "--collect", "--quiet", QuoteString(f"--unit={unit}"),
+        QuoteString("--description=mailtls: generate DH parameters"), QuoteString(command),
+    )
+
+
+@operation()
+def cron_name_absent(cron_name: str, user: str | None = None):
+    """
+    Remove the ``# pyinfra-name=`` line of a cron job that crontab.crontab(present=False) removes.
+
+    crontab.crontab deletes only the lines that match the job's command, so the name comment
+    stays behind and would name whatever job is added after it (which a later run would then
+    rewrite or delete). Call it after crontab.crontab(present=False, cron_name=...).
+
+    **Example:**
+
+    .. code:: python
+
+        crontab.crontab(command="/usr/local/sbin/job", cron_name="job", present=False)
+        cron_name_absent(cron_name="job")
+    """
+    comment = f"# pyinfra-name={cron_name}"
+    if not host.get_fact(CronNameLines, cron_name=cron_name, user=user):
+        host.noop(f"no cron job named {cron_name}")
+        return
+    user_args = ["-u", QuoteString(user)] if user else []
+    yield StringCommand("crontab", *user_args, "-l", "|", "grep", "-vxF", QuoteString(comment),
+                        "|", "crontab", *user_args, "-")
 
 
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:

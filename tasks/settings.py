@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tasks.policy import DEFAULT_RESUMPTION, MIN_DH_BITS, PROFILES, RESUMPTION
-from tasks.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
+from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 
 
 class SettingsError(ValueError):

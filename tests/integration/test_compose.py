@@ -56,7 +56,7 @@ def project(tmp_path, host, host_data: str = "") -> None:
         from pyinfra import host
         from pyinfra.operations import files
 
-        from tasks.deploy import mail_tls
+        from tasks.mail_tls import mail_tls
 
         # Another deploy's task, using its own data.
         files.put(name="Relay host of another deploy", src=__import__("io").StringIO(

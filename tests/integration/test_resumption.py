@@ -60,10 +60,10 @@ def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
 
 
 def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
-    """A client that offers only psk_ke (tasks/psk_probe.py) gets a full handshake on every port;
+    """A client that offers only psk_ke (tasks/audit/psk_probe.py) gets a full handshake on every port;
     the same client offering psk_dhe_ke resumes on Postfix's ports (the control)."""
-    from tasks.psk_probe import probe_psk_modes
-    from tasks.scan import _starttls
+    from tasks.audit.psk_probe import probe_psk_modes
+    from tasks.audit.scan import _starttls
 
     host = deployed[suite]
     for port in POSTFIX + DOVECOT:

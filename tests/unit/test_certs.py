@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tasks import certs
-from tasks.audit import MailTlsLog
+from tasks.audit.facts import MailTlsLog
 from tasks.ops import FILES, sha256
 from tasks.settings import validate
 

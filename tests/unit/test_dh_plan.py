@@ -190,7 +190,7 @@ def test_script_is_posix_sh():
 
 # --- issue 12 item 5: where the DH file goes, judged against what the host has -------------------
 
-from tasks.deploy import unsupported  # noqa: E402
+from tasks.mail_tls import unsupported  # noqa: E402
 
 STOCK_GUARD = ["real /etc/ssl/mailtls/dh.pem", "dir 0 0 755 /etc/ssl", "dir 0 0 755 /etc", "dir 0 0 755 /",
                "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/ssl/certs/ssl-cert-snakeoil.pem",

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from tasks.logreport import parse_line, parse_time, summarize
+from tasks.audit.logreport import parse_line, parse_time, summarize
 
 DATA = Path(__file__).parent / "data"
 NOW = datetime(2026, 11, 28, 18, 0, tzinfo=timezone.utc)
@@ -73,7 +73,7 @@ def test_journal_short_iso_precise_lines_of_both_releases():
 
 
 def test_mail_log_fact_reports_its_source():
-    from tasks.audit import MailTlsLog
+    from tasks.audit.facts import MailTlsLog
 
     fact = MailTlsLog()
     out = fact.process(["@@now 1795000000 +0000", "@@client 10.213.5.1", "@@source journal", "a line"])

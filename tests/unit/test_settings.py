@@ -415,7 +415,7 @@ class _Host:
 
 
 def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
-    from tasks.deploy import settings_for
+    from tasks.mail_tls import settings_for
 
     # an old name in the inventory beats the namespaced default pyinfra merged in
     assert settings_for(_Host({"tls_profile": "modern"})).tls_profile == "modern"

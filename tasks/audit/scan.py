@@ -1,7 +1,7 @@
 """Scan a mail host's TLS ports from the controller: sslyze as a library, plus a hybrid-PQ probe.
 
 All ports of a host go into ONE sslyze Scanner run (it scans them in parallel). The result is a
-list of tasks.verdict.PortScan, judged by tasks.verdict.judge_host.
+list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
 
     >>> hs = scan_host("10.213.0.2")            # doctest: +SKIP
     >>> [(p.port, p.state) for p in hs.ports]   # doctest: +SKIP
@@ -37,8 +37,8 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
-from tasks.psk_probe import ProbeError, probe_psk_modes
-from tasks.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
+from tasks.audit.psk_probe import ProbeError, probe_psk_modes
+from tasks.audit.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
 
 OPT_TLS = {"smtp": ProtocolWithOpportunisticTlsEnum.SMTP, "imap": ProtocolWithOpportunisticTlsEnum.IMAP,
            "pop3": ProtocolWithOpportunisticTlsEnum.POP3}
@@ -197,15 +197,10 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     return scan
 
 
-def resolve_all(address: str) -> list[str]:
+def addresses_of(address: str) -> list[str]:
     """Every address `address` resolves to (IPv4 and IPv6), in resolver order, each once."""
     infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
     return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-def resolve(address: str) -> str:
-    """The first IP of `address` (the address itself when it already is one)."""
-    return resolve_all(address)[0]
 
 
 def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS,
@@ -242,7 +237,7 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
     """
     host = HostScan(address)
     try:
-        host.ips = resolve_all(address)
+        host.ips = addresses_of(address)
     except (OSError, ServerHostnameCouldNotBeResolved) as exc:
         host.ports = [PortScan(p, MAIL_PORTS[p][0], "error", f"cannot resolve {address}: {exc}") for p in ports]
         return host

@@ -1,6 +1,6 @@
 """What an audit saw on each port, and the verdict against a profile. Pure: no I/O.
 
-tasks/scan.py fills PortScan from sslyze; judge_port() decides; tasks/logreport.py reuses
+tasks/audit/scan.py fills PortScan from sslyze; judge_port() decides; tasks/audit/logreport.py reuses
 classify_suite() so scans and logs call the same suite forward-secret or not.
 
     >>> from tasks.policy import PROFILES
@@ -129,7 +129,7 @@ class Resumed:
     tls12_lifetime_hint: int | None = None  # seconds, from the TLS 1.2 ticket
     tls13: bool | None = None  # a second TLS 1.3 connection resumed (psk_dhe_ke with OpenSSL)
     tls13_lifetime_hint: int | None = None
-    # A client offering psk_ke alone (tasks/psk_probe.py): 'full handshake' is right; 'resumed
+    # A client offering psk_ke alone (tasks/audit/psk_probe.py): 'full handshake' is right; 'resumed
     # without (EC)DHE' means a resumed TLS 1.3 session that the ticket key alone decrypts.
     tls13_psk_ke_only: str | None = None
 
