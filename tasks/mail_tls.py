@@ -83,7 +83,8 @@ def mail_tls(settings: Settings | None = None) -> None:
         logger.warning(f"{host.name}: {note}")
 
     ops.put_bytes(name="mailtls-apply (check, reload, roll back)", data=apply_script,
-                  dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY))
+                  dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY),
+                  current_mode=info["modes"].get(ops.APPLY))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     dh_changed = apply_dh(settings, policy, info)
     # Before the config that names the copies: they exist (checked) by the time it does.
@@ -99,7 +100,8 @@ def mail_tls(settings: Settings | None = None) -> None:
     else:
         dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=conf.dovecot.encode(),
                               dest=dovecot_conf.CONF_PATH,
-                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
+                              current_sha256=info["files"].get(dovecot_conf.CONF_PATH),
+                              current_mode=info["modes"].get(dovecot_conf.CONF_PATH), pending=("dovecot",))
         reload["dovecot"] = dc_op.will_change
 
     # One commit for both, after every change: the daemons are checked, reloaded and probed at
@@ -125,7 +127,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
         info = host.get_fact(MailHost, files=dh.dh_fact_files(settings))
         dh_changed = apply_dh(settings, policy, info)
     """
-    files = dict(info["files"])
+    files, modes = dict(info["files"]), info["modes"]
     if policy.offers_dhe and settings.dh_file not in info.get("asked", ()):
         # The fact was not asked for this dh_file (a caller without dh_fact_files): read it now.
         digest = host.get_fact(Sha256File, path=settings.dh_file)
@@ -137,15 +139,18 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     if p.params is not None:
         readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
         dh_op = ops.put_bytes(name=f"DH parameters: {p.params_why}", data=p.params.read_bytes(),
-                          dest=p.dh_file, current_sha256=files.get(p.dh_file), pending=readers)
+                          dest=p.dh_file, current_sha256=files.get(p.dh_file),
+                          current_mode=modes.get(p.dh_file), pending=readers)
     elif p.dh_file:
         host.noop(f"{p.dh_file}: {p.params_why}")
 
     if p.rotation_files:
         ops.put_bytes(name="DH rotation settings", dest=dh.ROTATE_CONF,
-                  data=dh.rotate_conf(settings).encode(), current_sha256=files.get(dh.ROTATE_CONF))
+                  data=dh.rotate_conf(settings).encode(), current_sha256=files.get(dh.ROTATE_CONF),
+                  current_mode=modes.get(dh.ROTATE_CONF))
         ops.put_bytes(name="DH rotation script", data=dh.ROTATE_SCRIPT.read_bytes(), dest=dh.ROTATE_BIN,
-                  mode="0755", current_sha256=files.get(dh.ROTATE_BIN))
+                  mode="0755", current_sha256=files.get(dh.ROTATE_BIN),
+                  current_mode=modes.get(dh.ROTATE_BIN))
 
     if p.cron is not None:
         minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()

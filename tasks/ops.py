@@ -64,9 +64,12 @@ def _upload(data: bytes, dest: str, mode: str, before: str | None = None,
 
 @operation()
 def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | None = None,
-              pending: tuple[str, ...] = ()):
-    """Put `data` at `dest` unless its checksum (from the MailHost fact) already matches.
+              current_mode: str | None = None, pending: tuple[str, ...] = ()):
+    """Put `data` at `dest` with `mode` unless its checksum (from the MailHost fact) already
+    matches; a file with the right bytes but another mode only gets a chmod (as files.put does).
 
+    + current_sha256/current_mode: the MailHost fact's ``files`` and ``modes`` for `dest`
+      (None: absent, or the mode was not read and is not compared)
     + pending: daemons (postfix/dovecot) that read this file: for each, mailtls-apply backs it
       up and marks a reload pending first (their config may not change when only this file does).
 
@@ -75,10 +78,16 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     .. code:: python
 
         put_bytes(name="Dovecot TLS", data=text.encode(), dest="/etc/dovecot/conf.d/99-mailtls.conf",
-                  current_sha256=info["files"].get(path), pending=("dovecot",))
+                  current_sha256=info["files"].get(path), current_mode=info["modes"].get(path),
+                  pending=("dovecot",))
     """
     if current_sha256 == sha256(data):
-        host.noop(f"{dest} is up to date")
+        if current_mode is None or int(current_mode, 8) == int(mode, 8):
+            host.noop(f"{dest} is up to date")
+            return
+        # Same bytes: nothing for a daemon to reload. chmod acts on a symlink's target, as the
+        # upload writes it.
+        yield StringCommand("chmod", mode, "--", QuoteString(dest))
         return
     before = " && ".join(f"{APPLY} begin {daemon} {shlex.quote(dest)}" for daemon in pending)
     # What the deploy wrote: a rollback undoes it only while the file still holds it.
