@@ -177,7 +177,7 @@ def apply_certs(settings: Settings, info: dict) -> tuple[CertPlan, tuple[str, ..
 
     .. code:: python
 
-        cert_plan, cert_changed = certs.apply_certs(settings, info)
+        cert_plan, cert_changed = certs.apply_certs(settings=settings, info=info)
     """
     files, modes = info["files"], info["modes"]
     p = plan(settings, info["caps"].dovecot is not None, files)

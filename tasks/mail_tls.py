@@ -8,6 +8,8 @@ whose config changed or whose reload is still pending from an interrupted run.
 
 from __future__ import annotations
 
+from typing import cast
+
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
@@ -86,9 +88,12 @@ def mail_tls(settings: Settings | None = None) -> None:
                   dest=ops.APPLY, mode="0755", current_sha256=info["files"].get(ops.APPLY),
                   current_mode=info["modes"].get(ops.APPLY))
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
-    dh_changed = apply_dh(settings, policy, info)
+    # pyinfra 3.10 types a @deploy's call as an operation's (keyword arguments, OperationMeta
+    # result); a deploy returns its function's value.
+    dh_changed = cast(bool, apply_dh(settings=settings, policy=policy, info=info))
     # Before the config that names the copies: they exist (checked) by the time it does.
-    _, cert_changed = certs.apply_certs(settings, info)
+    _, cert_changed = cast("tuple[certs.CertPlan, tuple[str, ...]]",
+                           certs.apply_certs(settings=settings, info=info))
 
     pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=conf.postfix,
                                  postconf=info["postconf"], services=info["services"],
@@ -125,7 +130,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     .. code:: python
 
         info = host.get_fact(MailHost, files=dh.dh_fact_files(settings))
-        dh_changed = apply_dh(settings, policy, info)
+        dh_changed = apply_dh(settings=settings, policy=policy, info=info)
     """
     files, modes = dict(info["files"]), info["modes"]
     if policy.offers_dhe and settings.dh_file not in info.get("asked", ()):
@@ -136,7 +141,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     p = dh.plan(settings, policy, files)
 
     dh_op = None
-    if p.params is not None:
+    if p.params is not None and p.dh_file:
         readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
         dh_op = ops.put_bytes(name=f"DH parameters: {p.params_why}", data=p.params.read_bytes(),
                           dest=p.dh_file, current_sha256=files.get(p.dh_file),

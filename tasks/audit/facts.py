@@ -6,6 +6,7 @@ Read over SSH by audit.py; everything else of the audit runs on the controller.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from pyinfra.api import FactBase
 
@@ -74,7 +75,7 @@ class AuditHost(FactBase):
         return "echo \"@@name $(postconf -h myhostname 2>/dev/null)\"; echo \"@@openssl $(openssl version 2>/dev/null)\""
 
     def process(self, output: list[str]) -> dict:
-        facts = {"myhostname": None, "openssl": None}
+        facts: dict[str, Any] = {"myhostname": None, "openssl": None}
         for line in output:
             if line.startswith("@@name "):
                 facts["myhostname"] = line[7:].strip() or None

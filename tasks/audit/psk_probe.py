@@ -269,7 +269,7 @@ def probe_psk_modes(ip: str, port: int, starttls=None, server_name: str | None =
             _, _, ticket = _handshake(sock, server_name, (PSK_DHE_KE,), want_ticket=True)
         except (OSError, ValueError) as exc:
             raise ProbeError(f"{type(exc).__name__}: {exc}") from exc
-    result = {"ticket": ticket is not None}
+    result: dict[str, bool | str] = {"ticket": ticket is not None}
     if ticket is None:
         return result
     for name, modes in (("psk_dhe_ke", (PSK_DHE_KE,)), ("psk_ke", (PSK_KE,))):

@@ -213,7 +213,8 @@ def window(port: int, res: Resumed, policy: Resumption) -> int | None:
 
 def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[str], list[str]]:
     """(failures, warnings) of one port's resumption against the host's tls_resumption."""
-    fail, warn = [], []
+    fail: list[str] = []
+    warn: list[str] = []
     if res.tls12_session_id:
         fail.append("resumes TLS 1.2 by session ID: a server session cache holds master secrets "
                     f"(tls_resumption={policy.name} allows none)")

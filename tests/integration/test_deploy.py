@@ -118,6 +118,28 @@ def test_second_run_changes_nothing(deployed, suite):
     assert grand[3] == "-", grand  # Success column: nothing changed
 
 
+def _remote_commands(res: subprocess.CompletedProcess) -> list[str]:
+    """Every command a `pyinfra --debug` run ran on the host, facts included, one entry each."""
+    return [line for line in res.stderr.splitlines() if "Running command on" in line]
+
+
+def test_a_script_that_lost_its_mode_gets_it_back(deployed, suite):
+    """Same bytes, mode 0644: the next run restores 0755 with a chmod and nothing else (no
+    upload, no reload); the run after that is back to the fact's one remote command."""
+    host = deployed[suite]
+    apply = "/usr/local/sbin/mailtls-apply"
+    host.ssh(f"chmod 644 {apply}")
+    try:
+        res = run_pyinfra(host, "deploy.py", "--debug")
+        assert host.ssh(f"stat -c %a {apply}").stdout.strip() == "755"
+        commands = _remote_commands(res)
+        assert len(commands) == 2 and f"chmod 0755 -- {apply}" in commands[1], commands
+    finally:
+        host.ssh(f"chmod 755 {apply}")
+    commands = _remote_commands(run_pyinfra(host, "deploy.py", "--debug"))
+    assert len(commands) == 1, commands  # the MailHost fact
+
+
 def _config_digest(host) -> str:
     out = host.ssh(f"cat {CONFIG} 2>/dev/null | sha256sum; ls /var/lib/mailtls /usr/local/sbin 2>&1; true").stdout
     return hashlib.sha256(out.encode()).hexdigest()
