@@ -46,6 +46,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +114,9 @@ def timed(argv: list[str], env: dict | None = None, input: str | None = None,
     sample = Sample(wall=wall, local_cpu=cpu, t0=t_wall0, t1=t_wall1, load=loadavg())
     cpu1 = [container_cpu(n) for n in names]
     if names and None not in cpu0 + cpu1:
-        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1))  # all hosts together
+        # all hosts together
+        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)
+                                 if a is not None and b is not None)
     return sample, res
 
 
@@ -280,7 +284,10 @@ def dh_available(allow_uncommitted: bool = False) -> str | None:
 def _times_cpu(text: str) -> float:
     """CPU seconds of the children from bash `times` output (line 2: children user sys)."""
     def secs(t: str) -> float:
-        m, s = re.match(r"(\d+)m([\d.]+)s", t).groups()
+        match = re.match(r"(\d+)m([\d.]+)s", t)
+        if match is None:
+            raise ValueError(f"not a `times` figure: {t!r}")
+        m, s = match.groups()
         return int(m) * 60 + float(s)
     child = text.strip().splitlines()[-1].split()
     return secs(child[0]) + secs(child[1])
@@ -374,27 +381,27 @@ def one_round(r: int, args, suites: list[str]) -> dict:
         out.setdefault(key, []).append(sample)
 
     # fresh phase: every variant on its own stock host, order rotated per round
-    fresh = []
+    fresh: list[tuple[str, Callable[[], Sample]]] = []
     for s in suites:
-        fresh.append((f"floor/{s}", lambda s=s: run_floor(floor_h[s], scripts[("floor", s)], "floor")))
+        fresh.append((f"floor/{s}", partial(run_floor, floor_h[s], scripts[("floor", s)], "floor")))
         fresh.append((f"floor_apply/{s}",
-                      lambda s=s: run_floor(apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
-        fresh.append((f"fresh1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "fresh1", False)))
+                      partial(run_floor, apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
+        fresh.append((f"fresh1/{s}", partial(run_pyinfra, [dep_h[s]], "fresh1", False)))
     if par_h:
         fresh.append(("freshN", lambda: run_pyinfra(par_h, "freshN", False)))
     fresh.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
     for s in suites:
-        fresh.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+        fresh.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
     for key, fn in rotate(fresh, r):
         sample = fn()
         add(key, sample)
         log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
 
     # no-op phase: converged hosts, repeated, rotated
-    noop = []
+    noop: list[tuple[str, Callable[[], Sample]]] = []
     for s in suites:
-        noop.append((f"noop1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "noop1", True)))
-        noop.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+        noop.append((f"noop1/{s}", partial(run_pyinfra, [dep_h[s]], "noop1", True)))
+        noop.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
     if par_h:
         noop.append(("noopN", lambda: run_pyinfra(par_h, "noopN", True)))
     noop.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
@@ -405,7 +412,7 @@ def one_round(r: int, args, suites: list[str]) -> dict:
             log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
 
     # the floor did what the deploy does: a real deploy on the floor hosts changes nothing
-    matches = {}
+    matches: dict[str, bool] = {}
     for s in suites:
         for kind, h in (("floor", floor_h[s]), ("floor_apply", apply_h[s])):
             sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([h]))
@@ -459,7 +466,7 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
             ratios[f"{k}_cpu_bound_vs_1"] = ratio(bound, one)
             ratios[f"{k}_vs_cpu_bound"] = ratio(w.get(k), bound)
     loads = [x["load"] for rd in rounds for v in rd["samples"].values() for x in v] or [loadavg()]
-    matches = {}
+    matches: dict[str, bool] = {}
     for rd in rounds:
         for k, ok in rd["floor_matches_deploy"].items():
             matches[k] = matches.get(k, True) and ok

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import json
 
 import pytest
@@ -10,7 +11,7 @@ from conftest import run_pyinfra
 from testhosts.image import TEST_PASSWORD, TEST_USER
 
 
-def run_audit(host, tmp_path, *args) -> tuple[object, dict]:
+def run_audit(host, tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
     res = run_pyinfra(host, "audit.py", *args, check=False, timeout=300,
                       env={"MAILTLS_AUDIT_JSON": str(tmp_path / "{host}.json")})
     path = tmp_path / f"{host.name}.json"

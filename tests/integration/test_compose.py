@@ -17,7 +17,7 @@ PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 
 def handshake(address: str, port: int, *args: str) -> str | None:
     """The negotiated protocol of a handshake on `port`, None if there was none."""
-    starttls = ["-starttls", PORTS[port]] if PORTS[port] else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args],
                          input="", capture_output=True, text=True, timeout=60)
     m = re.search(r"^New, (TLSv1\.[0-3]), Cipher is (?!\(NONE\))", res.stdout, re.M)

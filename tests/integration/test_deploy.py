@@ -22,7 +22,7 @@ CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
 
 def s_client(address: str, port: int, *args: str, on_host=None) -> str:
     """One real handshake; returns openssl's output. on_host: run it on that test host instead."""
-    starttls = ["-starttls", PORTS[port]] if PORTS.get(port) else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
     if on_host is not None:
         return on_host.ssh(" ".join(argv) + " </dev/null 2>&1", check=False).stdout

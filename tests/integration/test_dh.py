@@ -19,7 +19,7 @@ LEGACY = ("--data", "tls_profile=legacy-dhe")
 
 
 def s_client(address: str, port: int, *args: str) -> str:
-    starttls = ["-starttls", DHE_PORTS[port]] if DHE_PORTS.get(port) else []
+    starttls = ["-starttls", s] if (s := DHE_PORTS.get(port)) else []
     argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
     res = subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
     return res.stdout + res.stderr

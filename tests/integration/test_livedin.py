@@ -15,6 +15,7 @@ the host's config files, pending reloads and daemons are as they were.
 
 from __future__ import annotations
 
+import subprocess
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ class Lived:
     host: th.Host
     variant: str
     before: Snapshot
-    deploy: object  # CompletedProcess of the first run
+    deploy: subprocess.CompletedProcess | None  # the first run
     after: Snapshot | None = None
     probes: list = field(default_factory=list)
     rerun: object = None
@@ -73,6 +74,7 @@ class Lived:
 
     @property
     def output(self) -> str:
+        assert self.deploy is not None, "not deployed yet"
         return self.deploy.stdout + self.deploy.stderr
 
 

@@ -42,7 +42,7 @@ cat cert{n}.pem"""
 
 def served(address: str, port: int) -> str | None:
     """SHA-256 fingerprint of the certificate a full handshake on `port` presents, None if none."""
-    starttls = ["-starttls", PORTS[port]] if PORTS[port] else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls],
                          input="", capture_output=True, text=True, timeout=60)
     pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", res.stdout, re.S)

@@ -35,8 +35,8 @@ def resumption(host, port: int, version: str, tmp_path, *extra: str) -> dict:
     hints = [int(h) for h in re.findall(r"lifetime hint: (\d+)", first)]
     return {"resumed": bool(re.search(r"^Reused, TLSv1", second, re.M)), "hints": hints,
             "tls13_tickets": first.count("Post-Handshake New Session Ticket arrived"),
-            "temp_key": re.search(r"Server Temp Key: (\S+)", second).group(1).rstrip(",")
-            if "Server Temp Key" in second else None}
+            "temp_key": m.group(1).rstrip(",") if (m := re.search(r"Server Temp Key: (\S+)", second))
+            else None}
 
 
 def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):

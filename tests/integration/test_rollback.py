@@ -70,6 +70,7 @@ def _run_and_kill(host, at: str, *args: str, timeout: float = 300) -> None:
     seen = []
     deadline = time.monotonic() + timeout
     try:
+        assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             seen.append(line)
             if "Starting operation" in line and at in line:

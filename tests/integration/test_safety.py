@@ -37,6 +37,13 @@ def pending(host) -> str:
     return host.ssh("ls -A /var/lib/mailtls/pending 2>/dev/null; true").stdout.strip()
 
 
+def _session(sock: ssl.SSLSocket) -> tuple:
+    """(protocol, cipher, certificate SHA-256) of an established TLS socket."""
+    cipher, cert = sock.cipher(), sock.getpeercert(True)
+    assert cipher is not None and cert is not None
+    return sock.version(), cipher[0], hashlib.sha256(cert).hexdigest()
+
+
 def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> tuple | None:
     """One handshake from the controller (STARTTLS on 25): (protocol, cipher, sha256 of the
     server certificate), or None when it fails."""
@@ -48,11 +55,11 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
         if port == 25:
             with smtplib.SMTP(address, 25, timeout=20) as smtp:
                 smtp.starttls(context=ctx)
-                sock = smtp.sock
-                return sock.version(), sock.cipher()[0], hashlib.sha256(sock.getpeercert(True)).hexdigest()
+                assert isinstance(smtp.sock, ssl.SSLSocket)
+                return _session(smtp.sock)
         with socket.create_connection((address, port), timeout=20) as raw:
             with ctx.wrap_socket(raw) as sock:
-                return sock.version(), sock.cipher()[0], hashlib.sha256(sock.getpeercert(True)).hexdigest()
+                return _session(sock)
     except (ssl.SSLError, smtplib.SMTPException, OSError):
         return None
 
@@ -327,6 +334,7 @@ def _run_and_kill(host, at: str, timeout: float = 300) -> str:
     seen = []
     deadline = time.monotonic() + timeout
     try:
+        assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             seen.append(line)
             if "Starting operation" in line and at in line:
