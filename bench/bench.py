@@ -53,12 +53,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testhosts import hosts as th  # noqa: E402
-
 from tasks import dovecot_conf, host_conf, ops  # noqa: E402
-from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
+from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.settings import validate  # noqa: E402
+from testhosts import hosts as th  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 RESULTS = ROOT / "bench" / "results.json"
@@ -640,7 +639,8 @@ def main() -> int:
     names = ([f"b{k}{s[0]}" for s in suites for k in "fad"] + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
              + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else []))
     # One bench at a time: each one stops its hosts (same names) when it ends.
-    lock = open("/run/mailtls-bench.lock", "w")
+    # Held (open, flocked) until the process exits: no `with` block.
+    lock = open("/run/mailtls-bench.lock", "w")  # noqa: SIM115
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -12,11 +12,10 @@ import base64
 import hashlib
 import io
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyinfra import host, logger
-from collections.abc import Mapping
-
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 

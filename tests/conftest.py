@@ -63,7 +63,7 @@ def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None =
 def stock():
     """{'bookworm': Host, 'trixie': Host}, never deployed to."""
     started = _up([f"{PREFIX}stock{s[0]}:{s}" for s in SUITES])
-    yield dict(zip(SUITES, started))
+    yield dict(zip(SUITES, started, strict=True))
     th.down([h.name for h in started])
 
 
@@ -72,7 +72,7 @@ def deployed():
     """{'bookworm': Host, 'trixie': Host}, deployed once with the default profile."""
     started = _up([f"{PREFIX}dep{s[0]}:{s}" for s in SUITES])
     run_pyinfra(started)
-    yield dict(zip(SUITES, started))
+    yield dict(zip(SUITES, started, strict=True))
     th.down([h.name for h in started])
 
 

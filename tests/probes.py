@@ -79,7 +79,7 @@ def handshake(out: str) -> tuple[bool, str]:
     if m:
         key, proto = _TEMP_KEY.search(out), _PROTOCOL.search(out)
         return True, f"{proto.group(1) if proto else m.group(1)} {m.group(2)}" + (f" ({key.group(1)})" if key else "")
-    lines = [l for l in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", l, re.I)]
+    lines = [line for line in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", line, re.I)]
     last = lines[-1] if lines else (out.strip().splitlines() or ["no output"])[-1]
     return False, last.strip()[:160]
 
@@ -212,7 +212,7 @@ def postfix_state(host) -> dict[str, list[str]]:
 def non_tls_postfix(state: dict[str, list[str]]) -> dict[str, object]:
     """The parts of postfix_state() that are not TLS policy: main.cf settings and every master.cf
     service line with its non-TLS -o options (in order)."""
-    main = sorted(l for l in state["main"] if not is_tls_key(l.split("=", 1)[0].strip()))
+    main = sorted(line for line in state["main"] if not is_tls_key(line.split("=", 1)[0].strip()))
     master = {}
     for line in state["master"]:
         words = line.split()

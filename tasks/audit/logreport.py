@@ -20,14 +20,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from tasks.audit.verdict import classify_suite
 
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s+\S+\s+(.*)$")
 _TRADITIONAL = re.compile(r"^([A-Z][a-z]{2})\s+(\d{1,2})\s+(\d\d:\d\d:\d\d)\s+\S+\s+(.*)$")
 _TAG = re.compile(r"^([\w./-]+?)(?:\[\d+\])?:\s(.*)$")
-_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
 _ESTABLISHED = re.compile(r"TLS connection established from [^\[]*\[([^\]]+)\]:\s+(\S+) with cipher (\S+)"
                           r"(?: \((\d+)/\d+ bits\))?(?:.*? key-exchange (\S+))?")
 _SSL_ACCEPT_ERROR = re.compile(r"SSL_accept error from [^\[]*\[([^\]]+)\]")

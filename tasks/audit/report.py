@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from tasks.audit.logreport import PORTS, LogReport, summarize
-from tasks.policy import PROFILES, RESUMPTION, offers_pq_hybrid, parse_version, HostCaps
 from tasks.audit.scan import HostScan, scan_host
 from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, Expect, PortVerdict, judge_host, window
+from tasks.policy import PROFILES, RESUMPTION, HostCaps, offers_pq_hybrid
 
 DEFAULT_JSON = "audit-results/{host}.json"
 
@@ -84,7 +84,7 @@ def print_report(console: Console, name: str, address: str, profile: str, scan: 
                 "client reneg", "compr/EMS/RI", "server order", "resumption", "curves", "cert", "verdict"):
         table.add_column(col)
     yes_no = {True: "yes", False: "no", None: "-"}
-    for p, v in zip(scan.ports, verdicts):
+    for p, v in zip(scan.ports, verdicts, strict=False):  # more verdicts: ports not scanned
         pq = {True: "yes", False: "no", None: "not checked"}[p.pq_hybrid]
         where = f" {p.ip}" if multi else ""
         table.add_row(f"{p.port} {p.service}{where}", p.state + (f" ({p.retries} retries)" if p.retries else ""),
@@ -140,14 +140,14 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
         "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports), "scan_seconds": round(scan.seconds, 2),
         "pq_probe_seconds": round(scan.pq_seconds, 3), "probe_seconds": round(scan.probe_seconds, 3),
-        "audited_at": datetime.now(timezone.utc).isoformat(),
+        "audited_at": datetime.now(UTC).isoformat(),
         "expect": {"tls_resumption": expect.resumption.name, "pq_hybrid": expect.pq_hybrid,
                    "cert_name": expect.cert_name,
                    "postfix_window_seconds": expect.resumption.postfix_window,
                    "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint},
         "ports": [p.to_dict() | {"window_seconds": window(p.port, p.resumption, expect.resumption),
                                  "ok": v.ok, "failures": v.failures, "warnings": v.warnings}
-                  for p, v in zip(scan.ports, verdicts)],
+                  for p, v in zip(scan.ports, verdicts, strict=False)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
         "log_report": report.to_dict() | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"

@@ -22,12 +22,13 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sslyze import (
     ProtocolWithOpportunisticTlsEnum,
-    Scanner,
     ScanCommand,
+    Scanner,
     ServerNetworkConfiguration,
     ServerNetworkLocation,
     ServerScanRequest,
@@ -258,14 +259,14 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
         if scan.state == "open":
             probe_resumption(scan, address)
             if server_order:
-                scan.server_order, scan.server_order_note = _retry(lambda: probe_server_order(_ip(scan), scan.port))
+                scan.server_order, scan.server_order_note = _retry(partial(probe_server_order, _ip(scan), scan.port))
                 if scan.server_order is None and "TLSv1.2" in scan.protocols:
                     scan.incomplete.append(f"server order probe did not complete ({scan.server_order_note})")
     host.probe_seconds = time.monotonic() - start
     start = time.monotonic()
     for scan in host.ports:
         if pq and scan.state == "open":
-            scan.pq_hybrid, scan.pq_note = _retry(lambda: probe_pq_hybrid(_ip(scan), scan.port))
+            scan.pq_hybrid, scan.pq_note = _retry(partial(probe_pq_hybrid, _ip(scan), scan.port))
             if scan.pq_hybrid is None:
                 scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
     host.pq_seconds = time.monotonic() - start
@@ -421,20 +422,20 @@ def _read_lines_until(sock: socket.socket, done) -> str:
 def _starttls(sock: socket.socket, service: str) -> None:
     """Run the plaintext dialogue up to the TLS handshake; raise ConnectionError when refused."""
     if service == "smtp":
-        _read_lines_until(sock, lambda l: l[:4] == "220 ")
+        _read_lines_until(sock, lambda line: line[:4] == "220 ")
         sock.sendall(b"EHLO audit.mailtls.invalid\r\n")
-        _read_lines_until(sock, lambda l: l[3:4] == " ")
+        _read_lines_until(sock, lambda line: line[3:4] == " ")
         sock.sendall(b"STARTTLS\r\n")
-        reply = _read_lines_until(sock, lambda l: l[3:4] == " ")
+        reply = _read_lines_until(sock, lambda line: line[3:4] == " ")
         ok = reply.startswith("220")
     elif service == "imap":
-        _read_lines_until(sock, lambda l: l.startswith("* "))
+        _read_lines_until(sock, lambda line: line.startswith("* "))
         sock.sendall(b"a STARTTLS\r\n")
-        ok = _read_lines_until(sock, lambda l: l.startswith("a ")).startswith("a OK")
+        ok = _read_lines_until(sock, lambda line: line.startswith("a ")).startswith("a OK")
     else:
-        _read_lines_until(sock, lambda l: True)
+        _read_lines_until(sock, lambda line: True)
         sock.sendall(b"STLS\r\n")
-        ok = _read_lines_until(sock, lambda l: True).startswith("+OK")
+        ok = _read_lines_until(sock, lambda line: True).startswith("+OK")
     if not ok:
         raise ConnectionError(f"{service} STARTTLS refused")
 

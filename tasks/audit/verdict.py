@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from tasks.policy import (CLASSIC_GROUPS, DEFAULT_RESUMPTION, MIN_DH_BITS, PQ_HYBRID, PROTOCOLS, RESUMPTION,
-                          Profile, Resumption, protocols_at_least)
+from tasks.policy import (
+    CLASSIC_GROUPS,
+    DEFAULT_RESUMPTION,
+    MIN_DH_BITS,
+    PQ_HYBRID,
+    PROTOCOLS,
+    RESUMPTION,
+    Profile,
+    Resumption,
+    protocols_at_least,
+)
 
 # Port -> (service name, STARTTLS dialogue or None for implicit TLS). 25 is opportunistic TLS.
 MAIL_PORTS: dict[int, tuple[str, str | None]] = {
@@ -238,7 +247,7 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
 def judge_certificate(cert: Certificate, expect: Expect) -> tuple[list[str], list[str]]:
     """(failures, warnings) for the leaf certificate."""
     fail, warn = [], []
-    now = expect.now or datetime.now(timezone.utc)
+    now = expect.now or datetime.now(UTC)
     end = datetime.fromisoformat(cert.not_after)
     days = (end - now).total_seconds() / 86400
     if days < 0:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 import json
+import subprocess
+from datetime import UTC
 
 import pytest
 
@@ -139,7 +140,7 @@ def failures_in(result: dict) -> list[str]:
 
 def expired_pair(name: str) -> tuple[str, str]:
     """(certificate PEM, key PEM) for `name`, expired yesterday."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -148,7 +149,7 @@ def expired_pair(name: str) -> tuple[str, str]:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=90))
             .not_valid_after(now - timedelta(days=1))

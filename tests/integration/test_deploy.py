@@ -114,7 +114,7 @@ def test_postfix_and_postconf_print_no_warning(deployed, suite):
 def test_second_run_changes_nothing(deployed, suite):
     res = run_pyinfra(deployed[suite])
     assert "No changes" in res.stderr, res.stderr[-3000:]
-    grand = next(l for l in res.stderr.splitlines() if "Grand total" in l).split()
+    grand = next(line for line in res.stderr.splitlines() if "Grand total" in line).split()
     assert grand[3] == "-", grand  # Success column: nothing changed
 
 

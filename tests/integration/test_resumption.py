@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 
-import pytest
-
 from conftest import run_pyinfra
 
 POSTFIX, DOVECOT = (25, 587, 465), (143, 993)
@@ -68,7 +66,7 @@ def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
     host = deployed[suite]
     for port in POSTFIX + DOVECOT:
         service = {25: "smtp", 587: "smtp", 143: "imap"}.get(port)
-        result = probe_psk_modes(host.address, port, (lambda s: _starttls(s, service)) if service else None)
+        result = probe_psk_modes(host.address, port, (lambda s, service=service: _starttls(s, service)) if service else None)
         print(port, result)
         assert result["ticket"] and result["psk_ke"] == "full handshake", (port, result)
         assert result["psk_dhe_ke"] == ("resumed" if port in POSTFIX else "full handshake"), (port, result)

@@ -9,9 +9,10 @@ import signal
 import subprocess
 import time
 
-from conftest import PYINFRA, ROOT, run_pyinfra
 from test_dh import dhe_bits
 from test_safety import output, pending, tls
+
+from conftest import PYINFRA, ROOT, run_pyinfra
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 LEGACY = ("--data", "tls_profile=legacy-dhe")

@@ -57,9 +57,8 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
                 smtp.starttls(context=ctx)
                 assert isinstance(smtp.sock, ssl.SSLSocket)
                 return _session(smtp.sock)
-        with socket.create_connection((address, port), timeout=20) as raw:
-            with ctx.wrap_socket(raw) as sock:
-                return _session(sock)
+        with socket.create_connection((address, port), timeout=20) as raw, ctx.wrap_socket(raw) as sock:
+            return _session(sock)
     except (ssl.SSLError, smtplib.SMTPException, OSError):
         return None
 
@@ -290,7 +289,7 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     # Login/smtpd processes forked before a reload may take a connection or two more: wait
     # until the TLS 1.3-only config is the one that answers.
     for port in (25, 993):
-        assert _eventually(lambda: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None), port
+        assert _eventually(lambda port=port: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None), port
     # The dead run: begin (backup + mark), then the change on disk, then nothing.
     host.ssh(f"{APPLY} begin postfix /etc/postfix/main.cf /etc/postfix/master.cf && "
              "postconf -PX smtp/inet/smtpd_tls_protocols && "

@@ -5,23 +5,35 @@ from __future__ import annotations
 
 import socket
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace as NS
 
 import pytest
 from sslyze import ScanCommand
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
-from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum, ScanCommandErrorReasonEnum
+from sslyze.scanner.scan_command_attempt import (
+    ScanCommandAttemptStatusEnum,
+    ScanCommandErrorReasonEnum,
+)
 
 from tasks.audit import scan as scanmod
-from tasks.policy import PROFILES, RESUMPTION
 from tasks.audit.scan import COMMANDS, SUITE_COMMANDS, _Gathered, absorb, port_scan, run_sslyze
-from tasks.audit.verdict import (AcceptedSuite, Certificate, Expect, PortScan, Resumed, judge_host, judge_port,
-                           name_matches, window)
+from tasks.audit.verdict import (
+    AcceptedSuite,
+    Certificate,
+    Expect,
+    PortScan,
+    Resumed,
+    judge_host,
+    judge_port,
+    name_matches,
+    window,
+)
+from tasks.policy import PROFILES, RESUMPTION
 
 INTERMEDIATE, LEGACY = PROFILES["intermediate"], PROFILES["legacy-dhe"]
 BOUNDED, OFF = RESUMPTION["bounded"], RESUMPTION["off"]
-NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def trace(exc: BaseException):

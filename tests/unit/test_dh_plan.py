@@ -113,7 +113,7 @@ def test_fact_files_cover_every_path_the_plan_reads():
 
 def test_rotate_conf_is_what_the_script_parses():
     s, _ = setup(dh_source="generated", dh_bits=4096)
-    lines = [l for l in dh.rotate_conf(s).splitlines() if l.startswith("DH_")]
+    lines = [line for line in dh.rotate_conf(s).splitlines() if line.startswith("DH_")]
     assert lines == [f"DH_FILE={DH_FILE}", "DH_BITS=4096"]
 
 

@@ -3,7 +3,12 @@
 import pytest
 
 from tasks.facts import MailHost
-from tasks.inventory_source import InventoryError, hosts_from_env, parse_hosts_file, parse_hosts_list
+from tasks.inventory_source import (
+    InventoryError,
+    hosts_from_env,
+    parse_hosts_file,
+    parse_hosts_list,
+)
 
 FACT_OUTPUT = """@@postfix_version
 3.10.13
@@ -46,7 +51,7 @@ def test_mailhost_fact_parses_every_section():
 
 
 def test_mailhost_fact_without_dovecot():
-    out = [l for l in FACT_OUTPUT if not l.startswith("2.4.1")]
+    out = [line for line in FACT_OUTPUT if not line.startswith("2.4.1")]
     assert MailHost().process(out)["caps"].dovecot is None
 
 

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import (NAMESPACE, SETTINGS, Settings, SettingsError, data_defaults, defaults, notes,
-                            validate)
+from tasks.settings import (
+    NAMESPACE,
+    SETTINGS,
+    Settings,
+    SettingsError,
+    data_defaults,
+    defaults,
+    notes,
+    validate,
+)
 
 HOST = "mx7.example.org"
 
