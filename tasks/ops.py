@@ -168,6 +168,11 @@ def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True
     randomised hash table, so with `same_bytes` (the deploy) each new one gets its own run and
     every host gets the same main.cf bytes. -X, -M and -P keep their arguments' order: one run
     each.
+
+        >>> todo = PostfixConf(main={"smtpd_tls_loglevel": "1", "tls_preempt_cipherlist": "no"},
+        ...                    remove=("smtpd_tls_eecdh_grade",), services={}, params={})
+        >>> postconf_commands(todo, {"smtpd_tls_loglevel": "0"})
+        ['postconf -e smtpd_tls_loglevel=1', 'postconf -e tls_preempt_cipherlist=no', 'postconf -X smtpd_tls_eecdh_grade']
     """
     commands = []
     if same_bytes:

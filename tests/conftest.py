@@ -32,9 +32,11 @@ PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "")
 
 
 def pytest_collection_modifyitems(config, items):
+    """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
+    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/."""
     for item in items:
-        if "integration" in item.path.parts:
-            item.add_marker(pytest.mark.integration)
+        integration = "integration" in item.path.parts
+        item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
 
 
 def _up(specs: list[str]) -> list[th.Host]:
