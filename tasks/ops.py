@@ -201,7 +201,7 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
 
     .. code:: python
 
-        postfix_settings(conf=postfix_conf.render(...), postconf=info["postconf"],
+        postfix_settings(conf=host_conf.render(settings, info).postfix, postconf=info["postconf"],
                          services=info["services"], master_params=info["master_params"])
     """
     todo = conf.missing_from(postconf, services, master_params)
