@@ -21,7 +21,8 @@ from pyinfra import host, logger, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
-from tasks.audit import AuditHost, MailTlsLog, audit_host, expectations, failure_report  # noqa: E402
+from tasks.audit.facts import AuditHost, MailTlsLog  # noqa: E402
+from tasks.audit.report import audit_host, expectations, failure_report  # noqa: E402
 from tasks.settings import SettingsError, host_settings  # noqa: E402
 
 # As deploy.py: every host's settings checked before anything runs on any host, one line naming

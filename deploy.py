@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pyinfra import host, logger, state  # noqa: E402
 from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
-from tasks.deploy import mail_tls  # noqa: E402
+from tasks.mail_tls import mail_tls  # noqa: E402
 from tasks.settings import SettingsError, host_settings, notes  # noqa: E402
 
 # Every host's settings are checked before any operation or fact runs on any host: one bad

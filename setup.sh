@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time setup of a Debian 12/13 controller, as root: system packages, the Python venv with
-# the pinned requirements, and the cached test-host images (first build ~2 min, then cached
-# under /var/cache/mailtls-testhosts). Safe to re-run.
+# the pinned requirements and lint tools, and the cached test-host images (first build ~2 min,
+# then cached under /var/cache/mailtls-testhosts). Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,5 +17,6 @@ if ((${#missing[@]})); then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+# requirements-dev.txt: requirements.txt plus the lint and type-check tools .ci/run uses.
+.venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
 .venv/bin/python -m testhosts build

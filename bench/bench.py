@@ -14,8 +14,8 @@ What is measured (per round):
 - ssh_true: a bare `ssh host true` (new connection each time, like pyinfra's).
 - pyinfra_version: `pyinfra --version` (Python start-up + imports: fixed overhead of any run).
 - floor: ONE ssh session running, as one shell script, the same writes the deploy performs,
-  rendered by the project's own code (tasks.postfix_conf.render / tasks.dovecot_conf.render
-  from the host's MailHost fact, read untimed beforehand), then `postfix reload` and
+  rendered by the deploy's own pure function (tasks.host_conf.render, from the host's
+  MailHost fact, read untimed beforehand), then `postfix reload` and
   `doveadm reload`. floor_apply: the same script with the deploy's exact safety net
   (`mailtls-apply begin` before each change, `mailtls-apply commit` = check/reload/probe).
   After the round a real `pyinfra` run on each floor host must report "No changes": proof that
@@ -46,18 +46,18 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from testhosts import hosts as th  # noqa: E402
-
-from tasks import dovecot_conf, ops, postfix_conf  # noqa: E402
-from tasks.deploy import fact_files  # noqa: E402
+from tasks import dovecot_conf, host_conf, ops, probes  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
-from tasks.policy import resolve  # noqa: E402
+from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.settings import validate  # noqa: E402
+from testhosts import hosts as th  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 RESULTS = ROOT / "bench" / "results.json"
@@ -113,7 +113,9 @@ def timed(argv: list[str], env: dict | None = None, input: str | None = None,
     sample = Sample(wall=wall, local_cpu=cpu, t0=t_wall0, t1=t_wall1, load=loadavg())
     cpu1 = [container_cpu(n) for n in names]
     if names and None not in cpu0 + cpu1:
-        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1))  # all hosts together
+        # all hosts together
+        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)
+                                 if a is not None and b is not None)
     return sample, res
 
 
@@ -160,41 +162,46 @@ def read_fact(host: th.Host) -> dict:
     return MailHost().process(out.splitlines())
 
 
-def _write_file(path: str, data: bytes, mode: str, before: str | None = None) -> str:
+def _write_file(path: str, data: bytes, mode: str, before: str | None = None,
+                after: str | None = None) -> str:
     """The deploy's own write command (tasks/ops.py): inline, then renamed into place."""
-    (command,) = ops._upload(data, path, mode, before)
+    (command,) = ops._upload(data, path, mode, before, after)
     return command.get_raw_value()
 
 
 def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
-    """The shell script of the deploy's writes for this host, rendered by the project's code
-    exactly as tasks/deploy.py and tasks/ops.py do (same settings, same diff against the fact)."""
+    """The shell script of the deploy's writes for this host, rendered by the deploy's own pure
+    function (tasks.host_conf.render: same settings, same policy, same bytes) and diffed against
+    the fact as tasks/ops.py does."""
     settings = validate({}, host.name)  # bench hosts carry no host data: the defaults
-    caps = info["caps"]
-    policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
-                     dh_file=settings.dh_file)
-    if policy.offers_dhe:
+    conf = host_conf.render(settings, info)
+    if conf.policy.offers_dhe:
         raise RuntimeError("the floor does not render DH files yet (default profile has no DHE)")
+    if conf.dovecot is None:
+        raise RuntimeError(f"{host.name}: the floor expects Dovecot (stock test hosts have it)")
+    if conf.postfix is None or conf.verify is None:
+        raise RuntimeError(f"{host.name}: the deploy would refuse this host: {conf.refusals}")
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
     script = (ops.FILES / "mailtls-apply").read_bytes()
     if info["files"].get(ops.APPLY) != ops.sha256(script):
         lines.append(_write_file(ops.APPLY, script, "0755"))
-    pf = postfix_conf.render(
-        policy, caps, info["postconf"], info["services"],
-        cert_file=settings.postfix_cert_file, key_file=settings.postfix_key_file,
-        submission=settings.postfix_submission, submissions=settings.postfix_submissions,
-    )
-    todo = pf.missing_from(info["postconf"], info["services"], info["master_params"])
+    if safety_net:  # what the commit verifies (read-back, negative probes), as the deploy writes it
+        verify = conf.verify.encode()
+        if info["files"].get(probes.VERIFY_PATH) != ops.sha256(verify):
+            lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
+    todo = conf.postfix.missing_from(info["postconf"], info["services"], info["master_params"])
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
     # The least postconf can do: one run per kind of change (the deploy runs one per new
     # main.cf parameter, to write the same bytes on every host).
     lines += ops.postconf_commands(todo, info["postconf"], same_bytes=False)
-    text = dovecot_conf.render(policy, caps, settings.dovecot_cert_file,
-                               settings.dovecot_key_file).encode()
+    if safety_net:
+        lines.append(f"{apply} written postfix {' '.join(ops.POSTFIX_FILES)}")
+    text = conf.dovecot.encode()
     begin_dovecot = f"{apply} begin dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
-    lines.append(_write_file(dovecot_conf.CONF_PATH, text, "0644", begin_dovecot))
+    written_dovecot = f"{apply} written dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
+    lines.append(_write_file(dovecot_conf.CONF_PATH, text, "0644", begin_dovecot, written_dovecot))
     if safety_net:
         lines.append(f"{apply} commit postfix dovecot")
     else:
@@ -286,7 +293,10 @@ def dh_available(allow_uncommitted: bool = False) -> str | None:
 def _times_cpu(text: str) -> float:
     """CPU seconds of the children from bash `times` output (line 2: children user sys)."""
     def secs(t: str) -> float:
-        m, s = re.match(r"(\d+)m([\d.]+)s", t).groups()
+        match = re.match(r"(\d+)m([\d.]+)s", t)
+        if match is None:
+            raise ValueError(f"not a `times` figure: {t!r}")
+        m, s = match.groups()
         return int(m) * 60 + float(s)
     child = text.strip().splitlines()[-1].split()
     return secs(child[0]) + secs(child[1])
@@ -380,27 +390,27 @@ def one_round(r: int, args, suites: list[str]) -> dict:
         out.setdefault(key, []).append(sample)
 
     # fresh phase: every variant on its own stock host, order rotated per round
-    fresh = []
+    fresh: list[tuple[str, Callable[[], Sample]]] = []
     for s in suites:
-        fresh.append((f"floor/{s}", lambda s=s: run_floor(floor_h[s], scripts[("floor", s)], "floor")))
+        fresh.append((f"floor/{s}", partial(run_floor, floor_h[s], scripts[("floor", s)], "floor")))
         fresh.append((f"floor_apply/{s}",
-                      lambda s=s: run_floor(apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
-        fresh.append((f"fresh1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "fresh1", False)))
+                      partial(run_floor, apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
+        fresh.append((f"fresh1/{s}", partial(run_pyinfra, [dep_h[s]], "fresh1", False)))
     if par_h:
         fresh.append(("freshN", lambda: run_pyinfra(par_h, "freshN", False)))
     fresh.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
     for s in suites:
-        fresh.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+        fresh.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
     for key, fn in rotate(fresh, r):
         sample = fn()
         add(key, sample)
         log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
 
     # no-op phase: converged hosts, repeated, rotated
-    noop = []
+    noop: list[tuple[str, Callable[[], Sample]]] = []
     for s in suites:
-        noop.append((f"noop1/{s}", lambda s=s: run_pyinfra([dep_h[s]], "noop1", True)))
-        noop.append((f"ssh_true/{s}", lambda s=s: ssh_true(dep_h[s])))
+        noop.append((f"noop1/{s}", partial(run_pyinfra, [dep_h[s]], "noop1", True)))
+        noop.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
     if par_h:
         noop.append(("noopN", lambda: run_pyinfra(par_h, "noopN", True)))
     noop.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
@@ -411,7 +421,7 @@ def one_round(r: int, args, suites: list[str]) -> dict:
             log(f"  {key:22s} {sample['wall']:7.2f} s  (load {sample['load']:.2f})")
 
     # the floor did what the deploy does: a real deploy on the floor hosts changes nothing
-    matches = {}
+    matches: dict[str, bool] = {}
     for s in suites:
         for kind, h in (("floor", floor_h[s]), ("floor_apply", apply_h[s])):
             sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([h]))
@@ -465,7 +475,7 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
             ratios[f"{k}_cpu_bound_vs_1"] = ratio(bound, one)
             ratios[f"{k}_vs_cpu_bound"] = ratio(w.get(k), bound)
     loads = [x["load"] for rd in rounds for v in rd["samples"].values() for x in v] or [loadavg()]
-    matches = {}
+    matches: dict[str, bool] = {}
     for rd in rounds:
         for k, ok in rd["floor_matches_deploy"].items():
             matches[k] = matches.get(k, True) and ok
@@ -639,7 +649,8 @@ def main() -> int:
     names = ([f"b{k}{s[0]}" for s in suites for k in "fad"] + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
              + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else []))
     # One bench at a time: each one stops its hosts (same names) when it ends.
-    lock = open("/run/mailtls-bench.lock", "w")
+    # Held (open, flocked) until the process exits: no `with` block.
+    lock = open("/run/mailtls-bench.lock", "w")  # noqa: SIM115
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -178,17 +178,19 @@ def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
 
     .. code:: python
 
-        cert_changed = certs.apply_certs(settings, info, certs.plan(settings, True, info["files"]))
+        cert_changed = certs.apply_certs(settings=settings, info=info, p=conf.cert_plan)
     """
-    files = info["files"]
+    files, modes = info["files"], info["modes"]
     if not p.watch:
         if p.remove:
             watcher_absent(name="No certificate watcher", files=files)
         return ()
     put_bytes(name="Certificate watcher", data=(FILES / "mailtls-cert-watch").read_bytes(),
-              dest=WATCH_BIN, mode="0755", current_sha256=files.get(WATCH_BIN))
+              dest=WATCH_BIN, mode="0755", current_sha256=files.get(WATCH_BIN),
+              current_mode=modes.get(WATCH_BIN))
     put_bytes(name="Certificate watcher settings", data=watch_conf(p.watch).encode(), dest=WATCH_CONF,
-              current_sha256=files.get(WATCH_CONF))
+              current_sha256=files.get(WATCH_CONF),
+              current_mode=modes.get(WATCH_CONF))
     for daemon in p.rejected:
         cert, _ = p.watch[daemon]
         logger.warning(f"{host.name}: {daemon}: the certificate/key at {cert} were refused by "
@@ -201,7 +203,8 @@ def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
     units_changed = False
     for dest, src in UNIT_FILES.items():
         op = put_bytes(name=f"Certificate watcher unit {src.name}", data=src.read_bytes(), dest=dest,
-                       current_sha256=files.get(dest))
+                       current_sha256=files.get(dest),
+                       current_mode=modes.get(dest))
         units_changed = units_changed or op.will_change
     timer_enabled(name=f"Certificate watcher timer ({TIMER})", units_changed=units_changed,
                   enabled=TIMER_LINK in files)

@@ -11,8 +11,10 @@ Two sources (host data `dh_source`):
   job runs the same script on `dh_rotation_schedule`.
 
 Every decision is made from checksums the MailHost fact already read (no extra round trips):
-pass `dh_fact_files(settings)` in its `files=`. `plan()` is pure and holds all the logic;
-`apply_dh()` turns a plan into operations.
+pass `dh_fact_files(settings)` in its `files=`. This module is the pure part: `plan()` holds all
+the logic, `host_refusal()` judges where the file would go. `tasks.mail_tls.apply_dh()` turns a
+plan into operations (tasks/ops.py: put_bytes, absent, start_generation, cron_name_absent; fact
+tasks/facts.py: CronNameLines).
 
     >>> from tasks.settings import validate
     >>> s = validate({"tls_profile": "legacy-dhe", "dh_source": "generated"}, "mx1")
@@ -28,13 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyinfra import host, logger
-from pyinfra.api import QuoteString, StringCommand, deploy, operation
-from pyinfra.api import FactBase
-from pyinfra.facts.files import Sha256File
-from pyinfra.operations import crontab
-
-from tasks.ops import put_bytes, sha256
+from tasks.ops import sha256
 from tasks.policy import MIN_DH_BITS, Policy
 from tasks.settings import Settings, defaults
 
@@ -72,10 +68,6 @@ def dh_fact_files(settings: Settings) -> tuple[str, ...]:
 def shipped_group(bits: int) -> Path:
     """The RFC 7919 group of `bits` bits shipped in files/dh/."""
     return FILES_DIR / "dh" / f"ffdhe{bits}.pem"
-
-
-def sha256_path(path: Path) -> str:
-    return sha256(path.read_bytes())
 
 
 def rotate_conf(settings: Settings) -> str:
@@ -192,149 +184,3 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
         start, why = True, (f"{dh_file} is not (yet) {settings.dh_bits}-bit parameters generated "
                             "here (placeholder, other settings, or an interrupted run)")
     return DhPlan(dh_file, params, params_why, True, start, why, settings.dh_rotation)
-
-
-@operation()
-def absent(paths: list[str], files: Mapping[str, str]):
-    """
-    Remove files that the fact saw on the host (``files``: path -> sha256); no-op otherwise.
-
-    **Example:**
-
-    .. code:: python
-
-        absent(name="Remove rotation files", paths=[ROTATE_CONF], files=info["files"])
-    """
-    there = [p for p in paths if p in files]
-    if not there:
-        host.noop(f"{', '.join(paths)} absent")
-        return
-    yield StringCommand("rm", "-f", *(QuoteString(p) for p in there))
-
-
-@operation(is_idempotent=False)
-def start_generation(unit: str = ROTATE_UNIT, command: str = ROTATE_BIN):
-    """
-    Start the rotation script as a transient systemd unit and return at once.
-
-    The unit is collected when it ends, also on failure, so its file under
-    /run/systemd/transient/ tells a later deploy whether it still runs. Only call when plan()
-    says so: starting is a change by nature.
-
-    **Example:**
-
-    .. code:: python
-
-        start_generation(name="Generate DH parameters in the background")
-    """
-    yield StringCommand(
-        "systemctl", "is-active", "--quiet", QuoteString(unit), "||",
-        "systemd-run", "--no-block", "--collect", "--quiet", QuoteString(f"--unit={unit}"),
-        QuoteString("--description=mailtls: generate DH parameters"), QuoteString(command),
-    )
-
-
-class CronNameLines(FactBase[int]):
-    """How many ``# pyinfra-name=NAME`` lines a crontab holds, wherever they are.
-
-    pyinfra's Crontab fact drops comments that no job follows: this sees them.
-    """
-
-    def command(self, cron_name: str, user: str | None = None) -> StringCommand:
-        user_args = ["-u", QuoteString(user)] if user else []
-        return StringCommand("crontab", *user_args, "-l", "2>/dev/null", "|", "grep", "-cxF",
-                             QuoteString(f"# pyinfra-name={cron_name}"), "||", "true")
-
-    def process(self, output: list[str]) -> int:
-        return int(output[0]) if output and output[0].strip().isdigit() else 0
-
-
-@operation()
-def cron_name_absent(cron_name: str, user: str | None = None):
-    """
-    Remove the ``# pyinfra-name=`` line of a cron job that crontab.crontab(present=False) removes.
-
-    crontab.crontab deletes only the lines that match the job's command, so the name comment
-    stays behind and would name whatever job is added after it (which a later run would then
-    rewrite or delete). Call it after crontab.crontab(present=False, cron_name=...).
-
-    **Example:**
-
-    .. code:: python
-
-        crontab.crontab(command="/usr/local/sbin/job", cron_name="job", present=False)
-        cron_name_absent(cron_name="job")
-    """
-    comment = f"# pyinfra-name={cron_name}"
-    if not host.get_fact(CronNameLines, cron_name=cron_name, user=user):
-        host.noop(f"no cron job named {cron_name}")
-        return
-    user_args = ["-u", QuoteString(user)] if user else []
-    yield StringCommand("crontab", *user_args, "-l", "|", "grep", "-vxF", QuoteString(comment),
-                        "|", "crontab", *user_args, "-")
-
-
-@deploy("DH parameters")
-def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
-    """Make policy.dh_file right for the profile; install or remove the rotation job.
-
-    Runs before the Postfix/Dovecot config step (which needs mailtls-apply on the host).
-    `info` is the MailHost fact read with files=DH_FACT_FILES (or dh_fact_files(settings)).
-    Returns True when the DH file changes in this run: Postfix and Dovecot then need a reload
-    even if their config does not change (a pending mark is also left, via mailtls-apply).
-
-    **Example:**
-
-    .. code:: python
-
-        info = host.get_fact(MailHost, files=dh.dh_fact_files(settings))
-        dh_changed = dh.apply_dh(settings, policy, info)
-    """
-    files = dict(info["files"])
-    if policy.offers_dhe and settings.dh_file not in info.get("asked", ()):
-        # The fact was not asked for this dh_file (a caller without dh_fact_files): read it now.
-        digest = host.get_fact(Sha256File, path=settings.dh_file)
-        if digest:
-            files[settings.dh_file] = digest
-    p = plan(settings, policy, files)
-
-    dh_op = None
-    if p.params is not None:
-        readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
-        dh_op = put_bytes(name=f"DH parameters: {p.params_why}", data=p.params.read_bytes(),
-                          dest=p.dh_file, current_sha256=files.get(p.dh_file), pending=readers)
-    elif p.dh_file:
-        host.noop(f"{p.dh_file}: {p.params_why}")
-
-    if p.rotation_files:
-        put_bytes(name="DH rotation settings", dest=ROTATE_CONF,
-                  data=rotate_conf(settings).encode(), current_sha256=files.get(ROTATE_CONF))
-        put_bytes(name="DH rotation script", data=ROTATE_SCRIPT.read_bytes(), dest=ROTATE_BIN,
-                  mode="0755", current_sha256=files.get(ROTATE_BIN))
-
-    if p.cron is not None:
-        minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()
-        crontab.crontab(
-            name="DH rotation cron job" if p.cron else "No DH rotation cron job",
-            command=ROTATE_BIN,
-            cron_name=CRON_NAME,
-            present=p.cron,
-            minute=minute, hour=hour, day_of_month=day_of_month, month=month,
-            day_of_week=day_of_week,
-        )
-        if not p.cron:
-            cron_name_absent(name="No DH rotation cron job name", cron_name=CRON_NAME)
-
-    if not p.rotation_files:
-        # After the cron job is gone. Removing the config also makes a generation still
-        # running discard its result rather than overwrite the file we just installed.
-        absent(name="No DH rotation files", paths=[ROTATE_CONF, ROTATE_BIN], files=files)
-
-    if p.start_generation:
-        logger.info(f"{host.name}: DH: {p.generation_why}; generating {settings.dh_bits}-bit "
-                    f"parameters in the background (unit {ROTATE_UNIT}; "
-                    "journalctl -t mailtls-dh-rotate)")
-        start_generation(name=f"Generate {settings.dh_bits}-bit DH parameters in the background")
-    elif p.dh_file and settings.dh_source == "generated":
-        host.noop(f"DH generation: {p.generation_why}")
-    return bool(dh_op and dh_op.will_change)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from pyinfra.api import FactBase
+import shlex
+
+from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
 # Each section starts with a `@@name` line. Missing daemons print nothing in their section.
 # The postconf runs (a few ms each) go at the same time, into a temporary directory, and the
-# checksums in one sha256sum: this read is all a no-op run does on a host.
+# checksums in one sha256sum (their modes in one stat): this read is all a no-op run does on a host.
 _SCRIPT = r"""
 export LC_ALL=C
 t=$(mktemp -d) || exit 1
@@ -34,7 +36,7 @@ openssl version > "$t/openssl_version" 2>/dev/null &
 printf '%s\n' {files} > "$t/asked"
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
-[ $# -eq 0 ] || sha256sum -- "$@" > "$t/files" 2>/dev/null
+[ $# -eq 0 ] || { sha256sum -- "$@" > "$t/files"; stat -L -c '%a %n' -- "$@" > "$t/modes"; } 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
 g={guard}
 if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
@@ -52,8 +54,8 @@ if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must no
     } > "$t/guard" 2>/dev/null
 fi
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files pending \
-         dovecot_tree guard; do
+for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files modes \
+         pending dovecot_tree guard; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -70,24 +72,40 @@ def _kv(lines: list[str]) -> dict[str, str]:
     return out
 
 
+class CronNameLines(FactBase[int]):
+    """How many ``# pyinfra-name=NAME`` lines a crontab holds, wherever they are.
+
+    pyinfra's Crontab fact drops comments that no job follows: this sees them.
+    """
+
+    def command(self, cron_name: str, user: str | None = None) -> StringCommand:
+        user_args = ["-u", QuoteString(user)] if user else []
+        return StringCommand("crontab", *user_args, "-l", "2>/dev/null", "|", "grep", "-cxF",
+                             QuoteString(f"# pyinfra-name={cron_name}"), "||", "true")
+
+    def process(self, output: list[str]) -> int:
+        return int(output[0]) if output and output[0].strip().isdigit() else 0
+
+
 class MailHost(FactBase):
     """Versions, current Postfix/Dovecot TLS config, checksums of managed files, pending reloads.
 
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
-    ``files`` (path -> sha256 for the paths asked for that exist), ``asked`` (every path asked for),
-    ``pending`` (daemons with a reload pending), ``dovecot_tree`` (grep lines ``file:line:text``
-    of Dovecot files other than ours that set a TLS-policy setting, with their blocks and every
-    !include; empty on a stock host), ``guard`` (for ``guard=PATH``: lines about PATH and the TLS
-    certificate/key files the host uses now, judged by dh.host_refusal()).
+    ``files`` (path -> sha256 for the paths asked for that exist), ``modes`` (path -> octal
+    permission bits, of the same files), ``asked`` (every path asked for), ``pending`` (daemons
+    with a reload pending), ``dovecot_tree`` (grep lines ``file:line:text`` of Dovecot files
+    other than ours that set a TLS-policy setting, with their blocks and every !include; empty on
+    a stock host), ``guard`` (for ``guard=PATH``: lines about PATH and the TLS certificate/key
+    files the host uses now, judged by dh.host_refusal()).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
     """
 
     def command(self, files=(), guard: str = "") -> str:
-        quoted = " ".join("'" + f.replace("'", "") + "'" for f in files) or "''"
-        return (_SCRIPT.replace("{files}", quoted).replace("{guard}", "'" + guard.replace("'", "") + "'")
+        quoted = " ".join(shlex.quote(f) for f in files) or "''"
+        return (_SCRIPT.replace("{files}", quoted).replace("{guard}", shlex.quote(guard))
                 .replace("{keys}", "|".join(POLICY_KEYS)).replace("{ours}", CONF_PATH.rsplit("/", 1)[1]))
 
     def process(self, output: list[str]) -> dict:
@@ -113,6 +131,10 @@ class MailHost(FactBase):
         for line in sections.get("files", []):  # sha256sum: "<digest>  <path>"
             digest, _, path = line.partition("  ")
             files[path] = digest
+        modes = {}
+        for line in sections.get("modes", []):  # stat: "<octal mode> <path>"
+            mode, _, path = line.partition(" ")
+            modes[path] = mode
         return {
             "caps": HostCaps(
                 postfix=version("postfix_version"),
@@ -123,6 +145,7 @@ class MailHost(FactBase):
             "services": services,
             "master_params": _kv(sections.get("postconf_p", [])),
             "files": files,
+            "modes": modes,
             "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
             "guard": [line for line in sections.get("guard", []) if line],

@@ -12,12 +12,14 @@ import base64
 import hashlib
 import io
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 
+from tasks.facts import CronNameLines
 from tasks.postfix_conf import PostfixConf
 
 FILES = Path(__file__).resolve().parent.parent / "files"
@@ -61,9 +63,12 @@ def _upload(data: bytes, dest: str, mode: str, before: str | None = None,
 
 @operation()
 def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | None = None,
-              pending: tuple[str, ...] = ()):
-    """Put `data` at `dest` unless its checksum (from the MailHost fact) already matches.
+              current_mode: str | None = None, pending: tuple[str, ...] = ()):
+    """Put `data` at `dest` with `mode` unless its checksum (from the MailHost fact) already
+    matches; a file with the right bytes but another mode only gets a chmod (as files.put does).
 
+    + current_sha256/current_mode: the MailHost fact's ``files`` and ``modes`` for `dest`
+      (None: absent, or the mode was not read and is not compared)
     + pending: daemons (postfix/dovecot) that read this file: for each, mailtls-apply backs it
       up and marks a reload pending first (their config may not change when only this file does).
 
@@ -72,40 +77,121 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     .. code:: python
 
         put_bytes(name="Dovecot TLS", data=text.encode(), dest="/etc/dovecot/conf.d/99-mailtls.conf",
-                  current_sha256=info["files"].get(path), pending=("dovecot",))
+                  current_sha256=info["files"].get(path), current_mode=info["modes"].get(path),
+                  pending=("dovecot",))
     """
-    if current_sha256 == sha256(data):
+    commands = _put_commands(data, dest, mode, current_sha256, current_mode, pending)
+    if not commands:
         host.noop(f"{dest} is up to date")
         return
+    yield from commands
+
+
+def _put_commands(data: bytes, dest: str, mode: str, current_sha256: str | None,
+                  current_mode: str | None, pending: tuple[str, ...] = ()) -> list:
+    """What put_bytes runs: nothing when bytes and mode match, a chmod when only the mode differs
+    (same bytes: nothing for a daemon to reload; chmod acts on a symlink's target, as the upload
+    writes it), else the upload, between mailtls-apply's begin and written for each daemon."""
+    if current_sha256 == sha256(data):
+        if current_mode is None or int(current_mode, 8) == int(mode, 8):
+            return []
+        return [StringCommand("chmod", mode, "--", QuoteString(dest))]
     before = " && ".join(f"{APPLY} begin {daemon} {shlex.quote(dest)}" for daemon in pending)
     # What the deploy wrote: a rollback undoes it only while the file still holds it.
     after = " && ".join(f"{APPLY} written {daemon} {shlex.quote(dest)}" for daemon in pending)
-    yield from _upload(data, dest, mode, before or None, after or None)
+    return _upload(data, dest, mode, before or None, after or None)
 
 
 @operation()
-def put_files(files: tuple[tuple[bytes, str, str, str | None], ...]):
-    """Several `put_bytes` in one round trip: (data, dest, mode, current_sha256) each; only the
-    files whose checksum differs are written, each whole or absent (as put_bytes).
+def put_files(files: tuple[tuple[bytes, str, str, str | None, str | None], ...]):
+    """Several `put_bytes` in one round trip: (data, dest, mode, current_sha256, current_mode)
+    each; only what differs is written (or chmod-ed), each file whole or absent (as put_bytes).
 
     **Example:**
 
     .. code:: python
 
-        put_files(name="Tools", files=((script, "/usr/local/sbin/x", "0755", info["files"].get(...)),))
+        put_files(name="Tools", files=((script, "/usr/local/sbin/x", "0755",
+                                        info["files"].get(path), info["modes"].get(path)),))
     """
-    todo = [f for f in files if f[3] != sha256(f[0])]
-    if not todo:
+    per_file = [_put_commands(*f) for f in files]
+    if not any(per_file):
         host.noop(f"{', '.join(f[1] for f in files)} up to date")
         return
-    inline = [c for data, dest, mode, _ in todo if len(data) <= INLINE_MAX
-              for c in _upload(data, dest, mode)]
-    if inline:
-        yield StringCommand(*[part for i, c in enumerate(inline)
+    # One command each (inline uploads, chmods) joined into one; SFTP uploads on their own.
+    single = [c[0] for c in per_file if len(c) == 1]
+    if single:
+        yield StringCommand(*[part for i, c in enumerate(single)
                               for part in ((["&&"] if i else []) + list(c.bits))])
-    for data, dest, mode, _ in todo:
-        if len(data) > INLINE_MAX:
-            yield from _upload(data, dest, mode)
+    for commands in per_file:
+        if len(commands) > 1:
+            yield from commands
+
+
+@operation()
+def absent(paths: list[str], files: Mapping[str, str]):
+    """
+    Remove files that the fact saw on the host (``files``: path -> sha256); no-op otherwise.
+
+    **Example:**
+
+    .. code:: python
+
+        absent(name="Remove rotation files", paths=[dh.ROTATE_CONF], files=info["files"])
+    """
+    there = [p for p in paths if p in files]
+    if not there:
+        host.noop(f"{', '.join(paths)} absent")
+        return
+    yield StringCommand("rm", "-f", *(QuoteString(p) for p in there))
+
+
+@operation(is_idempotent=False)
+def start_generation(unit: str, command: str):
+    """
+    Start `command` (the DH rotation script) as the transient systemd unit `unit`; return at once.
+
+    The unit is collected when it ends, also on failure, so its file under
+    /run/systemd/transient/ tells a later deploy whether it still runs. Only call when
+    dh.plan() says so: starting is a change by nature.
+
+    **Example:**
+
+    .. code:: python
+
+        start_generation(name="Generate DH parameters in the background",
+                         unit=dh.ROTATE_UNIT, command=dh.ROTATE_BIN)
+    """
+    yield StringCommand(
+        "systemctl", "is-active", "--quiet", QuoteString(unit), "||",
+        "systemd-run", "--no-block", "--collect", "--quiet", QuoteString(f"--unit={unit}"),
+        QuoteString("--description=mailtls: generate DH parameters"), QuoteString(command),
+    )
+
+
+@operation()
+def cron_name_absent(cron_name: str, user: str | None = None):
+    """
+    Remove the ``# pyinfra-name=`` line of a cron job that crontab.crontab(present=False) removes.
+
+    crontab.crontab deletes only the lines that match the job's command, so the name comment
+    stays behind and would name whatever job is added after it (which a later run would then
+    rewrite or delete). Call it after crontab.crontab(present=False, cron_name=...).
+
+    **Example:**
+
+    .. code:: python
+
+        crontab.crontab(command="/usr/local/sbin/job", cron_name="job", present=False)
+        cron_name_absent(cron_name="job")
+    """
+    comment = f"# pyinfra-name={cron_name}"
+    if not host.get_fact(CronNameLines, cron_name=cron_name, user=user):
+        host.noop(f"no cron job named {cron_name}")
+        return
+    user_args = ["-u", QuoteString(user)] if user else []
+    yield StringCommand("crontab", *user_args, "-l", "|", "grep", "-vxF", QuoteString(comment),
+                        "|", "crontab", *user_args, "-")
 
 
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
@@ -116,6 +202,11 @@ def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True
     randomised hash table, so with `same_bytes` (the deploy) each new one gets its own run and
     every host gets the same main.cf bytes. -X, -M and -P keep their arguments' order: one run
     each.
+
+        >>> todo = PostfixConf(main={"smtpd_tls_loglevel": "1", "tls_preempt_cipherlist": "no"},
+        ...                    remove=("smtpd_tls_eecdh_grade",), services={}, params={})
+        >>> postconf_commands(todo, {"smtpd_tls_loglevel": "0"})
+        ['postconf -e smtpd_tls_loglevel=1', 'postconf -e tls_preempt_cipherlist=no', 'postconf -X smtpd_tls_eecdh_grade']
     """
     commands = []
     if same_bytes:
@@ -146,7 +237,7 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
 
     .. code:: python
 
-        postfix_settings(conf=postfix_conf.render(...), postconf=info["postconf"],
+        postfix_settings(conf=host_conf.render(settings, info).postfix, postconf=info["postconf"],
                          services=info["services"], master_params=info["master_params"])
     """
     todo = conf.missing_from(postconf, services, master_params)

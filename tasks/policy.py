@@ -52,7 +52,6 @@ class Profile:
     """
 
     name: str
-    description: str
     opportunistic_min_protocol: str
     mandatory_min_protocol: str
     tls12_suites: tuple[str, ...]
@@ -63,27 +62,27 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
+        # Mozilla intermediate 6.0: TLS >= 1.2, ECDHE + AEAD only, no DH file
         Profile(
             name="intermediate",
-            description="Mozilla intermediate 6.0: TLS >= 1.2, ECDHE + AEAD only, no DH file",
             opportunistic_min_protocol="TLSv1.2",
             mandatory_min_protocol="TLSv1.2",
             tls12_suites=ECDHE_AEAD,
             server_preference=False,
             uses_dh_file=False,
         ),
+        # TLS 1.3 only where TLS is mandatory; port 25 keeps the intermediate floor
         Profile(
             name="modern",
-            description="TLS 1.3 only where TLS is mandatory; port 25 keeps the intermediate floor",
             opportunistic_min_protocol="TLSv1.2",
             mandatory_min_protocol="TLSv1.3",
             tls12_suites=ECDHE_AEAD,  # still offered on port 25
             server_preference=False,
             uses_dh_file=False,
         ),
+        # intermediate plus DHE + AEAD suites for old clients, with a DH parameter file
         Profile(
             name="legacy-dhe",
-            description="intermediate plus DHE + AEAD suites for old clients, with a DH parameter file",
             opportunistic_min_protocol="TLSv1.2",
             mandatory_min_protocol="TLSv1.2",
             tls12_suites=ECDHE_AEAD + DHE_AEAD,
@@ -115,7 +114,6 @@ class Resumption:
     """
 
     name: str
-    description: str
     postfix_cache_timeout: int
 
     @property
@@ -132,10 +130,11 @@ class Resumption:
 RESUMPTION: dict[str, Resumption] = {
     r.name: r
     for r in (
-        Resumption("bounded", "Postfix resumes by ticket, ticket keys usable for at most one hour; "
-                   "Dovecot issues no TLS 1.2 tickets", postfix_cache_timeout=2400),
-        Resumption("off", "no resumption anywhere: every session is a full (EC)DHE handshake",
-                   postfix_cache_timeout=0),
+        # Postfix resumes by ticket, ticket keys usable for at most one hour; Dovecot issues no
+        # TLS 1.2 tickets
+        Resumption("bounded", postfix_cache_timeout=2400),
+        # no resumption anywhere: every session is a full (EC)DHE handshake
+        Resumption("off", postfix_cache_timeout=0),
     )
 }
 DEFAULT_RESUMPTION = "bounded"

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, fields
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
+from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 from tasks.policy import DEFAULT_RESUMPTION, MIN_DH_BITS, PROFILES, RESUMPTION
-from tasks.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 
 
 class SettingsError(ValueError):
@@ -122,7 +122,7 @@ def _cron(value: Any) -> str:
     if len(parts) != 5:
         raise ValueError("expected five cron fields (minute hour day-of-month month day-of-week), "
                          "e.g. '17 4 * * 0'")
-    for part, (name, low, high) in zip(parts, _CRON_FIELDS):
+    for part, (name, low, high) in zip(parts, _CRON_FIELDS, strict=True):
         _cron_field(part, name, low, high)
     return " ".join(parts)
 

@@ -161,4 +161,4 @@ def build_all(suites, log=print) -> dict[str, Path]:
     """Build the images of several suites in parallel (debootstrap is mostly network-bound)."""
     suites = sorted(set(suites))
     with ThreadPoolExecutor(max_workers=len(suites) or 1) as pool:
-        return dict(zip(suites, pool.map(lambda s: build(s, log), suites)))
+        return dict(zip(suites, pool.map(lambda s: build(s, log), suites), strict=True))

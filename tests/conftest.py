@@ -32,9 +32,11 @@ PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "")
 
 
 def pytest_collection_modifyitems(config, items):
+    """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
+    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/."""
     for item in items:
-        if "integration" in item.path.parts:
-            item.add_marker(pytest.mark.integration)
+        integration = "integration" in item.path.parts
+        item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
 
 
 def _up(specs: list[str]) -> list[th.Host]:
@@ -63,7 +65,7 @@ def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None =
 def stock():
     """{'bookworm': Host, 'trixie': Host}, never deployed to."""
     started = _up([f"{PREFIX}stock{s[0]}:{s}" for s in SUITES])
-    yield dict(zip(SUITES, started))
+    yield dict(zip(SUITES, started, strict=True))
     th.down([h.name for h in started])
 
 
@@ -72,7 +74,7 @@ def deployed():
     """{'bookworm': Host, 'trixie': Host}, deployed once with the default profile."""
     started = _up([f"{PREFIX}dep{s[0]}:{s}" for s in SUITES])
     run_pyinfra(started)
-    yield dict(zip(SUITES, started))
+    yield dict(zip(SUITES, started, strict=True))
     th.down([h.name for h in started])
 
 

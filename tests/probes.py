@@ -64,7 +64,7 @@ class Probe:
 
 def s_client(address: str, port: int, *args: str, timeout: float = 60) -> str:
     """One real handshake from the controller; openssl's stdout + stderr."""
-    starttls = ["-starttls", TLS_PORTS[port]] if TLS_PORTS.get(port) else []
+    starttls = ["-starttls", s] if (s := TLS_PORTS.get(port)) else []
     argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
     try:
         res = subprocess.run(argv, input="", capture_output=True, text=True, timeout=timeout)
@@ -79,7 +79,7 @@ def handshake(out: str) -> tuple[bool, str]:
     if m:
         key, proto = _TEMP_KEY.search(out), _PROTOCOL.search(out)
         return True, f"{proto.group(1) if proto else m.group(1)} {m.group(2)}" + (f" ({key.group(1)})" if key else "")
-    lines = [l for l in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", l, re.I)]
+    lines = [line for line in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", line, re.I)]
     last = lines[-1] if lines else (out.strip().splitlines() or ["no output"])[-1]
     return False, last.strip()[:160]
 
@@ -94,6 +94,7 @@ def _probe(address: str, port: int, name: str, args: tuple, must_succeed: bool) 
 
 def negative_probes(address: str, ports, workers: int = 6) -> list[Probe]:
     """Every FORBIDDEN and ALLOWED handshake on every port, in parallel; in (port, probe) order."""
+    jobs: list[tuple[int, str, tuple[str, ...], bool]]
     jobs = [(p, n, a, False) for p in ports for n, a in FORBIDDEN.items()]
     jobs += [(p, n, a, True) for p in ports for n, a in ALLOWED.items()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -111,6 +112,7 @@ def sasl_auth(address: str, port: int, user: str = TEST_USER, password: str = TE
     """AUTH PLAIN on a submission port (465 implicit TLS, else STARTTLS): '235 ...' on success,
     else what went wrong (never raises)."""
     try:
+        smtp: smtplib.SMTP
         if port == 465:
             smtp = smtplib.SMTP_SSL(address, port, context=_tls_context(), timeout=60)
         else:
@@ -124,7 +126,8 @@ def sasl_auth(address: str, port: int, user: str = TEST_USER, password: str = TE
             code, text = smtp.auth("PLAIN", smtp.auth_plain)
             return f"{code} {text.decode(errors='replace')}"
     except smtplib.SMTPAuthenticationError as exc:
-        return f"{exc.smtp_code} {exc.smtp_error.decode(errors='replace')}"
+        error = exc.smtp_error
+        return f"{exc.smtp_code} {error.decode(errors='replace') if isinstance(error, bytes) else error}"
     except (smtplib.SMTPException, ssl.SSLError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}"
 
@@ -214,7 +217,7 @@ def postfix_state(host) -> dict[str, list[str]]:
 def non_tls_postfix(state: dict[str, list[str]]) -> dict[str, object]:
     """The parts of postfix_state() that are not TLS policy: main.cf settings and every master.cf
     service line with its non-TLS -o options (in order)."""
-    main = sorted(l for l in state["main"] if not is_tls_key(l.split("=", 1)[0].strip()))
+    main = sorted(line for line in state["main"] if not is_tls_key(line.split("=", 1)[0].strip()))
     master = {}
     for line in state["master"]:
         words = line.split()
@@ -238,7 +241,8 @@ def dovecot_state(host) -> list[str]:
 
 def non_tls_dovecot(doveconf_n: str) -> list[str]:
     """`doveconf -n` lines minus TLS settings, also inside 2.4's `ssl_server { ... }` blocks."""
-    kept, stack = [], []
+    kept: list[str] = []
+    stack: list[bool] = []  # per open block: inside a TLS block
     for line in doveconf_n.splitlines():
         word = line.strip().split(" ", 1)[0]
         if line.startswith("#") or not word:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+from datetime import UTC
 
 import pytest
 
@@ -10,7 +12,7 @@ from conftest import run_pyinfra
 from testhosts.image import TEST_PASSWORD, TEST_USER
 
 
-def run_audit(host, tmp_path, *args) -> tuple[object, dict]:
+def run_audit(host, tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
     res = run_pyinfra(host, "audit.py", *args, check=False, timeout=300,
                       env={"MAILTLS_AUDIT_JSON": str(tmp_path / "{host}.json")})
     path = tmp_path / f"{host.name}.json"
@@ -44,7 +46,7 @@ def test_stock_host_fails_and_names_offenders(stock, suite, tmp_path):
 
 def test_pq_probe_agrees_with_openssl_on_the_host(stock, suite, tmp_path):
     """Our controller-side probe vs the host's own OpenSSL (3.5 on trixie, 3.0 on bookworm) over loopback."""
-    from tasks.scan import probe_pq_hybrid
+    from tasks.audit.scan import probe_pq_hybrid
 
     host = stock[suite]
     for number in (25, 993):
@@ -138,7 +140,7 @@ def failures_in(result: dict) -> list[str]:
 
 def expired_pair(name: str) -> tuple[str, str]:
     """(certificate PEM, key PEM) for `name`, expired yesterday."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -147,7 +149,7 @@ def expired_pair(name: str) -> tuple[str, str]:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=90))
             .not_valid_after(now - timedelta(days=1))

@@ -17,7 +17,7 @@ PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 
 def handshake(address: str, port: int, *args: str) -> str | None:
     """The negotiated protocol of a handshake on `port`, None if there was none."""
-    starttls = ["-starttls", PORTS[port]] if PORTS[port] else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args],
                          input="", capture_output=True, text=True, timeout=60)
     m = re.search(r"^New, (TLSv1\.[0-3]), Cipher is (?!\(NONE\))", res.stdout, re.M)
@@ -56,7 +56,7 @@ def project(tmp_path, host, host_data: str = "") -> None:
         from pyinfra import host
         from pyinfra.operations import files
 
-        from tasks.deploy import mail_tls
+        from tasks.mail_tls import mail_tls
 
         # Another deploy's task, using its own data.
         files.put(name="Relay host of another deploy", src=__import__("io").StringIO(

@@ -22,7 +22,7 @@ CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
 
 def s_client(address: str, port: int, *args: str, on_host=None) -> str:
     """One real handshake; returns openssl's output. on_host: run it on that test host instead."""
-    starttls = ["-starttls", PORTS[port]] if PORTS.get(port) else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
     if on_host is not None:
         return on_host.ssh(" ".join(argv) + " </dev/null 2>&1", check=False).stdout
@@ -114,8 +114,30 @@ def test_postfix_and_postconf_print_no_warning(deployed, suite):
 def test_second_run_changes_nothing(deployed, suite):
     res = run_pyinfra(deployed[suite])
     assert "No changes" in res.stderr, res.stderr[-3000:]
-    grand = next(l for l in res.stderr.splitlines() if "Grand total" in l).split()
+    grand = next(line for line in res.stderr.splitlines() if "Grand total" in line).split()
     assert grand[3] == "-", grand  # Success column: nothing changed
+
+
+def _remote_commands(res: subprocess.CompletedProcess) -> list[str]:
+    """Every command a `pyinfra --debug` run ran on the host, facts included, one entry each."""
+    return [line for line in res.stderr.splitlines() if "Running command on" in line]
+
+
+def test_a_script_that_lost_its_mode_gets_it_back(deployed, suite):
+    """Same bytes, mode 0644: the next run restores 0755 with a chmod and nothing else (no
+    upload, no reload); the run after that is back to the fact's one remote command."""
+    host = deployed[suite]
+    apply = "/usr/local/sbin/mailtls-apply"
+    host.ssh(f"chmod 644 {apply}")
+    try:
+        res = run_pyinfra(host, "deploy.py", "--debug")
+        assert host.ssh(f"stat -c %a {apply}").stdout.strip() == "755"
+        commands = _remote_commands(res)
+        assert len(commands) == 2 and f"chmod 0755 -- {apply}" in commands[1], commands
+    finally:
+        host.ssh(f"chmod 755 {apply}")
+    commands = _remote_commands(run_pyinfra(host, "deploy.py", "--debug"))
+    assert len(commands) == 1, commands  # the MailHost fact
 
 
 def _config_digest(host) -> str:

@@ -19,7 +19,7 @@ LEGACY = ("--data", "tls_profile=legacy-dhe")
 
 
 def s_client(address: str, port: int, *args: str) -> str:
-    starttls = ["-starttls", DHE_PORTS[port]] if DHE_PORTS.get(port) else []
+    starttls = ["-starttls", s] if (s := DHE_PORTS.get(port)) else []
     argv = ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args]
     res = subprocess.run(argv, input="", capture_output=True, text=True, timeout=30)
     return res.stdout + res.stderr
@@ -62,7 +62,7 @@ def log_count(host, pattern: str) -> int:
     """Mail-facility lines matching `pattern`, from the journal (`-o short`: syslog's layout,
     the identifier with its [pid])."""
     out = host.ssh("journalctl -q --no-pager -o short SYSLOG_FACILITY=2", check=False).stdout
-    return len([l for l in out.splitlines() if re.search(pattern, l)])
+    return len([line for line in out.splitlines() if re.search(pattern, line)])
 
 
 def generating(host) -> bool:
@@ -79,14 +79,14 @@ def wait_until(what, timeout: float, step: float = 2.0) -> bool:
 
 
 def no_changes(res) -> bool:
-    grand = next(l for l in res.stderr.splitlines() if "Grand total" in l).split()
+    grand = next(line for line in res.stderr.splitlines() if "Grand total" in line).split()
     return grand[3] == "-"
 
 
 def cron_command(host) -> str:
     """The rotation job's command, exactly as the deploy wrote it into root's crontab."""
-    lines = [l for l in host.ssh("crontab -l", check=False).stdout.splitlines()
-             if l.strip() and not l.startswith("#") and "mailtls-dh-rotate" in l]
+    lines = [line for line in host.ssh("crontab -l", check=False).stdout.splitlines()
+             if line.strip() and not line.startswith("#") and "mailtls-dh-rotate" in line]
     assert len(lines) == 1, lines
     return lines[0].split(None, 5)[5]
 
@@ -170,7 +170,7 @@ def test_generated_parameters_and_forced_rotation(fresh_host, suite):
     # A schedule with '/' (pyinfra edits the crontab with sed), then rotation off.
     run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation_schedule=*/30 3 * * 1")
     tab = host.ssh("crontab -l").stdout.splitlines()
-    assert [l for l in tab if "mailtls" in l] == [f"# pyinfra-name={dh.CRON_NAME}",
+    assert [line for line in tab if "mailtls" in line] == [f"# pyinfra-name={dh.CRON_NAME}",
                                                   f"*/30 3 * * 1 {dh.ROTATE_BIN}"], tab
     run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
     assert "mailtls" not in host.ssh("crontab -l", check=False).stdout  # job and its name
@@ -212,8 +212,8 @@ def test_kill_9_and_concurrent_rotations(fresh_host, suite):
                    timeout=900, check=False).stdout
     codes = sorted(re.findall(r"[AB]=(\d+)", out))
     assert codes == ["0", "75"], out
-    log = [l for l in rotate_log(host).splitlines() if "mailtls-dh-rotate" in l][before:]
-    words = [l.split("mailtls-dh-rotate: ", 1)[1].split(" ")[0] for l in log]
+    log = [line for line in rotate_log(host).splitlines() if "mailtls-dh-rotate" in line][before:]
+    words = [line.split("mailtls-dh-rotate: ", 1)[1].split(" ")[0] for line in log]
     assert sorted(words) == ["another", "generating", "installed"], log
     assert [w for w in words if w != "another"] == ["generating", "installed"], log  # one run
     assert host.ssh("ls -A /etc/ssl/mailtls").stdout.split() == ["dh.pem"]

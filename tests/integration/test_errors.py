@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import PYINFRA, ROOT, run_pyinfra
 from test_safety import grand_total, hosts_file_line, output, pending, snapshot, tls
+
+from conftest import PYINFRA, ROOT, run_pyinfra
 
 
 def no_traceback(out: str) -> None:

@@ -16,12 +16,13 @@ the host's config files, pending reloads and daemons are as they were.
 from __future__ import annotations
 
 import re
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import probes
 import pytest
 
-import probes
 from conftest import PREFIX, SUITES, _up, run_pyinfra
 from testhosts import hosts as th
 from testhosts.variants import REFUSES, SASL
@@ -50,7 +51,7 @@ class Snapshot:
 def _snapshot(host, sasl_ports=()) -> Snapshot:
     state = probes.postfix_state(host)
     return Snapshot(postfix=probes.non_tls_postfix(state),
-                    master={"/".join(l.split()[:2]): l for l in state["master"]},
+                    master={"/".join(line.split()[:2]): line for line in state["master"]},
                     dovecot=probes.dovecot_state(host), checksums=probes.config_checksums(host),
                     services=probes.services_by_port(host), listeners=probes.listeners(host),
                     sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
@@ -62,7 +63,7 @@ class Lived:
     host: th.Host
     variant: str
     before: Snapshot
-    deploy: object  # CompletedProcess of the first run
+    deploy: subprocess.CompletedProcess | None  # the first run
     after: Snapshot | None = None
     probes: list = field(default_factory=list)
     rerun: object = None
@@ -73,6 +74,7 @@ class Lived:
 
     @property
     def output(self) -> str:
+        assert self.deploy is not None, "not deployed yet"
         return self.deploy.stdout + self.deploy.stderr
 
 
@@ -149,7 +151,7 @@ def test_one_service_and_one_listener_per_port(lived, suite):
     one = _converging(lived, suite)
     shared = {p: s for p, s in one.after.services.items() if len(s) > 1}
     assert not shared, f"master.cf services sharing a port: {shared}"
-    doubled = {p: l for p, l in one.after.listeners.items() if len(l) != len(set(l))}
+    doubled = {p: addrs for p, addrs in one.after.listeners.items() if len(addrs) != len(set(addrs))}
     assert not doubled, doubled
     lost = set(one.before.listeners) - set(one.after.listeners)
     assert not lost, f"ports no longer served: {sorted(lost)}"
@@ -173,8 +175,8 @@ def test_non_tls_settings_unchanged(lived, suite):
                if one.after.master.get(key) != line}
     assert not touched, f"services off the TLS ports changed (before, after): {touched}"
     assert one.after.dovecot == one.before.dovecot, "\n".join(
-        [f"- {l}" for l in one.before.dovecot if l not in one.after.dovecot]
-        + [f"+ {l}" for l in one.after.dovecot if l not in one.before.dovecot])
+        [f"- {line}" for line in one.before.dovecot if line not in one.after.dovecot]
+        + [f"+ {line}" for line in one.after.dovecot if line not in one.before.dovecot])
 
 
 def test_mail_delivered_after_deploy(lived, suite):
@@ -187,7 +189,7 @@ def test_second_run_changes_nothing(lived, suite):
     assert one.rerun is not None, "first run failed: " + one.output[-3000:]
     assert one.rerun.returncode == 0, (one.rerun.stdout + one.rerun.stderr)[-4000:]
     assert "No changes" in one.rerun.stderr, one.rerun.stderr[-3000:]
-    grand = next(l for l in one.rerun.stderr.splitlines() if "Grand total" in l).split()
+    grand = next(line for line in one.rerun.stderr.splitlines() if "Grand total" in line).split()
     assert grand[3] == "-", grand  # Success column: nothing changed
 
 

@@ -60,7 +60,8 @@ class Load:
         with smtplib.SMTP(self.address, 25, timeout=30) as smtp:
             smtp.ehlo("controller.mailtls.test")
             smtp.starttls(context=ctx)  # SMTPNotSupportedError if STARTTLS is not offered
-            version, cipher = smtp.sock.version(), smtp.sock.cipher()[0]
+            assert isinstance(smtp.sock, ssl.SSLSocket)
+            version, cipher = smtp.sock.version(), (smtp.sock.cipher() or ("none",))[0]
             smtp.ehlo("controller.mailtls.test")
             smtp.sendmail("load@controller.mailtls.test", [self.rcpt], msg)
         with self.lock:

@@ -30,7 +30,7 @@ def renew(host, n: int, mismatch: bool = False) -> str:
 umask 077; mkdir -p {ARCHIVE} {LIVE}; cd {ARCHIVE}
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout privkey{n}.pem \
     -out cert{n}.pem -days 30 -subj /CN=mx.test/O=renewal{n} 2>/dev/null
-{"openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out privkey%d.pem" % n if mismatch else ""}
+{f"openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out privkey{n}.pem" if mismatch else ""}
 chmod 0644 cert{n}.pem; cp cert{n}.pem fullchain{n}.pem
 for f in cert fullchain privkey; do
     ln -s ../../archive/mx.test/${{f}}{n}.pem {LIVE}/.$f.new && mv -T {LIVE}/.$f.new {LIVE}/$f.pem
@@ -42,7 +42,7 @@ cat cert{n}.pem"""
 
 def served(address: str, port: int) -> str | None:
     """SHA-256 fingerprint of the certificate a full handshake on `port` presents, None if none."""
-    starttls = ["-starttls", PORTS[port]] if PORTS[port] else []
+    starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
     res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls],
                          input="", capture_output=True, text=True, timeout=60)
     pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", res.stdout, re.S)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import subprocess
 
-import pytest
-
 from conftest import run_pyinfra
 
 POSTFIX, DOVECOT = (25, 587, 465), (143, 993)
@@ -35,8 +33,8 @@ def resumption(host, port: int, version: str, tmp_path, *extra: str) -> dict:
     hints = [int(h) for h in re.findall(r"lifetime hint: (\d+)", first)]
     return {"resumed": bool(re.search(r"^Reused, TLSv1", second, re.M)), "hints": hints,
             "tls13_tickets": first.count("Post-Handshake New Session Ticket arrived"),
-            "temp_key": re.search(r"Server Temp Key: (\S+)", second).group(1).rstrip(",")
-            if "Server Temp Key" in second else None}
+            "temp_key": m.group(1).rstrip(",") if (m := re.search(r"Server Temp Key: (\S+)", second))
+            else None}
 
 
 def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
@@ -60,15 +58,15 @@ def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
 
 
 def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
-    """A client that offers only psk_ke (tasks/psk_probe.py) gets a full handshake on every port;
+    """A client that offers only psk_ke (tasks/audit/psk_probe.py) gets a full handshake on every port;
     the same client offering psk_dhe_ke resumes on Postfix's ports (the control)."""
-    from tasks.psk_probe import probe_psk_modes
-    from tasks.scan import _starttls
+    from tasks.audit.psk_probe import probe_psk_modes
+    from tasks.audit.scan import _starttls
 
     host = deployed[suite]
     for port in POSTFIX + DOVECOT:
         service = {25: "smtp", 587: "smtp", 143: "imap"}.get(port)
-        result = probe_psk_modes(host.address, port, (lambda s: _starttls(s, service)) if service else None)
+        result = probe_psk_modes(host.address, port, (lambda s, service=service: _starttls(s, service)) if service else None)
         print(port, result)
         assert result["ticket"] and result["psk_ke"] == "full handshake", (port, result)
         assert result["psk_dhe_ke"] == ("resumed" if port in POSTFIX else "full handshake"), (port, result)

@@ -9,9 +9,10 @@ import signal
 import subprocess
 import time
 
-from conftest import PYINFRA, ROOT, run_pyinfra
 from test_dh import dhe_bits
 from test_safety import output, pending, tls
+
+from conftest import PYINFRA, ROOT, run_pyinfra
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 LEGACY = ("--data", "tls_profile=legacy-dhe")
@@ -73,6 +74,7 @@ def _run_and_kill(host, at: str, *args: str, timeout: float = 300) -> None:
     seen = []
     deadline = time.monotonic() + timeout
     try:
+        assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             seen.append(line)
             if "Starting operation" in line and at in line:

@@ -37,6 +37,13 @@ def pending(host) -> str:
     return host.ssh("ls -A /var/lib/mailtls/pending 2>/dev/null; true").stdout.strip()
 
 
+def _session(sock: ssl.SSLSocket) -> tuple:
+    """(protocol, cipher, certificate SHA-256) of an established TLS socket."""
+    cipher, cert = sock.cipher(), sock.getpeercert(True)
+    assert cipher is not None and cert is not None
+    return sock.version(), cipher[0], hashlib.sha256(cert).hexdigest()
+
+
 def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> tuple | None:
     """One handshake from the controller (STARTTLS on 25): (protocol, cipher, sha256 of the
     server certificate), or None when it fails."""
@@ -48,11 +55,10 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
         if port == 25:
             with smtplib.SMTP(address, 25, timeout=20) as smtp:
                 smtp.starttls(context=ctx)
-                sock = smtp.sock
-                return sock.version(), sock.cipher()[0], hashlib.sha256(sock.getpeercert(True)).hexdigest()
-        with socket.create_connection((address, port), timeout=20) as raw:
-            with ctx.wrap_socket(raw) as sock:
-                return sock.version(), sock.cipher()[0], hashlib.sha256(sock.getpeercert(True)).hexdigest()
+                assert isinstance(smtp.sock, ssl.SSLSocket)
+                return _session(smtp.sock)
+        with socket.create_connection((address, port), timeout=20) as raw, ctx.wrap_socket(raw) as sock:
+            return _session(sock)
     except (ssl.SSLError, smtplib.SMTPException, OSError):
         return None
 
@@ -284,7 +290,7 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     # Login/smtpd processes forked before a reload may take a connection or two more: wait
     # until the TLS 1.3-only config is the one that answers.
     for port in (25, 993):
-        assert _eventually(lambda: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None), port
+        assert _eventually(lambda port=port: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None), port
     # The dead run: begin (backup + mark), then the change on disk, then nothing.
     host.ssh(f"{APPLY} begin postfix /etc/postfix/main.cf /etc/postfix/master.cf && "
              "postconf -PX smtp/inet/smtpd_tls_protocols && "
@@ -328,6 +334,7 @@ def _run_and_kill(host, at: str, timeout: float = 300) -> str:
     seen = []
     deadline = time.monotonic() + timeout
     try:
+        assert proc.stderr is not None  # stderr=PIPE
         for line in proc.stderr:
             seen.append(line)
             if "Starting operation" in line and at in line:

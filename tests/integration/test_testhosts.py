@@ -6,8 +6,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import PREFIX
 from testhosts import hosts as th
 

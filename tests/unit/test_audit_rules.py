@@ -5,23 +5,35 @@ from __future__ import annotations
 
 import socket
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace as NS
 
 import pytest
 from sslyze import ScanCommand
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
-from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum, ScanCommandErrorReasonEnum
+from sslyze.scanner.scan_command_attempt import (
+    ScanCommandAttemptStatusEnum,
+    ScanCommandErrorReasonEnum,
+)
 
-from tasks import scan as scanmod
+from tasks.audit import scan as scanmod
+from tasks.audit.scan import COMMANDS, SUITE_COMMANDS, _Gathered, absorb, port_scan, run_sslyze
+from tasks.audit.verdict import (
+    AcceptedSuite,
+    Certificate,
+    Expect,
+    PortScan,
+    Resumed,
+    judge_host,
+    judge_port,
+    name_matches,
+    window,
+)
 from tasks.policy import PROFILES, RESUMPTION
-from tasks.scan import COMMANDS, SUITE_COMMANDS, _Gathered, absorb, port_scan, run_sslyze
-from tasks.verdict import (AcceptedSuite, Certificate, Expect, PortScan, Resumed, judge_host, judge_port,
-                           name_matches, window)
 
 INTERMEDIATE, LEGACY = PROFILES["intermediate"], PROFILES["legacy-dhe"]
 BOUNDED, OFF = RESUMPTION["bounded"], RESUMPTION["off"]
-NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def trace(exc: BaseException):
@@ -318,7 +330,7 @@ def test_every_address_is_resolved_once(monkeypatch):
     infos = [(socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0)), (socket.AF_INET, 1, 6, "", ("192.0.2.25", 0)),
              (socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0))]
     monkeypatch.setattr(scanmod.socket, "getaddrinfo", lambda *a, **k: infos)
-    assert scanmod.resolve_all("mx.example.org") == ["2001:db8::25", "192.0.2.25"]
+    assert scanmod.addresses_of("mx.example.org") == ["2001:db8::25", "192.0.2.25"]
 
 
 def test_an_expected_port_missing_on_one_address_fails_there():

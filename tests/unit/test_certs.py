@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tasks import certs
-from tasks.audit import MailTlsLog
+from tasks.audit.facts import MailTlsLog
 from tasks.ops import FILES, sha256
 from tasks.settings import validate
 
@@ -105,7 +105,7 @@ def test_the_watcher_script_and_the_module_name_the_same_copies():
 
 def _pair(tmp_path, name, days=(-1, 30), key=None):
     key = key or ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -113,7 +113,7 @@ def test_fact_files_cover_every_path_the_plan_reads():
 
 def test_rotate_conf_is_what_the_script_parses():
     s, _ = setup(dh_source="generated", dh_bits=4096)
-    lines = [l for l in dh.rotate_conf(s).splitlines() if l.startswith("DH_")]
+    lines = [line for line in dh.rotate_conf(s).splitlines() if line.startswith("DH_")]
     assert lines == [f"DH_FILE={DH_FILE}", "DH_BITS=4096"]
 
 
@@ -190,7 +190,7 @@ def test_script_is_posix_sh():
 
 # --- issue 12 item 5: where the DH file goes, judged against what the host has -------------------
 
-from tasks.deploy import unsupported  # noqa: E402
+from tasks.mail_tls import unsupported  # noqa: E402
 
 STOCK_GUARD = ["real /etc/ssl/mailtls/dh.pem", "dir 0 0 755 /etc/ssl", "dir 0 0 755 /etc", "dir 0 0 755 /",
                "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/ssl/certs/ssl-cert-snakeoil.pem",

@@ -3,7 +3,12 @@
 import pytest
 
 from tasks.facts import MailHost
-from tasks.inventory_source import InventoryError, hosts_from_env, parse_hosts_file, parse_hosts_list
+from tasks.inventory_source import (
+    InventoryError,
+    hosts_from_env,
+    parse_hosts_file,
+    parse_hosts_list,
+)
 
 FACT_OUTPUT = """@@postfix_version
 3.10.13
@@ -24,6 +29,8 @@ submission/inet/syslog_name = postfix/submission
 /etc/ssl/mailtls/dh.pem
 @@files
 4f2a  /etc/dovecot/conf.d/99-mailtls.conf
+@@modes
+644 /etc/dovecot/conf.d/99-mailtls.conf
 @@pending
 postfix
 @@end""".splitlines()
@@ -38,17 +45,33 @@ def test_mailhost_fact_parses_every_section():
     assert set(info["services"]) == {"smtp/inet", "submission/inet"}
     assert info["master_params"] == {"submission/inet/syslog_name": "postfix/submission"}
     assert info["files"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a"}
+    assert info["modes"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "644"}
     assert info["asked"] == {"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}
     assert info["pending"] == {"postfix"}
 
 
 def test_mailhost_fact_without_dovecot():
-    out = [l for l in FACT_OUTPUT if not l.startswith("2.4.1")]
+    out = [line for line in FACT_OUTPUT if not line.startswith("2.4.1")]
     assert MailHost().process(out)["caps"].dovecot is None
 
 
 def test_fact_command_quotes_paths():
     assert "'/etc/a b'" in MailHost().command(files=("/etc/a b",))
+
+
+def test_fact_command_keeps_quotes_in_paths(tmp_path):
+    """A path with a quote is quoted (shlex), not mangled: its checksum is read under its name."""
+    import subprocess
+
+    odd = tmp_path / "it's; here"
+    odd.write_bytes(b"x")
+    guard = tmp_path / "dh'.pem"
+    fact = MailHost()
+    out = subprocess.run(["sh", "-c", fact.command(files=(str(odd),), guard=str(guard))],
+                         capture_output=True, text=True).stdout.splitlines()
+    info = fact.process(out)
+    assert info["asked"] == {str(odd)} and str(odd) in info["files"]
+    assert f"real {guard}" in info["guard"]
 
 
 def test_hosts_list():

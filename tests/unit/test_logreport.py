@@ -1,12 +1,12 @@
 """Log parsing on real Postfix 3.7/3.10 and Dovecot 2.3/2.4 lines captured from the test hosts."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tasks.logreport import parse_line, parse_time, summarize
+from tasks.audit.logreport import parse_line, parse_time, summarize
 
 DATA = Path(__file__).parent / "data"
-NOW = datetime(2026, 11, 28, 18, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
 
 
 def lines(name: str) -> list[str]:
@@ -43,15 +43,15 @@ def test_window_and_excluded_clients():
 
 
 def test_traditional_timestamp_year_rollover():
-    jan = datetime(2027, 1, 1, 0, 10, tzinfo=timezone.utc)
+    jan = datetime(2027, 1, 1, 0, 10, tzinfo=UTC)
     assert parse_time("Dec 31 23:59:59 mx x: y", jan)[0].year == 2026
-    assert parse_time("Jan  1 00:05:00 mx x: y", jan)[0] == datetime(2027, 1, 1, 0, 5, tzinfo=timezone.utc)
+    assert parse_time("Jan  1 00:05:00 mx x: y", jan)[0] == datetime(2027, 1, 1, 0, 5, tzinfo=UTC)
 
 
 def test_rfc3339_offsets_and_other_lines():
     e = parse_line("2026-11-28T18:30:00.1+01:00 mx postfix/submissions/smtpd[9]: Trusted TLS connection "
                    "established from a[192.0.2.7]: TLSv1.2 with cipher DHE-RSA-AES256-GCM-SHA384 (256/256 bits)", NOW)
-    assert e.time == datetime(2026, 11, 28, 17, 30, 0, 100000, tzinfo=timezone.utc)
+    assert e.time == datetime(2026, 11, 28, 17, 30, 0, 100000, tzinfo=UTC)
     assert (e.service, e.client, e.protocol, e.cipher) == ("postfix/submissions/smtpd", "192.0.2.7", "TLSv1.2",
                                                           "DHE-RSA-AES256-GCM-SHA384")
     assert parse_line("2026-11-28T18:30:00+00:00 mx postfix/smtp[9]: Verified TLS connection established to x", NOW) is None
@@ -73,7 +73,7 @@ def test_journal_short_iso_precise_lines_of_both_releases():
 
 
 def test_mail_log_fact_reports_its_source():
-    from tasks.audit import MailTlsLog
+    from tasks.audit.facts import MailTlsLog
 
     fact = MailTlsLog()
     out = fact.process(["@@now 1795000000 +0000", "@@client 10.213.5.1", "@@source journal", "a line"])

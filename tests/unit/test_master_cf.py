@@ -42,7 +42,7 @@ smtps     inet  n       -       y       -       -       smtpd
 def postconf(master_cf: str) -> tuple[dict, dict]:
     """What `postconf -M` and `postconf -P` report for a master.cf text (as the MailHost fact
     keys them): active entries only, continuation lines joined."""
-    entries = []
+    entries: list[str] = []
     for line in master_cf.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -56,7 +56,7 @@ def postconf(master_cf: str) -> tuple[dict, dict]:
         key = f"{fields[0]}/{fields[1]}"
         services[key] = " ".join(fields)
         args = fields[8:]
-        for flag, value in zip(args, args[1:]):
+        for flag, value in zip(args, args[1:], strict=False):
             if flag == "-o":
                 name, _, val = value.partition("=")
                 params[f"{key}/{name}"] = val

@@ -119,3 +119,47 @@ def test_postfix_conf_missing_from_a_converged_host_is_empty():
     assert not conf.missing_from({"a": "1"}, {"s/inet": "s inet n - y - - smtpd"}, {"s/inet/x": "1"})
     todo = conf.missing_from({"a": "2", "old": "y"}, {}, {})
     assert todo == conf
+
+
+def _put_bytes(monkeypatch, **kw) -> tuple[list, list[str]]:
+    """put_bytes' commands, and what it told host.noop(), outside a pyinfra run."""
+    said: list[str] = []
+    monkeypatch.setattr(ops, "host", SimpleNamespace(noop=said.append))
+    return list(ops.put_bytes._inner(**kw)), said
+
+
+def test_put_bytes_repairs_a_mode_the_fact_read(tmp_path, monkeypatch):
+    """mailtls-apply that lost its 0755 (same bytes) gets a chmod, as pyinfra's files.put does;
+    the mode comes from the MailHost fact's own stat, run here on a real file."""
+    from tasks.facts import MailHost
+
+    data = b"#!/bin/sh\nexit 0\n"
+    dest = tmp_path / "sub dir" / "mailtls-apply"
+    dest.parent.mkdir()
+    dest.write_bytes(data)
+    dest.chmod(0o644)
+    fact = MailHost()
+    out = subprocess.run(["sh", "-c", fact.command(files=(str(dest),))], capture_output=True, text=True)
+    info = fact.process(out.stdout.splitlines())
+    assert info["files"][str(dest)] == ops.sha256(data) and info["modes"][str(dest)] == "644"
+
+    commands, said = _put_bytes(monkeypatch, data=data, dest=str(dest), mode="0755",
+                                current_sha256=info["files"][str(dest)],
+                                current_mode=info["modes"][str(dest)])
+    assert len(commands) == 1 and not said
+    subprocess.run(["sh", "-c", commands[0].get_raw_value()], check=True)
+    assert dest.stat().st_mode & 0o777 == 0o755 and dest.read_bytes() == data
+
+
+@pytest.mark.parametrize("current_mode", ["755", None])  # None: mode not read, not compared
+def test_put_bytes_same_bytes_and_mode_is_a_noop(monkeypatch, current_mode):
+    data = b"x\n"
+    commands, said = _put_bytes(monkeypatch, data=data, dest="/usr/local/sbin/x", mode="0755",
+                                current_sha256=ops.sha256(data), current_mode=current_mode)
+    assert commands == [] and said == ["/usr/local/sbin/x is up to date"]
+
+
+def test_put_bytes_other_bytes_upload_whatever_the_mode(monkeypatch):
+    commands, _ = _put_bytes(monkeypatch, data=b"new\n", dest="/etc/x", mode="0644",
+                             current_sha256=ops.sha256(b"old\n"), current_mode="644")
+    assert "chmod 0644" in commands[0].get_raw_value() and "base64 -d" in commands[0].get_raw_value()

@@ -3,8 +3,15 @@
 import pytest
 
 from tasks.policy import (
-    CLASSIC_GROUPS, DHE_AEAD, ECDHE_AEAD, PQ_HYBRID, PROFILES, HostCaps, parse_version,
-    protocols_at_least, resolve,
+    CLASSIC_GROUPS,
+    DHE_AEAD,
+    ECDHE_AEAD,
+    PQ_HYBRID,
+    PROFILES,
+    HostCaps,
+    parse_version,
+    protocols_at_least,
+    resolve,
 )
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))

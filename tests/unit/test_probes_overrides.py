@@ -168,7 +168,9 @@ def test_verify_file_is_the_same_before_and_after_the_first_run():
     main = dict(first.main)
     second = postfix_conf.render(policy, DEB12, main, services, dict(first.params))
     assert first.params != second.params  # syslog_name only on the services it creates
-    render = lambda conf: probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
+    def render(conf):
+        return probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
+
     assert render(first) == render(second)
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tasks.psk_probe import probe_psk_modes
+from tasks.audit.psk_probe import probe_psk_modes
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
 

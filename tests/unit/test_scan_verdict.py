@@ -2,9 +2,9 @@
 
 import pytest
 
+from tasks.audit.scan import HRR_RANDOM, X25519MLKEM768, parse_pq_answer, pq_client_hello
+from tasks.audit.verdict import AcceptedSuite, PortScan, classify_suite, judge_host, judge_port
 from tasks.policy import PROFILES
-from tasks.scan import X25519MLKEM768, parse_pq_answer, pq_client_hello, HRR_RANDOM
-from tasks.verdict import AcceptedSuite, PortScan, classify_suite, judge_host, judge_port
 
 INTERMEDIATE = PROFILES["intermediate"]
 GOOD = [AcceptedSuite("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDH", "X25519", 253),

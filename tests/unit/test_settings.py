@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.settings import (NAMESPACE, SETTINGS, Settings, SettingsError, data_defaults, defaults, notes,
-                            validate)
+from tasks.settings import (
+    NAMESPACE,
+    SETTINGS,
+    Settings,
+    SettingsError,
+    data_defaults,
+    defaults,
+    notes,
+    validate,
+)
 
 HOST = "mx7.example.org"
 
@@ -415,7 +423,7 @@ class _Host:
 
 
 def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
-    from tasks.deploy import settings_for
+    from tasks.mail_tls import settings_for
 
     # an old name in the inventory beats the namespaced default pyinfra merged in
     assert settings_for(_Host({"tls_profile": "modern"})).tls_profile == "modern"

@@ -78,7 +78,7 @@ def test_postfix_certificate_from_settings():
 
 
 def lines(text):
-    return dict(l.split(" = ", 1) for l in text.splitlines() if " = " in l and not l.startswith("#"))
+    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
 
 
 def test_dovecot_23():

@@ -1,5 +1,7 @@
 """The audit of one host, as audit.py runs it: scan, judge, log report, table, JSON.
 
+The host facts it reads are in tasks/audit/facts.py.
+
     >>> result = audit_host("mx1", "10.213.0.2", "intermediate", log_fact)   # doctest: +SKIP
     >>> result["ok"]                                                         # doctest: +SKIP
     False
@@ -9,92 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pyinfra.api import FactBase
 from rich.console import Console
 from rich.table import Table
 
-from tasks.logreport import PORTS, LogReport, summarize
-from tasks.policy import PROFILES, RESUMPTION, offers_pq_hybrid, parse_version, HostCaps
-from tasks.scan import HostScan, scan_host
-from tasks.verdict import DEFAULT_EXPECTED_PORTS, Expect, PortVerdict, judge_host, window
+from tasks.audit.logreport import PORTS, LogReport, summarize
+from tasks.audit.scan import HostScan, scan_host
+from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, Expect, PortVerdict, judge_host, window
+from tasks.policy import PROFILES, RESUMPTION, HostCaps, offers_pq_hybrid
 
 DEFAULT_JSON = "audit-results/{host}.json"
-CERT_STATUS = "/var/lib/mailtls/cert-watch"  # files/mailtls-cert-watch writes DAEMON.status there
-_PATTERN = "TLS connection established from|SSL_accept error from|-login: "
-
-
-class MailTlsLog(FactBase):
-    """The host's clock, the controller's address as the host sees it, the certificate watcher's
-    status per daemon, and the TLS lines of its mail log.
-
-    Returns {'now': aware datetime, 'ssh_client': str | None, 'source': str,
-    'certs': {daemon: status line}, 'lines': [str]}: the newest `max_lines` lines of the last
-    `hours` that can matter to logreport. Debian 12/13 keep the mail log in the journal only
-    (read: facility mail, as rsyslog's mail.log has it, in `short-iso-precise`); where a syslog
-    daemon runs and writes /var/log/mail.log (older installs, kept across upgrades) mail.log.1 +
-    mail.log are read instead: they survive reboots that a volatile journal does not.
-
-    Example:
-        log = host.get_fact(MailTlsLog, max_lines=200000, hours=24)
-    """
-
-    def command(self, max_lines: int = 200000, hours: float = 24) -> str:
-        since = int(float(hours) * 3600) + 3600  # an hour of slack: the report applies the window
-        return ("export LC_ALL=C; now=$(date +%s); echo \"@@now $now $(date +%z)\"; echo \"@@client ${SSH_CLIENT%% *}\"; "
-                f"for f in {CERT_STATUS}/*.status; do [ -r \"$f\" ] && "
-                "echo \"@@cert $(basename \"$f\" .status) $(head -n 1 \"$f\")\"; done; "
-                "if systemctl is-active --quiet rsyslog syslog-ng 2>/dev/null && [ -r /var/log/mail.log ]; then "
-                "echo '@@source /var/log/mail.log'; "
-                "for f in /var/log/mail.log.1 /var/log/mail.log; do [ -r \"$f\" ] && "
-                f"grep -hE '{_PATTERN}' \"$f\"; done; "
-                "else echo '@@source journal'; "
-                f"journalctl -q --no-pager -o short-iso-precise SYSLOG_FACILITY=2 --since \"@$((now - {since}))\" "
-                f"| grep -E '{_PATTERN}'; fi | tail -n {int(max_lines)}; true")
-
-    def process(self, output: list[str]) -> dict:
-        now, client, source, lines, certs = datetime.now(timezone.utc), None, "none", [], {}
-        for line in output:
-            if line.startswith("@@now "):
-                epoch, offset = line.split()[1:3]
-                tz = datetime.strptime(offset, "%z").tzinfo
-                now = datetime.fromtimestamp(int(epoch), tz)
-            elif line.startswith("@@client"):
-                client = line[8:].strip() or None
-            elif line.startswith("@@source "):
-                source = line[9:].strip()
-            elif line.startswith("@@cert "):
-                _, daemon, status = (line + " ").split(" ", 2)
-                certs[daemon] = status.strip()
-            else:
-                lines.append(line)
-        return {"now": now, "ssh_client": client, "source": source, "certs": certs, "lines": lines}
-
-
-class AuditHost(FactBase):
-    """What the audit needs to know about the host beyond its ports: the name its certificate
-    should carry (Postfix's myhostname) and its OpenSSL version (can it offer hybrid PQ?).
-
-    Example:
-        facts = host.get_fact(AuditHost)   # {'myhostname': 'mx1.example.org', 'openssl': (3, 5, 1)}
-    """
-
-    def command(self) -> str:
-        return "echo \"@@name $(postconf -h myhostname 2>/dev/null)\"; echo \"@@openssl $(openssl version 2>/dev/null)\""
-
-    def process(self, output: list[str]) -> dict:
-        facts = {"myhostname": None, "openssl": None}
-        for line in output:
-            if line.startswith("@@name "):
-                facts["myhostname"] = line[7:].strip() or None
-            elif line.startswith("@@openssl "):
-                try:
-                    facts["openssl"] = parse_version(line[10:])
-                except ValueError:
-                    pass
-        return facts
 
 
 def expectations(resumption: str, pq_hybrid: bool, facts: dict) -> Expect:
@@ -145,7 +73,7 @@ def _suites_cell(scan) -> str:
     return f"{len(scan.suites)}: " + ", ".join(kinds) if scan.suites else "-"
 
 
-def render(console: Console, name: str, address: str, profile: str, scan: HostScan,
+def print_report(console: Console, name: str, address: str, profile: str, scan: HostScan,
            verdicts: list[PortVerdict], report: LogReport, certs: dict | None = None,
            source: str = "mail log") -> None:
     certs = certs or {}
@@ -156,7 +84,7 @@ def render(console: Console, name: str, address: str, profile: str, scan: HostSc
                 "client reneg", "compr/EMS/RI", "server order", "resumption", "curves", "cert", "verdict"):
         table.add_column(col)
     yes_no = {True: "yes", False: "no", None: "-"}
-    for p, v in zip(scan.ports, verdicts):
+    for p, v in zip(scan.ports, verdicts, strict=False):  # more verdicts: ports not scanned
         pq = {True: "yes", False: "no", None: "not checked"}[p.pq_hybrid]
         where = f" {p.ip}" if multi else ""
         table.add_row(f"{p.port} {p.service}{where}", p.state + (f" ({p.retries} retries)" if p.retries else ""),
@@ -205,21 +133,21 @@ def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=
     verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)
-    render(_console(), name, address, profile, scan, verdicts, report, log.get("certs"),
+    print_report(_console(), name, address, profile, scan, verdicts, report, log.get("certs"),
            log.get("source", "mail log"))
     result = {
         "host": name, "address": address, "addresses": scan.ips, "profile": profile,
         "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports), "scan_seconds": round(scan.seconds, 2),
         "pq_probe_seconds": round(scan.pq_seconds, 3), "probe_seconds": round(scan.probe_seconds, 3),
-        "audited_at": datetime.now(timezone.utc).isoformat(),
+        "audited_at": datetime.now(UTC).isoformat(),
         "expect": {"tls_resumption": expect.resumption.name, "pq_hybrid": expect.pq_hybrid,
                    "cert_name": expect.cert_name,
                    "postfix_window_seconds": expect.resumption.postfix_window,
                    "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint},
         "ports": [p.to_dict() | {"window_seconds": window(p.port, p.resumption, expect.resumption),
                                  "ok": v.ok, "failures": v.failures, "warnings": v.warnings}
-                  for p, v in zip(scan.ports, verdicts)],
+                  for p, v in zip(scan.ports, verdicts, strict=False)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
         "log_report": report.to_dict() | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"

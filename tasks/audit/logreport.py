@@ -6,7 +6,8 @@ by protocol, cipher and key-exchange group, with the share that was forward-secr
 
     >>> line = ("2026-11-28T17:08:54.17+00:00 mx postfix/smtpd[27]: Anonymous TLS connection established "
     ...         "from c[10.0.0.9]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519")
-    >>> r = summarize([line], now=datetime(2026, 11, 28, 18, tzinfo=timezone.utc))
+    >>> from datetime import UTC
+    >>> r = summarize([line], now=datetime(2026, 11, 28, 18, tzinfo=UTC))
     >>> r.services["postfix/smtpd"].sessions, r.services["postfix/smtpd"].groups
     (1, Counter({'X25519': 1}))
 
@@ -20,14 +21,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
-from tasks.verdict import classify_suite
+from tasks.audit.verdict import classify_suite
 
 _RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s+\S+\s+(.*)$")
 _TRADITIONAL = re.compile(r"^([A-Z][a-z]{2})\s+(\d{1,2})\s+(\d\d:\d\d:\d\d)\s+\S+\s+(.*)$")
 _TAG = re.compile(r"^([\w./-]+?)(?:\[\d+\])?:\s(.*)$")
-_MONTHS = {m: i for i, m in enumerate("Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(), 1)}
+_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
 _ESTABLISHED = re.compile(r"TLS connection established from [^\[]*\[([^\]]+)\]:\s+(\S+) with cipher (\S+)"
                           r"(?: \((\d+)/\d+ bits\))?(?:.*? key-exchange (\S+))?")
 _SSL_ACCEPT_ERROR = re.compile(r"SSL_accept error from [^\[]*\[([^\]]+)\]")
@@ -92,7 +93,8 @@ class LogReport:
 def parse_time(line: str, now: datetime) -> tuple[datetime, str] | None:
     """Timestamp and the rest of a syslog line; RFC3339 or 'Nov 28 17:00:00' (year from `now`).
 
-        >>> parse_time("Nov 28 17:00:00 mx postfix/smtpd[1]: x", datetime(2027, 1, 2, tzinfo=timezone.utc))[0]
+        >>> from datetime import UTC
+        >>> parse_time("Nov 28 17:00:00 mx postfix/smtpd[1]: x", datetime(2027, 1, 2, tzinfo=UTC))[0]
         datetime.datetime(2026, 11, 28, 17, 0, tzinfo=datetime.timezone.utc)
     """
     m = _RFC3339.match(line)

@@ -1,6 +1,6 @@
 """What an audit saw on each port, and the verdict against a profile. Pure: no I/O.
 
-tasks/scan.py fills PortScan from sslyze; judge_port() decides; tasks/logreport.py reuses
+tasks/audit/scan.py fills PortScan from sslyze; judge_port() decides; tasks/audit/logreport.py reuses
 classify_suite() so scans and logs call the same suite forward-secret or not.
 
     >>> from tasks.policy import PROFILES
@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from tasks.policy import (CLASSIC_GROUPS, DEFAULT_RESUMPTION, MIN_DH_BITS, PQ_HYBRID, PROTOCOLS, RESUMPTION,
-                          Profile, Resumption, protocols_at_least)
+from tasks.policy import (
+    CLASSIC_GROUPS,
+    DEFAULT_RESUMPTION,
+    MIN_DH_BITS,
+    PQ_HYBRID,
+    PROTOCOLS,
+    RESUMPTION,
+    Profile,
+    Resumption,
+    protocols_at_least,
+)
 
 # Port -> (service name, STARTTLS dialogue or None for implicit TLS). 25 is opportunistic TLS.
 MAIL_PORTS: dict[int, tuple[str, str | None]] = {
@@ -129,7 +138,7 @@ class Resumed:
     tls12_lifetime_hint: int | None = None  # seconds, from the TLS 1.2 ticket
     tls13: bool | None = None  # a second TLS 1.3 connection resumed (psk_dhe_ke with OpenSSL)
     tls13_lifetime_hint: int | None = None
-    # A client offering psk_ke alone (tasks/psk_probe.py): 'full handshake' is right; 'resumed
+    # A client offering psk_ke alone (tasks/audit/psk_probe.py): 'full handshake' is right; 'resumed
     # without (EC)DHE' means a resumed TLS 1.3 session that the ticket key alone decrypts.
     tls13_psk_ke_only: str | None = None
 
@@ -213,7 +222,8 @@ def window(port: int, res: Resumed, policy: Resumption) -> int | None:
 
 def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[str], list[str]]:
     """(failures, warnings) of one port's resumption against the host's tls_resumption."""
-    fail, warn = [], []
+    fail: list[str] = []
+    warn: list[str] = []
     if res.tls12_session_id:
         fail.append("resumes TLS 1.2 by session ID: a server session cache holds master secrets "
                     f"(tls_resumption={policy.name} allows none)")
@@ -237,7 +247,7 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
 def judge_certificate(cert: Certificate, expect: Expect) -> tuple[list[str], list[str]]:
     """(failures, warnings) for the leaf certificate."""
     fail, warn = [], []
-    now = expect.now or datetime.now(timezone.utc)
+    now = expect.now or datetime.now(UTC)
     end = datetime.fromisoformat(cert.not_after)
     days = (end - now).total_seconds() / 86400
     if days < 0:

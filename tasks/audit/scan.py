@@ -1,7 +1,7 @@
 """Scan a mail host's TLS ports from the controller: sslyze as a library, plus a hybrid-PQ probe.
 
 All ports of a host go into ONE sslyze Scanner run (it scans them in parallel). The result is a
-list of tasks.verdict.PortScan, judged by tasks.verdict.judge_host.
+list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
 
     >>> hs = scan_host("10.213.0.2")            # doctest: +SKIP
     >>> [(p.port, p.state) for p in hs.ports]   # doctest: +SKIP
@@ -22,12 +22,13 @@ import ssl
 import struct
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from sslyze import (
     ProtocolWithOpportunisticTlsEnum,
-    Scanner,
     ScanCommand,
+    Scanner,
     ServerNetworkConfiguration,
     ServerNetworkLocation,
     ServerScanRequest,
@@ -37,8 +38,8 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
-from tasks.psk_probe import ProbeError, probe_psk_modes
-from tasks.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
+from tasks.audit.psk_probe import ProbeError, probe_psk_modes
+from tasks.audit.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
 
 OPT_TLS = {"smtp": ProtocolWithOpportunisticTlsEnum.SMTP, "imap": ProtocolWithOpportunisticTlsEnum.IMAP,
            "pop3": ProtocolWithOpportunisticTlsEnum.POP3}
@@ -197,15 +198,17 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     return scan
 
 
-def resolve_all(address: str) -> list[str]:
+def _ip(scan: PortScan) -> str:
+    """The address `scan` was made on (always set on a port that answered)."""
+    if scan.ip is None:
+        raise ValueError(f"port {scan.port}: no address scanned")
+    return scan.ip
+
+
+def addresses_of(address: str) -> list[str]:
     """Every address `address` resolves to (IPv4 and IPv6), in resolver order, each once."""
     infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-def resolve(address: str) -> str:
-    """The first IP of `address` (the address itself when it already is one)."""
-    return resolve_all(address)[0]
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS,
@@ -242,7 +245,7 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
     """
     host = HostScan(address)
     try:
-        host.ips = resolve_all(address)
+        host.ips = addresses_of(address)
     except (OSError, ServerHostnameCouldNotBeResolved) as exc:
         host.ports = [PortScan(p, MAIL_PORTS[p][0], "error", f"cannot resolve {address}: {exc}") for p in ports]
         return host
@@ -256,14 +259,14 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
         if scan.state == "open":
             probe_resumption(scan, address)
             if server_order:
-                scan.server_order, scan.server_order_note = _retry(lambda: probe_server_order(scan.ip, scan.port))
+                scan.server_order, scan.server_order_note = _retry(partial(probe_server_order, _ip(scan), scan.port))
                 if scan.server_order is None and "TLSv1.2" in scan.protocols:
                     scan.incomplete.append(f"server order probe did not complete ({scan.server_order_note})")
     host.probe_seconds = time.monotonic() - start
     start = time.monotonic()
     for scan in host.ports:
         if pq and scan.state == "open":
-            scan.pq_hybrid, scan.pq_note = _retry(lambda: probe_pq_hybrid(scan.ip, scan.port))
+            scan.pq_hybrid, scan.pq_note = _retry(partial(probe_pq_hybrid, _ip(scan), scan.port))
             if scan.pq_hybrid is None:
                 scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
     host.pq_seconds = time.monotonic() - start
@@ -316,13 +319,15 @@ def _tls_connect(ctx: ssl.SSLContext, ip: str, port: int, server_name: str, sess
     return tls
 
 
-def _resume_once(ip: str, port: int, server_name: str, version: ssl.TLSVersion) -> tuple[bool, bool, int | None]:
+def _resume_once(ip: str, port: int, server_name: str, version: ssl.TLSVersion) -> tuple[bool | None, bool, int | None]:
     """(resumed, ticket issued, lifetime hint) from two connections sharing one client context."""
     ctx = _client_context(version)
     with _tls_connect(ctx, ip, port, server_name) as first:
         session = first.session
     with _tls_connect(ctx, ip, port, server_name, session=session) as second:
         resumed = second.session_reused
+    if session is None:  # no session from the first handshake: nothing could be resumed
+        return False, False, None
     return resumed, session.has_ticket, (session.ticket_lifetime_hint if session.has_ticket else None)
 
 
@@ -337,7 +342,7 @@ def probe_resumption(scan: PortScan, server_name: str) -> None:
         for delay in (0.0, 1.0, 3.0):
             time.sleep(delay)
             try:
-                outcome = _resume_once(scan.ip, scan.port, server_name, version)
+                outcome = _resume_once(_ip(scan), scan.port, server_name, version)
                 break
             except (OSError, ssl.SSLError, ConnectionError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
@@ -361,7 +366,7 @@ def _psk_ke(scan: PortScan, server_name: str) -> str | None:
     for delay in (0.0, 1.0, 3.0):
         time.sleep(delay)
         try:
-            result = probe_psk_modes(scan.ip, scan.port, (lambda sock: _starttls(sock, service)) if service else None,
+            result = probe_psk_modes(_ip(scan), scan.port, (lambda sock: _starttls(sock, service)) if service else None,
                                      server_name)
             return result.get("psk_ke")
         except (ProbeError, OSError, ValueError) as exc:
@@ -376,11 +381,14 @@ def probe_server_order(ip: str, port: int, timeout: float = 10) -> tuple[bool | 
                           "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
     try:
         with _tls_connect(ctx, ip, port, ip, timeout=timeout) as tls:
-            chosen = tls.cipher()[0]
+            cipher = tls.cipher()
     except ssl.SSLError as exc:
         return None, f"no TLS 1.2 handshake with DHE and ECDHE offered ({exc.reason or exc})"
     except OSError as exc:
         return None, f"{type(exc).__name__}: {exc}"
+    if cipher is None:
+        return None, "no cipher negotiated"
+    chosen = cipher[0]
     if chosen.startswith("ECDHE-"):
         return True, f"client preferring DHE got {chosen}"
     return False, f"client preferring DHE got {chosen}"
@@ -414,20 +422,20 @@ def _read_lines_until(sock: socket.socket, done) -> str:
 def _starttls(sock: socket.socket, service: str) -> None:
     """Run the plaintext dialogue up to the TLS handshake; raise ConnectionError when refused."""
     if service == "smtp":
-        _read_lines_until(sock, lambda l: l[:4] == "220 ")
+        _read_lines_until(sock, lambda line: line[:4] == "220 ")
         sock.sendall(b"EHLO audit.mailtls.invalid\r\n")
-        _read_lines_until(sock, lambda l: l[3:4] == " ")
+        _read_lines_until(sock, lambda line: line[3:4] == " ")
         sock.sendall(b"STARTTLS\r\n")
-        reply = _read_lines_until(sock, lambda l: l[3:4] == " ")
+        reply = _read_lines_until(sock, lambda line: line[3:4] == " ")
         ok = reply.startswith("220")
     elif service == "imap":
-        _read_lines_until(sock, lambda l: l.startswith("* "))
+        _read_lines_until(sock, lambda line: line.startswith("* "))
         sock.sendall(b"a STARTTLS\r\n")
-        ok = _read_lines_until(sock, lambda l: l.startswith("a ")).startswith("a OK")
+        ok = _read_lines_until(sock, lambda line: line.startswith("a ")).startswith("a OK")
     else:
-        _read_lines_until(sock, lambda l: True)
+        _read_lines_until(sock, lambda line: True)
         sock.sendall(b"STLS\r\n")
-        ok = _read_lines_until(sock, lambda l: True).startswith("+OK")
+        ok = _read_lines_until(sock, lambda line: True).startswith("+OK")
     if not ok:
         raise ConnectionError(f"{service} STARTTLS refused")
 

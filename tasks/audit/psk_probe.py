@@ -68,7 +68,7 @@ class _Keys:
         self.iv, self.seq = _expand_label(secret, "iv", b"", 12), 0
 
     def _nonce(self) -> bytes:
-        nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big")))
+        nonce = bytes(a ^ b for a, b in zip(self.iv, self.seq.to_bytes(12, "big"), strict=True))
         self.seq += 1
         return nonce
 
@@ -227,7 +227,7 @@ def _handshake(sock: socket.socket, server_name: str | None, modes: tuple[int, .
         for m in parser.feed(plain):
             transcript += m
             finished = m[0] == 20
-    c_ap, s_ap = _derive(master, "c ap traffic", transcript), _derive(master, "s ap traffic", transcript)
+    s_ap = _derive(master, "s ap traffic", transcript)  # we send no application data: no c ap
     fin = b"\x14\x00\x00\x20" + _finished(c_hs, transcript)
     sock.sendall(_Keys(c_hs).seal(22, fin))
     transcript += fin
@@ -269,7 +269,7 @@ def probe_psk_modes(ip: str, port: int, starttls=None, server_name: str | None =
             _, _, ticket = _handshake(sock, server_name, (PSK_DHE_KE,), want_ticket=True)
         except (OSError, ValueError) as exc:
             raise ProbeError(f"{type(exc).__name__}: {exc}") from exc
-    result = {"ticket": ticket is not None}
+    result: dict[str, bool | str] = {"ticket": ticket is not None}
     if ticket is None:
         return result
     for name, modes in (("psk_dhe_ke", (PSK_DHE_KE,)), ("psk_ke", (PSK_KE,))):

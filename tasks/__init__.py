@@ -1,0 +1,1 @@
+"""The mailtls deploy and audit tasks (see the README's Layout section)."""
