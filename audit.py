@@ -42,10 +42,17 @@ expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_
 def _audit(state, host) -> bool:
     """The audit of this host; False (the host fails, the run exits non-zero) on any finding,
     printed once as a list."""
-    result = audit_host(host.name, host.data.get("ssh_hostname") or host.name, profile, log,
-                        expected_ports=settings.audit_ports, log_hours=settings.audit_log_hours,
-                        json_file=settings.audit_json, exclude_self=settings.audit_exclude_self,
-                        expect=expect)
+    result = audit_host(
+        host.name,
+        host.data.get("ssh_hostname") or host.name,
+        profile,
+        log,
+        expected_ports=settings.audit_ports,
+        log_hours=settings.audit_log_hours,
+        json_file=settings.audit_json,
+        exclude_self=settings.audit_exclude_self,
+        expect=expect,
+    )
     report = failure_report(result)
     if report:
         host.log_styled(report, fg="red", log_func=logger.error)

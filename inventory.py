@@ -26,5 +26,6 @@ except InventoryError as exc:  # one line, no traceback
     raise PyinfraError(f"invalid inventory: {exc}") from None
 
 # TCP_NODELAY from the SSH handshake on (tasks/nodelay.py); a host's own setting wins.
-mail_servers = [(name, {"ssh_paramiko_connect_kwargs": nodelay.CONNECT_KWARGS, **data})
-                for name, data in hosts]
+mail_servers = [
+    (name, {"ssh_paramiko_connect_kwargs": nodelay.CONNECT_KWARGS, **data}) for name, data in hosts
+]

@@ -62,8 +62,9 @@ from testhosts import hosts as th  # noqa: E402
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 RESULTS = ROOT / "bench" / "results.json"
 SUITES = ("bookworm", "trixie")
-SSHD_VERBOSE = ("echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/zz-mailtls-bench.conf && "
-                "systemctl reload ssh")
+SSHD_VERBOSE = (
+    "echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/zz-mailtls-bench.conf && systemctl reload ssh"
+)
 TARGETS = {"fresh_vs_floor": 1.5, "noop_vs_ssh": 3.0, "parallel_vs_one": 1.5}
 
 
@@ -96,16 +97,22 @@ def container_cpu(name: str) -> float | None:
     return None
 
 
-def timed(argv: list[str], env: dict | None = None, input: str | None = None,
-          timeout: float = 900, hosts: list | None = None) -> tuple[Sample, subprocess.CompletedProcess]:
+def timed(
+    argv: list[str],
+    env: dict | None = None,
+    input: str | None = None,
+    timeout: float = 900,
+    hosts: list | None = None,
+) -> tuple[Sample, subprocess.CompletedProcess]:
     """Run argv; wall time, controller CPU of the child, and CPU used on `hosts` meanwhile."""
     names = [h.name for h in hosts or []]
     cpu0 = [container_cpu(n) for n in names]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_wall0 = time.time()
     t0 = time.perf_counter()
-    res = subprocess.run(argv, env=env, cwd=ROOT, input=input, capture_output=True, text=True,
-                         timeout=timeout)
+    res = subprocess.run(
+        argv, env=env, cwd=ROOT, input=input, capture_output=True, text=True, timeout=timeout
+    )
     wall = time.perf_counter() - t0
     t_wall1 = time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -114,8 +121,9 @@ def timed(argv: list[str], env: dict | None = None, input: str | None = None,
     cpu1 = [container_cpu(n) for n in names]
     if names and None not in cpu0 + cpu1:
         # all hosts together
-        sample["host_cpu"] = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)
-                                 if a is not None and b is not None)
+        sample["host_cpu"] = sum(
+            b - a for a, b in zip(cpu0, cpu1, strict=True) if a is not None and b is not None
+        )
     return sample, res
 
 
@@ -137,18 +145,23 @@ def results_table(stderr: str) -> dict:
 
 
 def run_pyinfra(hosts: list[th.Host], label: str, expect_noop: bool) -> Sample:
-    sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env(hosts), hosts=hosts)
+    sample, res = timed(
+        [PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env(hosts), hosts=hosts
+    )
     if res.returncode != 0:
         raise RuntimeError(f"{label}: pyinfra failed ({res.returncode}):\n{res.stderr[-6000:]}")
     total = results_table(res.stderr)
     no_changes = res.stderr.count("] No changes")
-    sample.update(label=label, hosts=[h.name for h in hosts], changes=total["success"],
-                  errors=total["error"])
+    sample.update(
+        label=label, hosts=[h.name for h in hosts], changes=total["success"], errors=total["error"]
+    )
     if expect_noop:
         # zero changes in the results table, and every operation of every host said so
         sample["zero_changes"] = total["success"] == 0 and total["error"] == 0 and no_changes > 0
         if not sample["zero_changes"]:
-            raise RuntimeError(f"{label}: the no-op re-run changed something:\n{res.stderr[-6000:]}")
+            raise RuntimeError(
+                f"{label}: the no-op re-run changed something:\n{res.stderr[-6000:]}"
+            )
     return sample
 
 
@@ -162,8 +175,9 @@ def read_fact(host: th.Host) -> dict:
     return MailHost().process(out.splitlines())
 
 
-def _write_file(path: str, data: bytes, mode: str, before: str | None = None,
-                after: str | None = None) -> str:
+def _write_file(
+    path: str, data: bytes, mode: str, before: str | None = None, after: str | None = None
+) -> str:
     """The deploy's own write command (tasks/ops.py): inline, then renamed into place."""
     (command,) = ops._upload(data, path, mode, before, after)
     return command.get_raw_value()
@@ -282,22 +296,29 @@ def dh_available(allow_uncommitted: bool = False) -> str | None:
     if missing:
         return f"not available yet: {', '.join(missing)} not in the tree"
     if (ROOT / ".git").exists() and not allow_uncommitted:
-        res = subprocess.run(["git", "-C", str(ROOT), "ls-files", "--error-unmatch", *DH_PATHS],
-                             capture_output=True, text=True)
+        res = subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "--error-unmatch", *DH_PATHS],
+            capture_output=True,
+            text=True,
+        )
         if res.returncode != 0:
-            return (f"not available yet: {', '.join(DH_PATHS)} not committed (work in progress; "
-                    "--dh-uncommitted measures the working tree anyway)")
+            return (
+                f"not available yet: {', '.join(DH_PATHS)} not committed (work in progress; "
+                "--dh-uncommitted measures the working tree anyway)"
+            )
     return None
 
 
 def _times_cpu(text: str) -> float:
     """CPU seconds of the children from bash `times` output (line 2: children user sys)."""
+
     def secs(t: str) -> float:
         match = re.match(r"(\d+)m([\d.]+)s", t)
         if match is None:
             raise ValueError(f"not a `times` figure: {t!r}")
         m, s = match.groups()
         return int(m) * 60 + float(s)
+
     child = text.strip().splitlines()[-1].split()
     return secs(child[0]) + secs(child[1])
 
@@ -307,8 +328,13 @@ def dh_prepare(host: th.Host) -> None:
     data = (ROOT / "files" / "mailtls-dh-rotate").read_bytes()
     cmds = [_write_file(ROTATE_BIN, data, "0755")]
     for bits in (3072, 4096):
-        cmds.append(_write_file(f"/root/ffdhe{bits}.pem",
-                                (ROOT / "files" / "dh" / f"ffdhe{bits}.pem").read_bytes(), "0644"))
+        cmds.append(
+            _write_file(
+                f"/root/ffdhe{bits}.pem",
+                (ROOT / "files" / "dh" / f"ffdhe{bits}.pem").read_bytes(),
+                "0644",
+            )
+        )
     host.ssh("sh -s", input="set -e\n" + "\n".join(cmds) + "\n")
 
 
@@ -324,15 +350,23 @@ def measure_dh(host: th.Host, source: str, bits: int) -> dict:
     cmd = dh_command(source, bits)
     t0 = time.perf_counter()
     res = host.ssh(f"bash -c {shlex.quote(cmd + ' >/dev/null; times')}", timeout=3600)
-    return {"source": source, "bits": bits, "cpu": _times_cpu(res.stdout),
-            "wall": time.perf_counter() - t0, "command": cmd, "load": loadavg()}
+    return {
+        "source": source,
+        "bits": bits,
+        "cpu": _times_cpu(res.stdout),
+        "wall": time.perf_counter() - t0,
+        "command": cmd,
+        "load": loadavg(),
+    }
 
 
 def dh_start_background(host: th.Host, bits: int) -> None:
     """Start one slow generation on the host, detached; dh_collect_background() reads its CPU."""
     cmd = dh_command("generated", bits)
-    script = f"rm -f /root/bench-dh.times; {cmd} >/dev/null 2>&1; times > /root/bench-dh.times.tmp; " \
-             "mv /root/bench-dh.times.tmp /root/bench-dh.times"
+    script = (
+        f"rm -f /root/bench-dh.times; {cmd} >/dev/null 2>&1; times > /root/bench-dh.times.tmp; "
+        "mv /root/bench-dh.times.tmp /root/bench-dh.times"
+    )
     host.ssh(f"systemd-run --unit=mailtls-bench-dh --collect --quiet bash -c {shlex.quote(script)}")
 
 
@@ -383,7 +417,9 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     scripts = {}
     for s in suites:
         scripts[("floor", s)] = floor_script(floor_h[s], read_fact(floor_h[s]), safety_net=False)
-        scripts[("floor_apply", s)] = floor_script(apply_h[s], read_fact(apply_h[s]), safety_net=True)
+        scripts[("floor_apply", s)] = floor_script(
+            apply_h[s], read_fact(apply_h[s]), safety_net=True
+        )
     out: dict[str, list[Sample]] = {}
 
     def add(key: str, sample: Sample) -> None:
@@ -393,8 +429,12 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     fresh: list[tuple[str, Callable[[], Sample]]] = []
     for s in suites:
         fresh.append((f"floor/{s}", partial(run_floor, floor_h[s], scripts[("floor", s)], "floor")))
-        fresh.append((f"floor_apply/{s}",
-                      partial(run_floor, apply_h[s], scripts[("floor_apply", s)], "floor_apply")))
+        fresh.append(
+            (
+                f"floor_apply/{s}",
+                partial(run_floor, apply_h[s], scripts[("floor_apply", s)], "floor_apply"),
+            )
+        )
         fresh.append((f"fresh1/{s}", partial(run_pyinfra, [dep_h[s]], "fresh1", False)))
     if par_h:
         fresh.append(("freshN", lambda: run_pyinfra(par_h, "freshN", False)))
@@ -428,7 +468,9 @@ def one_round(r: int, args, suites: list[str]) -> dict:
             ok = res.returncode == 0 and results_table(res.stderr)["success"] == 0
             matches[f"{kind}/{s}"] = ok
             if not ok:
-                log(f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script")
+                log(
+                    f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script"
+                )
 
     events = {h.name: sshd_events(h) for h in started}
     for samples in out.values():
@@ -441,11 +483,15 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
     fig: dict[str, dict] = {}
     for k in keys:
         samples = [x for rd in rounds for x in rd["samples"].get(k, [])]
-        entry = {"n": len(samples), "wall_median": med([x["wall"] for x in samples]),
-                 "wall_min": min(x["wall"] for x in samples), "wall_max": max(x["wall"] for x in samples),
-                 "local_cpu_median": med([x["local_cpu"] for x in samples]),
-                 "host_cpu_median": med([x.get("host_cpu") for x in samples]),
-                 "walls": [round(x["wall"], 3) for x in samples]}
+        entry = {
+            "n": len(samples),
+            "wall_median": med([x["wall"] for x in samples]),
+            "wall_min": min(x["wall"] for x in samples),
+            "wall_max": max(x["wall"] for x in samples),
+            "local_cpu_median": med([x["local_cpu"] for x in samples]),
+            "host_cpu_median": med([x.get("host_cpu") for x in samples]),
+            "walls": [round(x["wall"], 3) for x in samples],
+        }
         if any("remote_commands" in x for x in samples):
             for f in ("remote_commands", "execs", "sftp", "connects", "remote_commands_per_host"):
                 entry[f + "_median"] = med([x.get(f) for x in samples])
@@ -454,17 +500,26 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
         if k in ("freshN", "noopN"):
             # The hosts and the controller share this machine's cores: the run cannot be shorter
             # than all the CPU it used spread over every core.
-            entry["cpu_bound_median"] = med([(x["host_cpu"] + x["local_cpu"]) / (os.cpu_count() or 1)
-                                             for x in samples if x.get("host_cpu") is not None])
+            entry["cpu_bound_median"] = med(
+                [
+                    (x["host_cpu"] + x["local_cpu"]) / (os.cpu_count() or 1)
+                    for x in samples
+                    if x.get("host_cpu") is not None
+                ]
+            )
         fig[k] = entry
     w = {k: v["wall_median"] for k, v in fig.items()}
     ratios = {}
     for s in suites:
         ratios[f"fresh1_vs_floor/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"floor/{s}"))
-        ratios[f"fresh1_vs_floor_apply/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"floor_apply/{s}"))
+        ratios[f"fresh1_vs_floor_apply/{s}"] = ratio(
+            w.get(f"fresh1/{s}"), w.get(f"floor_apply/{s}")
+        )
         ratios[f"floor_apply_vs_floor/{s}"] = ratio(w.get(f"floor_apply/{s}"), w.get(f"floor/{s}"))
         ratios[f"noop1_vs_ssh_true/{s}"] = ratio(w.get(f"noop1/{s}"), w.get(f"ssh_true/{s}"))
-        ratios[f"pyinfra_version_share_of_noop1/{s}"] = ratio(w.get("pyinfra_version"), w.get(f"noop1/{s}"))
+        ratios[f"pyinfra_version_share_of_noop1/{s}"] = ratio(
+            w.get("pyinfra_version"), w.get(f"noop1/{s}")
+        )
     if n_par and rounds:
         one_fresh = max(w[f"fresh1/{s}"] for s in suites)
         one_noop = max(w[f"noop1/{s}"] for s in suites)
@@ -479,8 +534,12 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
     for rd in rounds:
         for k, ok in rd["floor_matches_deploy"].items():
             matches[k] = matches.get(k, True) and ok
-    return {"figures": fig, "ratios": ratios, "floor_matches_deploy": matches,
-            "load": {"min": min(loads), "median": med(loads), "max": max(loads)}}
+    return {
+        "figures": fig,
+        "ratios": ratios,
+        "floor_matches_deploy": matches,
+        "load": {"min": min(loads), "median": med(loads), "max": max(loads)},
+    }
 
 
 def fmt(v, unit="s") -> str:
@@ -492,15 +551,25 @@ def fmt(v, unit="s") -> str:
 def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
     """Markdown table: median wall time, remote commands, CPU on hosts and controller, ratios."""
     f, r = summary["figures"], summary["ratios"]
-    head = ("Figure", "Wall (median)", "Remote commands", "Host CPU", "Controller CPU", "Ratio", "Target")
+    head = (
+        "Figure",
+        "Wall (median)",
+        "Remote commands",
+        "Host CPU",
+        "Controller CPU",
+        "Ratio",
+        "Target",
+    )
     rows = [head]
 
     def cmds(k):
         e = f.get(k, {})
         if e.get("remote_commands_median") is None:
             return ""
-        text = (f"{e['remote_commands_median']:.0f} ({e['connects_median']:.0f} conn, "
-                f"{e['sftp_median']:.0f} sftp)")
+        text = (
+            f"{e['remote_commands_median']:.0f} ({e['connects_median']:.0f} conn, "
+            f"{e['sftp_median']:.0f} sftp)"
+        )
         if k in ("freshN", "noopN"):
             text += f", {e['remote_commands_per_host_median']:.0f}/host"
         return text
@@ -509,51 +578,111 @@ def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
         e = f.get(k)
         if not e:
             return
-        rows.append((label, fmt(e["wall_median"]), cmds(k), fmt(e.get("host_cpu_median")),
-                     fmt(e.get("local_cpu_median")), ratio_text, target))
+        rows.append(
+            (
+                label,
+                fmt(e["wall_median"]),
+                cmds(k),
+                fmt(e.get("host_cpu_median")),
+                fmt(e.get("local_cpu_median")),
+                ratio_text,
+                target,
+            )
+        )
 
     row("`pyinfra --version` (start-up only)", "pyinfra_version")
     for s in suites:
         row(f"`ssh host true` [{s}]", f"ssh_true/{s}")
         row(f"floor: 1 ssh, writes + reloads [{s}]", f"floor/{s}")
-        row(f"floor + mailtls-apply safety net [{s}]", f"floor_apply/{s}",
-            fmt(r.get(f"floor_apply_vs_floor/{s}"), "x floor"))
-        row(f"fresh converge, 1 host [{s}]", f"fresh1/{s}", fmt(r.get(f"fresh1_vs_floor/{s}"), "x floor"),
-            "<= 1.5x floor")
-        row(f"no-op re-run, 1 host [{s}]", f"noop1/{s}", fmt(r.get(f"noop1_vs_ssh_true/{s}"), "x ssh"),
-            "<= 3x ssh")
+        row(
+            f"floor + mailtls-apply safety net [{s}]",
+            f"floor_apply/{s}",
+            fmt(r.get(f"floor_apply_vs_floor/{s}"), "x floor"),
+        )
+        row(
+            f"fresh converge, 1 host [{s}]",
+            f"fresh1/{s}",
+            fmt(r.get(f"fresh1_vs_floor/{s}"), "x floor"),
+            "<= 1.5x floor",
+        )
+        row(
+            f"no-op re-run, 1 host [{s}]",
+            f"noop1/{s}",
+            fmt(r.get(f"noop1_vs_ssh_true/{s}"), "x ssh"),
+            "<= 3x ssh",
+        )
     if n_par:
-        row(f"fresh converge, {n_par} hosts", "freshN", fmt(r.get("freshN_vs_fresh1"), "x 1 host"),
-            "<= 1.5x 1 host")
-        row(f"no-op re-run, {n_par} hosts", "noopN", fmt(r.get("noopN_vs_noop1"), "x 1 host"),
-            "<= 1.5x 1 host")
+        row(
+            f"fresh converge, {n_par} hosts",
+            "freshN",
+            fmt(r.get("freshN_vs_fresh1"), "x 1 host"),
+            "<= 1.5x 1 host",
+        )
+        row(
+            f"no-op re-run, {n_par} hosts",
+            "noopN",
+            fmt(r.get("noopN_vs_noop1"), "x 1 host"),
+            "<= 1.5x 1 host",
+        )
         for k, what in (("freshN", "fresh"), ("noopN", "no-op")):
             bound = f.get(k, {}).get("cpu_bound_median")
             if bound is not None:
-                rows.append((f"{what}, {n_par} hosts: CPU-bound minimum here "
-                             f"((host + controller CPU) / {os.cpu_count()} cores)", fmt(bound), "", "", "",
-                             f"{fmt(r.get(f'{k}_cpu_bound_vs_1'), 'x 1 host')}; "
-                             f"run = {fmt(r.get(f'{k}_vs_cpu_bound'), 'x this')}", ""))
+                rows.append(
+                    (
+                        f"{what}, {n_par} hosts: CPU-bound minimum here "
+                        f"((host + controller CPU) / {os.cpu_count()} cores)",
+                        fmt(bound),
+                        "",
+                        "",
+                        "",
+                        f"{fmt(r.get(f'{k}_cpu_bound_vs_1'), 'x 1 host')}; "
+                        f"run = {fmt(r.get(f'{k}_vs_cpu_bound'), 'x this')}",
+                        "",
+                    )
+                )
     if dh.get("status"):
         rows.append(("DH rotation", dh["status"], "", "", "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines = [
+        "| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     if len(rows) == 1:  # no rounds (--runs 0)
         lines = []
     if dh.get("cases"):
-        lines += ["", _md([("DH case", "Host CPU (median)", "CPU range", "Wall (median)", "Runs")] + [
-            (f"{c['source']} {c['bits']} [{c['suite']}]: "
-             + ("rotation" if c["source"] == "generated" else "check only (fixed group, nothing rotates)"),
-             fmt(c["cpu_median"]) if c["cpu_median"] is not None else c.get("note") or "-",
-             f"{c['cpu_min']:.1f}-{c['cpu_max']:.1f} s" if c.get("cpu_min") is not None and c["n"] > 1 else "",
-             fmt(c.get("wall_median")), str(c["n"])) for c in dh["cases"]])]
+        lines += [
+            "",
+            _md(
+                [("DH case", "Host CPU (median)", "CPU range", "Wall (median)", "Runs")]
+                + [
+                    (
+                        f"{c['source']} {c['bits']} [{c['suite']}]: "
+                        + (
+                            "rotation"
+                            if c["source"] == "generated"
+                            else "check only (fixed group, nothing rotates)"
+                        ),
+                        fmt(c["cpu_median"])
+                        if c["cpu_median"] is not None
+                        else c.get("note") or "-",
+                        f"{c['cpu_min']:.1f}-{c['cpu_max']:.1f} s"
+                        if c.get("cpu_min") is not None and c["n"] > 1
+                        else "",
+                        fmt(c.get("wall_median")),
+                        str(c["n"]),
+                    )
+                    for c in dh["cases"]
+                ]
+            ),
+        ]
     return "\n".join(lines)
 
 
 def _md(rows: list[tuple]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines = [
+        "| " + " | ".join(str(c).ljust(widths[i]) for i, c in enumerate(row)) + " |" for row in rows
+    ]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
 
@@ -566,43 +695,76 @@ def run_dh(args, suites: list[str], bg: dict) -> dict:
     try:
         for h in started:
             dh_prepare(h)
-            for source, bits in (("ffdhe3072", 3072), ("ffdhe4096", 4096), ("generated", 2048),
-                                 ("generated", 3072)):
+            for source, bits in (
+                ("ffdhe3072", 3072),
+                ("ffdhe4096", 4096),
+                ("generated", 2048),
+                ("generated", 3072),
+            ):
                 runs = [measure_dh(h, source, bits) for _ in range(args.dh_runs)]
-                cases.append({"suite": h.suite, "source": source, "bits": bits, "n": len(runs),
-                              "what": "rotation" if source == "generated" else
-                              "fixed group: nothing rotates; this is the check of the group",
-                              "cpu_median": med([x["cpu"] for x in runs]),
-                              "cpu_min": min(x["cpu"] for x in runs), "cpu_max": max(x["cpu"] for x in runs),
-                              "wall_median": med([x["wall"] for x in runs]), "runs": runs})
+                cases.append(
+                    {
+                        "suite": h.suite,
+                        "source": source,
+                        "bits": bits,
+                        "n": len(runs),
+                        "what": "rotation"
+                        if source == "generated"
+                        else "fixed group: nothing rotates; this is the check of the group",
+                        "cpu_median": med([x["cpu"] for x in runs]),
+                        "cpu_min": min(x["cpu"] for x in runs),
+                        "cpu_max": max(x["cpu"] for x in runs),
+                        "wall_median": med([x["wall"] for x in runs]),
+                        "runs": runs,
+                    }
+                )
                 log(f"  dh {source} {bits} [{h.suite}] {cases[-1]['cpu_median']:.2f} s CPU")
     finally:
         th.down([n.split(":")[0] for n in names])
     if bg.get("host"):
         log("waiting for the background 4096-bit generation")
         got = dh_collect_background(bg["host"], timeout=args.dh_4096_timeout)
-        cases.append({"suite": bg["host"].suite, "source": "generated", "bits": 4096, "n": 1,
-                      "what": "rotation (once, in the background, nice 19, during the other runs)",
-                      "cpu_median": got["cpu"] if got else None,
-                      "note": None if got else f"not finished after {args.dh_4096_timeout:.0f} s"})
-    return {"cases": cases, "tree": "committed" if not dh_available() else "working tree (uncommitted)"}
+        cases.append(
+            {
+                "suite": bg["host"].suite,
+                "source": "generated",
+                "bits": 4096,
+                "n": 1,
+                "what": "rotation (once, in the background, nice 19, during the other runs)",
+                "cpu_median": got["cpu"] if got else None,
+                "note": None if got else f"not finished after {args.dh_4096_timeout:.0f} s",
+            }
+        )
+    return {
+        "cases": cases,
+        "tree": "committed" if not dh_available() else "working tree (uncommitted)",
+    }
 
 
 def reexec_at(rev: str) -> int:
     """Export `rev` to a temporary directory, copy this script into it, and run it there."""
     import tempfile
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
-                         capture_output=True, text=True, check=True).stdout.strip()
+
+    sha = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     tree = Path(tempfile.mkdtemp(prefix=f"mailtls-bench-{sha[:8]}-"))
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", sha], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     (tree / "bench").mkdir(exist_ok=True)
     (tree / "bench" / "bench.py").write_bytes(Path(__file__).read_bytes())
     # Byte-compile the project, as pip does for pyinfra and every other installed package: a
     # user's runs reuse the bytecode, while with PYTHONDONTWRITEBYTECODE set (as in some
     # shells here) every run would compile tasks/ and testhosts/ again (~11 ms).
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "tasks"), str(tree / "testhosts")],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(tree / "tasks"), str(tree / "testhosts")],
+        check=True,
+    )
     argv, skip = [], False
     for a in sys.argv[1:]:
         if skip:
@@ -619,7 +781,9 @@ def reexec_at(rev: str) -> int:
     log(f"benching {rev} ({sha[:10]}) from {tree}")
     env = dict(os.environ, MAILTLS_BENCH_REV=f"{rev} {sha}")
     try:
-        return subprocess.run([sys.executable, str(tree / "bench" / "bench.py"), *argv], env=env).returncode
+        return subprocess.run(
+            [sys.executable, str(tree / "bench" / "bench.py"), *argv], env=env
+        ).returncode
     finally:
         subprocess.run(["rm", "-rf", "--one-file-system", str(tree)])
 
@@ -628,26 +792,42 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3, help="rounds of fresh hosts (medians over them)")
     ap.add_argument("--noop-reps", type=int, default=3, help="no-op repetitions per round")
-    ap.add_argument("--parallel-hosts", type=int, default=10, help="hosts for the parallel case (0: skip)")
+    ap.add_argument(
+        "--parallel-hosts", type=int, default=10, help="hosts for the parallel case (0: skip)"
+    )
     ap.add_argument("--suites", default=",".join(SUITES))
-    ap.add_argument("--dh", action="store_true", help="measure DH rotation CPU (once the DH task landed)")
+    ap.add_argument(
+        "--dh", action="store_true", help="measure DH rotation CPU (once the DH task landed)"
+    )
     ap.add_argument("--dh-runs", type=int, default=3)
-    ap.add_argument("--dh-4096", action="store_true",
-                    help="also generated 4096-bit DH, once, in the background on its own host (~7 min)")
+    ap.add_argument(
+        "--dh-4096",
+        action="store_true",
+        help="also generated 4096-bit DH, once, in the background on its own host (~7 min)",
+    )
     ap.add_argument("--dh-4096-timeout", type=float, default=1800)
-    ap.add_argument("--dh-uncommitted", action="store_true",
-                    help="measure the DH rotation from the working tree even if it is not committed")
+    ap.add_argument(
+        "--dh-uncommitted",
+        action="store_true",
+        help="measure the DH rotation from the working tree even if it is not committed",
+    )
     ap.add_argument("--output", default=str(RESULTS))
-    ap.add_argument("--rev", help="bench this git revision (exported with git archive to a temporary "
-                    "directory) instead of the working tree, which others may be editing")
+    ap.add_argument(
+        "--rev",
+        help="bench this git revision (exported with git archive to a temporary "
+        "directory) instead of the working tree, which others may be editing",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         ap.error("needs root (systemd-nspawn test hosts)")
     if args.rev:
         return reexec_at(args.rev)
     suites = [s for s in args.suites.split(",") if s]
-    names = ([f"b{k}{s[0]}" for s in suites for k in "fad"] + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
-             + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else []))
+    names = (
+        [f"b{k}{s[0]}" for s in suites for k in "fad"]
+        + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
+        + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else [])
+    )
     # One bench at a time: each one stops its hosts (same names) when it ends.
     # Held (open, flocked) until the process exits: no `with` block.
     lock = open("/run/mailtls-bench.lock", "w")  # noqa: SIM115
@@ -680,23 +860,39 @@ def main() -> int:
     summary = summarise(rounds, suites, args.parallel_hosts)
     result = {
         "command": "bench/bench.py " + " ".join(sys.argv[1:]),
-        "started": started_at, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "loadavg_before": load_before,
-                    "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]},
-        "pyinfra": subprocess.run([PYINFRA, "--version"], capture_output=True, text=True).stdout.strip(),
-        "tree": (f"git revision {os.environ['MAILTLS_BENCH_REV']} (clean export)"
-                 if os.environ.get("MAILTLS_BENCH_REV") else "working tree of " + subprocess.run(
-                     ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                     capture_output=True, text=True).stdout.strip()),
-        "targets": TARGETS, **summary, "dh": dh,
+        "started": started_at,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": load_before,
+            "loadavg_after": Path("/proc/loadavg").read_text().split()[:3],
+        },
+        "pyinfra": subprocess.run(
+            [PYINFRA, "--version"], capture_output=True, text=True
+        ).stdout.strip(),
+        "tree": (
+            f"git revision {os.environ['MAILTLS_BENCH_REV']} (clean export)"
+            if os.environ.get("MAILTLS_BENCH_REV")
+            else "working tree of "
+            + subprocess.run(
+                ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+        ),
+        "targets": TARGETS,
+        **summary,
+        "dh": dh,
         "raw": [{k: v for k, v in rd["samples"].items()} for rd in rounds],
     }
     Path(args.output).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(table(summary, suites, args.parallel_hosts, dh))
     ld = summary["load"]
-    print(f"\nload average during the runs: min {ld['min']:.2f}, median {ld['median']:.2f}, "
-          f"max {ld['max']:.2f} on {os.cpu_count()} CPUs; floor equals deploy: "
-          f"{all(summary['floor_matches_deploy'].values())}; results: {args.output}")
+    print(
+        f"\nload average during the runs: min {ld['min']:.2f}, median {ld['median']:.2f}, "
+        f"max {ld['max']:.2f} on {os.cpu_count()} CPUs; floor equals deploy: "
+        f"{all(summary['floor_matches_deploy'].values())}; results: {args.output}"
+    )
     return 0
 
 

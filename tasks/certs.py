@@ -37,7 +37,10 @@ WATCH_CONF = "/etc/mailtls/cert-watch.conf"
 STATE_DIR = "/var/lib/mailtls/cert-watch"
 SERVICE = "mailtls-cert-watch.service"
 TIMER = "mailtls-cert-watch.timer"
-UNIT_FILES = {f"/etc/systemd/system/{SERVICE}": FILES / SERVICE, f"/etc/systemd/system/{TIMER}": FILES / TIMER}
+UNIT_FILES = {
+    f"/etc/systemd/system/{SERVICE}": FILES / SERVICE,
+    f"/etc/systemd/system/{TIMER}": FILES / TIMER,
+}
 # Exists (a symlink to the timer) exactly while the timer is enabled: the fact sees it for free.
 TIMER_LINK = f"/etc/systemd/system/timers.target.wants/{TIMER}"
 # The files each daemon is configured with: (certificate, key). files/mailtls-cert-watch's
@@ -63,7 +66,12 @@ def fact_files(settings: Settings) -> tuple[str, ...]:
     """Paths whose checksums plan() needs, for the MailHost fact's `files=`."""
     out = list(_INSTALLED)
     for daemon, pair in sources(settings).items():
-        out += [*pair, f"{STATE_DIR}/{daemon}.good", f"{STATE_DIR}/{daemon}.rejected", *COPIES[daemon]]
+        out += [
+            *pair,
+            f"{STATE_DIR}/{daemon}.good",
+            f"{STATE_DIR}/{daemon}.rejected",
+            *COPIES[daemon],
+        ]
     return tuple(dict.fromkeys(out))
 
 
@@ -162,8 +170,10 @@ def watcher_absent(files: Mapping[str, str]):
     if not any(p in files for p in _INSTALLED):
         host.noop("no certificate watcher")
         return
-    yield (f"systemctl disable --now {TIMER} >/dev/null 2>&1; rm -f {' '.join(_INSTALLED)} && "
-           "systemctl daemon-reload")
+    yield (
+        f"systemctl disable --now {TIMER} >/dev/null 2>&1; rm -f {' '.join(_INSTALLED)} && "
+        "systemctl daemon-reload"
+    )
 
 
 @deploy("Certificate renewals")
@@ -185,27 +195,45 @@ def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
         if p.remove:
             watcher_absent(name="No certificate watcher", files=files)
         return ()
-    put_bytes(name="Certificate watcher", data=(FILES / "mailtls-cert-watch").read_bytes(),
-              dest=WATCH_BIN, mode="0755", current_sha256=files.get(WATCH_BIN),
-              current_mode=modes.get(WATCH_BIN))
-    put_bytes(name="Certificate watcher settings", data=watch_conf(p.watch).encode(), dest=WATCH_CONF,
-              current_sha256=files.get(WATCH_CONF),
-              current_mode=modes.get(WATCH_CONF))
+    put_bytes(
+        name="Certificate watcher",
+        data=(FILES / "mailtls-cert-watch").read_bytes(),
+        dest=WATCH_BIN,
+        mode="0755",
+        current_sha256=files.get(WATCH_BIN),
+        current_mode=modes.get(WATCH_BIN),
+    )
+    put_bytes(
+        name="Certificate watcher settings",
+        data=watch_conf(p.watch).encode(),
+        dest=WATCH_CONF,
+        current_sha256=files.get(WATCH_CONF),
+        current_mode=modes.get(WATCH_CONF),
+    )
     for daemon in p.rejected:
         cert, _ = p.watch[daemon]
-        logger.warning(f"{host.name}: {daemon}: the certificate/key at {cert} were refused by "
-                       f"mailtls-cert-watch; the last good pair stays in service "
-                       f"(cat {STATE_DIR}/{daemon}.status; journalctl -t mailtls-cert-watch)")
+        logger.warning(
+            f"{host.name}: {daemon}: the certificate/key at {cert} were refused by "
+            f"mailtls-cert-watch; the last good pair stays in service "
+            f"(cat {STATE_DIR}/{daemon}.status; journalctl -t mailtls-cert-watch)"
+        )
     changed: tuple[str, ...] = ()
     if p.refresh:
         op = copy_pairs(name=f"Certificate copies ({', '.join(p.refresh)})", daemons=p.refresh)
         changed = p.refresh if op.will_change else ()
     units_changed = False
     for dest, src in UNIT_FILES.items():
-        op = put_bytes(name=f"Certificate watcher unit {src.name}", data=src.read_bytes(), dest=dest,
-                       current_sha256=files.get(dest),
-                       current_mode=modes.get(dest))
+        op = put_bytes(
+            name=f"Certificate watcher unit {src.name}",
+            data=src.read_bytes(),
+            dest=dest,
+            current_sha256=files.get(dest),
+            current_mode=modes.get(dest),
+        )
         units_changed = units_changed or op.will_change
-    timer_enabled(name=f"Certificate watcher timer ({TIMER})", units_changed=units_changed,
-                  enabled=TIMER_LINK in files)
+    timer_enabled(
+        name=f"Certificate watcher timer ({TIMER})",
+        units_changed=units_changed,
+        enabled=TIMER_LINK in files,
+    )
     return changed

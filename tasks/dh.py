@@ -100,8 +100,10 @@ def host_refusal(dh_file: str, guard: list[str]) -> str | None:
     for line in guard:
         kind, _, rest = line.partition(" ")
         if kind == "link":
-            return (f"dh_file={dh_file!r} is a symlink (to {rest}): the deploy never replaces a link "
-                    "by a plain file; name the file itself, or another path")
+            return (
+                f"dh_file={dh_file!r} is a symlink (to {rest}): the deploy never replaces a link "
+                "by a plain file; name the file itself, or another path"
+            )
         if kind == "real":
             real = rest
     for line in guard:
@@ -109,17 +111,23 @@ def host_refusal(dh_file: str, guard: list[str]) -> str | None:
         if kind == "tls":
             resolved, _, named = rest.partition(" ")
             if real in (resolved, named) or dh_file in (resolved, named):
-                return (f"dh_file={dh_file!r} is a certificate or key the host uses now ({named}): "
-                        "the DH parameters would overwrite it")
+                return (
+                    f"dh_file={dh_file!r} is a certificate or key the host uses now ({named}): "
+                    "the DH parameters would overwrite it"
+                )
         elif kind == "dir":
             uid, gid, mode, path = (rest.split(" ", 3) + ["", "", "", ""])[:4]
             bits = int(mode, 8) if mode.isdigit() else 0o7777
             if uid != "0":
-                return (f"dh_file={dh_file!r}: {path} is owned by uid {uid}, not root: root must not "
-                        "write the DH file there")
+                return (
+                    f"dh_file={dh_file!r}: {path} is owned by uid {uid}, not root: root must not "
+                    "write the DH file there"
+                )
             if bits & 0o1002 or (bits & 0o020 and gid != "0"):
-                return (f"dh_file={dh_file!r}: {path} is writable by others or sticky (mode {mode}): "
-                        "root must not write the DH file there")
+                return (
+                    f"dh_file={dh_file!r}: {path} is writable by others or sticky (mode {mode}): "
+                    "root must not write the DH file there"
+                )
     return None
 
 
@@ -151,16 +159,30 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
     if not policy.offers_dhe:
         # The DH file stays: Postfix/Dovecot config may still name it until the config step
         # that runs after us rewrites it, and a missing file would break their TLS.
-        return DhPlan(None, None, f"profile {policy.name} offers no DHE", False, False,
-                      "no DHE", False if ours else None)
+        return DhPlan(
+            None,
+            None,
+            f"profile {policy.name} offers no DHE",
+            False,
+            False,
+            "no DHE",
+            False if ours else None,
+        )
 
     dh_file = policy.dh_file
     if not dh_file:
         raise ValueError(f"profile {policy.name} offers DHE but has no DH file")
     if settings.dh_source in FIXED_SOURCES:
         bits = FIXED_SOURCES[settings.dh_source]
-        return DhPlan(dh_file, shipped_group(bits), f"RFC 7919 {settings.dh_source}", False, False,
-                      "fixed group: nothing to generate", False if ours else None)
+        return DhPlan(
+            dh_file,
+            shipped_group(bits),
+            f"RFC 7919 {settings.dh_source}",
+            False,
+            False,
+            "fixed group: nothing to generate",
+            False if ours else None,
+        )
     if settings.dh_source != "generated":
         raise ValueError(f"unknown dh_source {settings.dh_source!r}")
     if settings.dh_bits < MIN_DH_BITS or settings.dh_bits not in GENERATED_BITS:
@@ -172,7 +194,8 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
         params = shipped_group(settings.dh_bits)
         params_why = f"placeholder ffdhe{settings.dh_bits} until generated parameters are ready"
     stamp_ok = current is not None and files.get(ROTATE_STAMP) == sha256(
-        rotate_stamp(dh_file, settings.dh_bits, current).encode())
+        rotate_stamp(dh_file, settings.dh_bits, current).encode()
+    )
     running = ROTATE_RUNNING in files
     if stamp_ok:
         start, why = False, f"{dh_file} holds {settings.dh_bits}-bit parameters generated here"
@@ -181,6 +204,11 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
     elif current is None:
         start, why = True, f"{dh_file} is missing"
     else:
-        start, why = True, (f"{dh_file} is not (yet) {settings.dh_bits}-bit parameters generated "
-                            "here (placeholder, other settings, or an interrupted run)")
+        start, why = (
+            True,
+            (
+                f"{dh_file} is not (yet) {settings.dh_bits}-bit parameters generated "
+                "here (placeholder, other settings, or an interrupted run)"
+            ),
+        )
     return DhPlan(dh_file, params, params_why, True, start, why, settings.dh_rotation)

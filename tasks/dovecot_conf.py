@@ -24,8 +24,10 @@ CONF_PATH = "/etc/dovecot/conf.d/99-mailtls.conf"  # read after Debian's 10-ssl.
 # login_log_format_elements: each version's default plus the negotiated protocol and cipher.
 LOGIN_LOG_FORMAT = {
     "2.3": "user=<%u> method=%m rip=%r lip=%l mpid=%e %c session=<%{session}> %{ssl_security}",
-    "2.4": ("user=<%{user}> method=%{mechanism} rip=%{remote_ip} lip=%{local_ip} "
-            "mpid=%{mail_pid} %{secured} session=<%{session}> %{ssl_security}"),
+    "2.4": (
+        "user=<%{user}> method=%{mechanism} rip=%{remote_ip} lip=%{local_ip} "
+        "mpid=%{mail_pid} %{secured} session=<%{session}> %{ssl_security}"
+    ),
 }
 
 
@@ -38,8 +40,9 @@ def major(caps: HostCaps) -> str:
     return version
 
 
-def context(policy: Policy, caps: HostCaps, cert_file: str | None = None,
-            key_file: str | None = None) -> dict:
+def context(
+    policy: Policy, caps: HostCaps, cert_file: str | None = None, key_file: str | None = None
+) -> dict:
     """Template values: mandatory-TLS floor (IMAP/POP3 logins need TLS), suites, groups."""
     return {
         "profile": policy.name,
@@ -55,18 +58,31 @@ def context(policy: Policy, caps: HostCaps, cert_file: str | None = None,
     }
 
 
-def render(policy: Policy, caps: HostCaps, cert_file: str | None = None,
-           key_file: str | None = None) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+def render(
+    policy: Policy, caps: HostCaps, cert_file: str | None = None, key_file: str | None = None
+) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     template = env.get_template(f"mailtls-{major(caps)}.conf.j2")
     return template.render(**context(policy, caps, cert_file, key_file))
 
 
 # The TLS-policy settings of both versions: set anywhere else with another value, one of these
 # may beat ours (certificate and DH file are not: per-name certificates are legitimate).
-POLICY_KEYS = ("ssl_min_protocol", "ssl_cipher_list", "ssl_cipher_suites", "ssl_curve_list",
-               "ssl_prefer_server_ciphers", "ssl_server_prefer_ciphers", "ssl_protocols")
+POLICY_KEYS = (
+    "ssl_min_protocol",
+    "ssl_cipher_list",
+    "ssl_cipher_suites",
+    "ssl_curve_list",
+    "ssl_prefer_server_ciphers",
+    "ssl_server_prefer_ciphers",
+    "ssl_protocols",
+)
 MAIN_CONF = "/etc/dovecot/dovecot.conf"
 
 
@@ -88,8 +104,11 @@ def readback(text: str) -> dict[str, str]:
     >>> readback("ssl_server_prefer_ciphers = server\nssl_min_protocol = TLSv1.2\n")
     {'ssl_server/prefer_ciphers': 'server', 'ssl_min_protocol': 'TLSv1.2'}
     """
-    return {(f"ssl_server/{k[len('ssl_server_'):]}" if k.startswith("ssl_server_") else k): v
-            for k, v in settings_of(text).items() if k in POLICY_KEYS}
+    return {
+        (f"ssl_server/{k[len('ssl_server_') :]}" if k.startswith("ssl_server_") else k): v
+        for k, v in settings_of(text).items()
+        if k in POLICY_KEYS
+    }
 
 
 def _unquote(value: str) -> str:
@@ -149,13 +168,21 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
             if eq and key in POLICY_KEYS and "{" not in key:
                 value = _unquote(value.strip().rstrip("}").strip())
                 if value != ours.get(key):
-                    where = f"inside '{stack[-1]} {{'" if stack else (
-                        f"read after {conf_path}" if seen_ours else "")
+                    where = (
+                        f"inside '{stack[-1]} {{'"
+                        if stack
+                        else (f"read after {conf_path}" if seen_ours else "")
+                    )
                     if where:
-                        want = (f"or set it to {ours[key]}" if key in ours
-                                else "the setting is not used by this Dovecot")
-                        found.append(f"{path}:{lineno}: {key} = {value} ({where}) overrides the "
-                                     f"mailtls policy: remove this line ({want})")
+                        want = (
+                            f"or set it to {ours[key]}"
+                            if key in ours
+                            else "the setting is not used by this Dovecot"
+                        )
+                        found.append(
+                            f"{path}:{lineno}: {key} = {value} ({where}) overrides the "
+                            f"mailtls policy: remove this line ({want})"
+                        )
             for ch in code:
                 if ch == "{":
                     stack.append(code.split("{", 1)[0].strip())

@@ -80,8 +80,18 @@ class CronNameLines(FactBase[int]):
 
     def command(self, cron_name: str, user: str | None = None) -> StringCommand:
         user_args = ["-u", QuoteString(user)] if user else []
-        return StringCommand("crontab", *user_args, "-l", "2>/dev/null", "|", "grep", "-cxF",
-                             QuoteString(f"# pyinfra-name={cron_name}"), "||", "true")
+        return StringCommand(
+            "crontab",
+            *user_args,
+            "-l",
+            "2>/dev/null",
+            "|",
+            "grep",
+            "-cxF",
+            QuoteString(f"# pyinfra-name={cron_name}"),
+            "||",
+            "true",
+        )
 
     def process(self, output: list[str]) -> int:
         return int(output[0]) if output and output[0].strip().isdigit() else 0
@@ -105,8 +115,12 @@ class MailHost(FactBase):
 
     def command(self, files=(), guard: str = "") -> str:
         quoted = " ".join(shlex.quote(f) for f in files) or "''"
-        return (_SCRIPT.replace("{files}", quoted).replace("{guard}", shlex.quote(guard))
-                .replace("{keys}", "|".join(POLICY_KEYS)).replace("{ours}", CONF_PATH.rsplit("/", 1)[1]))
+        return (
+            _SCRIPT.replace("{files}", quoted)
+            .replace("{guard}", shlex.quote(guard))
+            .replace("{keys}", "|".join(POLICY_KEYS))
+            .replace("{ours}", CONF_PATH.rsplit("/", 1)[1])
+        )
 
     def process(self, output: list[str]) -> dict:
         sections: dict[str, list[str]] = {}

@@ -45,17 +45,28 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
     found here, before the deploy changes anything (refusals).
     """
     caps = info["caps"]
-    policy = resolve(settings.tls_profile, caps, pq_hybrid=settings.tls_pq_hybrid,
-                     dh_file=settings.dh_file, resumption=settings.tls_resumption)
+    policy = resolve(
+        settings.tls_profile,
+        caps,
+        pq_hybrid=settings.tls_pq_hybrid,
+        dh_file=settings.dh_file,
+        resumption=settings.tls_resumption,
+    )
     cert_plan = certs.plan(settings, caps.dovecot is not None, info["files"])
     pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
     refusals: list[str] = []
     postfix = None
     try:
         postfix = postfix_conf.render(
-            policy, caps, info["postconf"], info["services"], info.get("master_params", {}),
-            cert_file=pf_cert, key_file=pf_key,
-            submission=settings.postfix_submission, submissions=settings.postfix_submissions,
+            policy,
+            caps,
+            info["postconf"],
+            info["services"],
+            info.get("master_params", {}),
+            cert_file=pf_cert,
+            key_file=pf_key,
+            submission=settings.postfix_submission,
+            submissions=settings.postfix_submissions,
         )
     except postfix_conf.MasterCfError as exc:
         refusals.append(f"/etc/postfix/master.cf: {exc}")
@@ -66,7 +77,9 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
     verify = None
     if postfix is not None and not refusals:
         verify = probes.render(
-            policy, *probes.stable(postfix.main, postfix.params), postfix.remove,
+            policy,
+            *probes.stable(postfix.main, postfix.params),
+            postfix.remove,
             None if dovecot is None else dovecot_conf.readback(dovecot),
         )
     return HostConf(policy, cert_plan, postfix, dovecot, tuple(refusals), verify)

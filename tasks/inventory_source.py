@@ -27,7 +27,9 @@ def _target(text: str, where: str) -> tuple[str, dict]:
     if rest.startswith("["):
         host, bracket, tail = rest[1:].partition("]")
         if not bracket or (tail and not tail.startswith(":")):
-            raise InventoryError(f"{where}: bad host {text!r} (IPv6 with a port: [2001:db8::1]:2222)")
+            raise InventoryError(
+                f"{where}: bad host {text!r} (IPv6 with a port: [2001:db8::1]:2222)"
+            )
         colon, port = tail[:1], tail[1:]
         _ipv6(host, text, where)
     elif rest.count(":") > 1:  # a bare IPv6 address: no port
@@ -48,7 +50,9 @@ def _ipv6(address: str, text: str, where: str) -> None:
     try:
         ipaddress.IPv6Address(address)
     except ValueError:
-        raise InventoryError(f"{where}: bad IPv6 address in {text!r} (with a port: [2001:db8::1]:2222)") from None
+        raise InventoryError(
+            f"{where}: bad IPv6 address in {text!r} (with a port: [2001:db8::1]:2222)"
+        ) from None
 
 
 def parse_hosts_list(text: str) -> list:
@@ -87,7 +91,9 @@ def local_test_hosts(names: str | None = None) -> list:
     found = [(h.name, h.pyinfra_data()) for h, alive in th.status() if alive and h.name in wanted]
     if names and len(found) != len(wanted):
         missing = wanted - {n for n, _ in found}
-        raise InventoryError(f"MAILTLS_TESTHOSTS: no running test host {', '.join(sorted(missing))}")
+        raise InventoryError(
+            f"MAILTLS_TESTHOSTS: no running test host {', '.join(sorted(missing))}"
+        )
     if not found:
         raise InventoryError(
             "no hosts: set MAILTLS_HOSTS or MAILTLS_HOSTS_FILE, or start local test hosts with "

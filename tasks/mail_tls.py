@@ -25,8 +25,13 @@ from tasks.settings import Settings, data_defaults, host_settings
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
     """The files whose checksums the deploy's MailHost fact reads."""
-    return (ops.APPLY, dovecot_conf.CONF_PATH, probes.VERIFY_PATH, *dh.dh_fact_files(settings),
-            *certs.fact_files(settings))
+    return (
+        ops.APPLY,
+        dovecot_conf.CONF_PATH,
+        probes.VERIFY_PATH,
+        *dh.dh_fact_files(settings),
+        *certs.fact_files(settings),
+    )
 
 
 def unsupported(caps: HostCaps) -> str | None:
@@ -34,7 +39,9 @@ def unsupported(caps: HostCaps) -> str | None:
     if caps.postfix is None:
         return "Postfix is not installed"
     if caps.postfix[0] != 3 or caps.postfix[:2] < (3, 7):
-        return f"Postfix {'.'.join(map(str, caps.postfix))} is not supported (3.7 and later 3.x are)"
+        return (
+            f"Postfix {'.'.join(map(str, caps.postfix))} is not supported (3.7 and later 3.x are)"
+        )
     if caps.dovecot is not None:
         try:
             dovecot_conf.major(caps)
@@ -79,9 +86,11 @@ def mail_tls(settings: Settings | None = None) -> None:
     conf = host_conf.render(settings, info)
     policy = conf.policy
     if conf.refusals or conf.postfix is None or conf.verify is None:
-        ops.fail(name="Pre-flight: settings outside mailtls override the TLS policy",
-                 message="\n".join(f"{host.name}: {r}" for r in conf.refusals)
-                 + f"\n{host.name}: nothing was changed on this host")
+        ops.fail(
+            name="Pre-flight: settings outside mailtls override the TLS policy",
+            message="\n".join(f"{host.name}: {r}" for r in conf.refusals)
+            + f"\n{host.name}: nothing was changed on this host",
+        )
         return
     for note in (*policy.notes, *conf.postfix.notes):
         logger.warning(f"{host.name}: {note}")
@@ -91,35 +100,58 @@ def mail_tls(settings: Settings | None = None) -> None:
     # The safety net, and what its commit verifies after each reload (read-back values and
     # handshakes to try): one round trip.
     files, modes = info["files"], info["modes"]
-    ops.put_files(name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
-                  files=((apply_script, ops.APPLY, "0755", files.get(ops.APPLY), modes.get(ops.APPLY)),
-                         (conf.verify.encode(), probes.VERIFY_PATH, "0644",
-                          files.get(probes.VERIFY_PATH), modes.get(probes.VERIFY_PATH))))
+    ops.put_files(
+        name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
+        files=(
+            (apply_script, ops.APPLY, "0755", files.get(ops.APPLY), modes.get(ops.APPLY)),
+            (
+                conf.verify.encode(),
+                probes.VERIFY_PATH,
+                "0644",
+                files.get(probes.VERIFY_PATH),
+                modes.get(probes.VERIFY_PATH),
+            ),
+        ),
+    )
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     # pyinfra 3.10 types a @deploy's call as an operation's (keyword arguments, OperationMeta
     # result); a deploy returns its function's value.
     dh_changed = cast(bool, apply_dh(settings=settings, policy=policy, info=info))
     # Before the config that names the copies: they exist (checked) by the time it does.
-    cert_changed = cast("tuple[str, ...]",
-                        certs.apply_certs(settings=settings, info=info, p=conf.cert_plan))
+    cert_changed = cast(
+        "tuple[str, ...]", certs.apply_certs(settings=settings, info=info, p=conf.cert_plan)
+    )
 
-    pf_op = ops.postfix_settings(name="Postfix TLS settings (main.cf, master.cf)", conf=conf.postfix,
-                                 postconf=info["postconf"], services=info["services"],
-                                 master_params=info["master_params"])
+    pf_op = ops.postfix_settings(
+        name="Postfix TLS settings (main.cf, master.cf)",
+        conf=conf.postfix,
+        postconf=info["postconf"],
+        services=info["services"],
+        master_params=info["master_params"],
+    )
     reload = {"postfix": pf_op.will_change}
 
     if conf.dovecot is not None:
-        dc_op = ops.put_bytes(name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})", data=conf.dovecot.encode(),
-                              dest=dovecot_conf.CONF_PATH,
-                              current_sha256=files.get(dovecot_conf.CONF_PATH),
-                              current_mode=modes.get(dovecot_conf.CONF_PATH), pending=("dovecot",))
+        dc_op = ops.put_bytes(
+            name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})",
+            data=conf.dovecot.encode(),
+            dest=dovecot_conf.CONF_PATH,
+            current_sha256=files.get(dovecot_conf.CONF_PATH),
+            current_mode=modes.get(dovecot_conf.CONF_PATH),
+            pending=("dovecot",),
+        )
         reload["dovecot"] = dc_op.will_change
 
     # One commit for both, after every change: the daemons are checked, reloaded and probed at
     # the same time (Dovecot's fits in the second Postfix waits for a just-edited main.cf).
-    ops.commit(name="Postfix, Dovecot: check, reload, probe",
-               daemons=tuple(d for d, changed in reload.items()
-                             if changed or dh_changed or d in cert_changed or d in info["pending"]))
+    ops.commit(
+        name="Postfix, Dovecot: check, reload, probe",
+        daemons=tuple(
+            d
+            for d, changed in reload.items()
+            if changed or dh_changed or d in cert_changed or d in info["pending"]
+        ),
+    )
 
 
 @deploy("DH parameters")
@@ -149,19 +181,33 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     dh_op = None
     if p.params is not None and p.dh_file:
         readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
-        dh_op = ops.put_bytes(name=f"DH parameters: {p.params_why}", data=p.params.read_bytes(),
-                          dest=p.dh_file, current_sha256=files.get(p.dh_file),
-                          current_mode=modes.get(p.dh_file), pending=readers)
+        dh_op = ops.put_bytes(
+            name=f"DH parameters: {p.params_why}",
+            data=p.params.read_bytes(),
+            dest=p.dh_file,
+            current_sha256=files.get(p.dh_file),
+            current_mode=modes.get(p.dh_file),
+            pending=readers,
+        )
     elif p.dh_file:
         host.noop(f"{p.dh_file}: {p.params_why}")
 
     if p.rotation_files:
-        ops.put_bytes(name="DH rotation settings", dest=dh.ROTATE_CONF,
-                  data=dh.rotate_conf(settings).encode(), current_sha256=files.get(dh.ROTATE_CONF),
-                  current_mode=modes.get(dh.ROTATE_CONF))
-        ops.put_bytes(name="DH rotation script", data=dh.ROTATE_SCRIPT.read_bytes(), dest=dh.ROTATE_BIN,
-                  mode="0755", current_sha256=files.get(dh.ROTATE_BIN),
-                  current_mode=modes.get(dh.ROTATE_BIN))
+        ops.put_bytes(
+            name="DH rotation settings",
+            dest=dh.ROTATE_CONF,
+            data=dh.rotate_conf(settings).encode(),
+            current_sha256=files.get(dh.ROTATE_CONF),
+            current_mode=modes.get(dh.ROTATE_CONF),
+        )
+        ops.put_bytes(
+            name="DH rotation script",
+            data=dh.ROTATE_SCRIPT.read_bytes(),
+            dest=dh.ROTATE_BIN,
+            mode="0755",
+            current_sha256=files.get(dh.ROTATE_BIN),
+            current_mode=modes.get(dh.ROTATE_BIN),
+        )
 
     if p.cron is not None:
         minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()
@@ -170,7 +216,10 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
             command=dh.ROTATE_BIN,
             cron_name=dh.CRON_NAME,
             present=p.cron,
-            minute=minute, hour=hour, day_of_month=day_of_month, month=month,
+            minute=minute,
+            hour=hour,
+            day_of_month=day_of_month,
+            month=month,
             day_of_week=day_of_week,
         )
         if not p.cron:
@@ -182,11 +231,16 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
         ops.absent(name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files)
 
     if p.start_generation:
-        logger.info(f"{host.name}: DH: {p.generation_why}; generating {settings.dh_bits}-bit "
-                    f"parameters in the background (unit {dh.ROTATE_UNIT}; "
-                    "journalctl -t mailtls-dh-rotate)")
-        ops.start_generation(name=f"Generate {settings.dh_bits}-bit DH parameters in the background",
-                             unit=dh.ROTATE_UNIT, command=dh.ROTATE_BIN)
+        logger.info(
+            f"{host.name}: DH: {p.generation_why}; generating {settings.dh_bits}-bit "
+            f"parameters in the background (unit {dh.ROTATE_UNIT}; "
+            "journalctl -t mailtls-dh-rotate)"
+        )
+        ops.start_generation(
+            name=f"Generate {settings.dh_bits}-bit DH parameters in the background",
+            unit=dh.ROTATE_UNIT,
+            command=dh.ROTATE_BIN,
+        )
     elif p.dh_file and settings.dh_source == "generated":
         host.noop(f"DH generation: {p.generation_why}")
     return bool(dh_op and dh_op.will_change)

@@ -35,8 +35,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _upload(data: bytes, dest: str, mode: str, before: str | None = None,
-            after: str | None = None) -> list:
+def _upload(
+    data: bytes, dest: str, mode: str, before: str | None = None, after: str | None = None
+) -> list:
     """Write next to `dest`, then rename: the file is whole or absent, never half-written. A
     symlink at `dest` stays one: its target gets the data.
 
@@ -47,23 +48,42 @@ def _upload(data: bytes, dest: str, mode: str, before: str | None = None,
     first.append(f"mkdir -p {shlex.quote(str(Path(dest).parent))}")
     # The link's target, resolved on the host: `t` names the file written, "$t.mailtls-new" its temp.
     first.append(f"t=$(readlink -m -- {q_dest})")
-    install = 'chmod ' + mode + ' "$t.mailtls-new" && mv -f "$t.mailtls-new" "$t"' + (f" && {after}" if after else "")
+    install = (
+        "chmod "
+        + mode
+        + ' "$t.mailtls-new" && mv -f "$t.mailtls-new" "$t"'
+        + (f" && {after}" if after else "")
+    )
     if len(data) <= INLINE_MAX:
         # Hidden: -vv output shows the command with a placeholder, not the file's bytes.
         blob = HiddenValue(shlex.quote(base64.b64encode(data).decode()), f"<{len(data)} bytes>")
-        return [StringCommand(" && ".join(first), "&& printf %s", blob,
-                              f'| base64 -d > "$t.mailtls-new" && {install}')]
+        return [
+            StringCommand(
+                " && ".join(first),
+                "&& printf %s",
+                blob,
+                f'| base64 -d > "$t.mailtls-new" && {install}',
+            )
+        ]
     tmp = f"{dest}.mailtls-new"
     return [
         StringCommand(" && ".join(first)),
         FileUploadCommand(io.BytesIO(data), tmp),
-        StringCommand(f"t=$(readlink -m -- {q_dest}) && mv -f {shlex.quote(tmp)} \"$t.mailtls-new\" && {install}"),
+        StringCommand(
+            f't=$(readlink -m -- {q_dest}) && mv -f {shlex.quote(tmp)} "$t.mailtls-new" && {install}'
+        ),
     ]
 
 
 @operation()
-def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | None = None,
-              current_mode: str | None = None, pending: tuple[str, ...] = ()):
+def put_bytes(
+    data: bytes,
+    dest: str,
+    mode: str = "0644",
+    current_sha256: str | None = None,
+    current_mode: str | None = None,
+    pending: tuple[str, ...] = (),
+):
     """Put `data` at `dest` with `mode` unless its checksum (from the MailHost fact) already
     matches; a file with the right bytes but another mode only gets a chmod (as files.put does).
 
@@ -87,8 +107,14 @@ def put_bytes(data: bytes, dest: str, mode: str = "0644", current_sha256: str | 
     yield from commands
 
 
-def _put_commands(data: bytes, dest: str, mode: str, current_sha256: str | None,
-                  current_mode: str | None, pending: tuple[str, ...] = ()) -> list:
+def _put_commands(
+    data: bytes,
+    dest: str,
+    mode: str,
+    current_sha256: str | None,
+    current_mode: str | None,
+    pending: tuple[str, ...] = (),
+) -> list:
     """What put_bytes runs: nothing when bytes and mode match, a chmod when only the mode differs
     (same bytes: nothing for a daemon to reload; chmod acts on a symlink's target, as the upload
     writes it), else the upload, between mailtls-apply's begin and written for each daemon."""
@@ -121,8 +147,9 @@ def put_files(files: tuple[tuple[bytes, str, str, str | None, str | None], ...])
     # One command each (inline uploads, chmods) joined into one; SFTP uploads on their own.
     single = [c[0] for c in per_file if len(c) == 1]
     if single:
-        yield StringCommand(*[part for i, c in enumerate(single)
-                              for part in ((["&&"] if i else []) + list(c.bits))])
+        yield StringCommand(
+            *[part for i, c in enumerate(single) for part in ((["&&"] if i else []) + list(c.bits))]
+        )
     for commands in per_file:
         if len(commands) > 1:
             yield from commands
@@ -163,9 +190,18 @@ def start_generation(unit: str, command: str):
                          unit=dh.ROTATE_UNIT, command=dh.ROTATE_BIN)
     """
     yield StringCommand(
-        "systemctl", "is-active", "--quiet", QuoteString(unit), "||",
-        "systemd-run", "--no-block", "--collect", "--quiet", QuoteString(f"--unit={unit}"),
-        QuoteString("--description=mailtls: generate DH parameters"), QuoteString(command),
+        "systemctl",
+        "is-active",
+        "--quiet",
+        QuoteString(unit),
+        "||",
+        "systemd-run",
+        "--no-block",
+        "--collect",
+        "--quiet",
+        QuoteString(f"--unit={unit}"),
+        QuoteString("--description=mailtls: generate DH parameters"),
+        QuoteString(command),
     )
 
 
@@ -190,8 +226,19 @@ def cron_name_absent(cron_name: str, user: str | None = None):
         host.noop(f"no cron job named {cron_name}")
         return
     user_args = ["-u", QuoteString(user)] if user else []
-    yield StringCommand("crontab", *user_args, "-l", "|", "grep", "-vxF", QuoteString(comment),
-                        "|", "crontab", *user_args, "-")
+    yield StringCommand(
+        "crontab",
+        *user_args,
+        "-l",
+        "|",
+        "grep",
+        "-vxF",
+        QuoteString(comment),
+        "|",
+        "crontab",
+        *user_args,
+        "-",
+    )
 
 
 def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
@@ -215,13 +262,20 @@ def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True
     else:
         edits, new = todo.main, []
     for batch in ([edits] if edits else []) + new:
-        commands.append("postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in batch.items()))
+        commands.append(
+            "postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in batch.items())
+        )
     if todo.remove:
         commands.append("postconf -X " + " ".join(todo.remove))
     if todo.services:
-        commands.append("postconf -M " + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items()))
+        commands.append(
+            "postconf -M "
+            + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items())
+        )
     if todo.params:
-        commands.append("postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items()))
+        commands.append(
+            "postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items())
+        )
     if todo.unset:  # TLS-policy -o overrides that would beat main.cf's policy
         commands.append("postconf -PX " + " ".join(shlex.quote(k) for k in todo.unset))
     return commands
@@ -244,9 +298,11 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
     if not todo:
         host.noop("Postfix TLS settings are in place")
         return
-    commands = [f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
-                *postconf_commands(todo, postconf),
-                f"{APPLY} written postfix {' '.join(POSTFIX_FILES)}"]
+    commands = [
+        f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
+        *postconf_commands(todo, postconf),
+        f"{APPLY} written postfix {' '.join(POSTFIX_FILES)}",
+    ]
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does
     # between separate commands.
     yield " && ".join(commands)

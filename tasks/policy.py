@@ -101,6 +101,7 @@ DEFAULT_PROFILE = "intermediate"
 # secret. TLS 1.3 resumption in OpenSSL always adds a fresh (EC)DHE (psk_dhe_ke; psk_ke needs
 # SSL_OP_ALLOW_NO_DHE_KEX, which neither daemon sets), so only TLS 1.2 bounds the window.
 
+
 @dataclass(frozen=True)
 class Resumption:
     """One resumption policy.
@@ -199,8 +200,14 @@ def offers_pq_hybrid(caps: HostCaps, pq_hybrid: bool = True) -> bool:
     return pq_hybrid and caps.openssl[:2] >= PQ_MIN_OPENSSL
 
 
-def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: str | None = None,
-            resumption: str = DEFAULT_RESUMPTION) -> Policy:
+def resolve(
+    profile: str,
+    caps: HostCaps,
+    *,
+    pq_hybrid: bool = True,
+    dh_file: str | None = None,
+    resumption: str = DEFAULT_RESUMPTION,
+) -> Policy:
     """The policy for `profile` on a host with `caps`.
 
     pq_hybrid: offer X25519MLKEM768 first where the host's OpenSSL can (>= 3.5).
@@ -210,7 +217,9 @@ def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: st
     if profile not in PROFILES:
         raise ValueError(f"unknown TLS profile {profile!r}; choose one of {', '.join(PROFILES)}")
     if resumption not in RESUMPTION:
-        raise ValueError(f"unknown resumption policy {resumption!r}; choose one of {', '.join(RESUMPTION)}")
+        raise ValueError(
+            f"unknown resumption policy {resumption!r}; choose one of {', '.join(RESUMPTION)}"
+        )
     prof = PROFILES[profile]
     groups = ((PQ_HYBRID,) if offers_pq_hybrid(caps, pq_hybrid) else ()) + CLASSIC_GROUPS
     notes = []
@@ -224,11 +233,15 @@ def resolve(profile: str, caps: HostCaps, *, pq_hybrid: bool = True, dh_file: st
             )
     else:
         dh_file = None
-    return Policy(profile=prof, groups=groups, dh_file=dh_file, notes=tuple(notes),
-                  resumption=RESUMPTION[resumption])
+    return Policy(
+        profile=prof,
+        groups=groups,
+        dh_file=dh_file,
+        notes=tuple(notes),
+        resumption=RESUMPTION[resumption],
+    )
 
 
 def protocols_at_least(minimum: str) -> tuple[str, ...]:
     """The protocol versions a floor admits: 'TLSv1.2' -> ('TLSv1.2', 'TLSv1.3')."""
-    return PROTOCOLS[PROTOCOLS.index(minimum):]
-
+    return PROTOCOLS[PROTOCOLS.index(minimum) :]

@@ -27,18 +27,35 @@ SERVICES = {
 # Mandatory-TLS port -> the name of the service created when nothing listens on it.
 MANDATORY_PORTS = {587: "submission", 465: "submissions"}
 # Service names (services(5), as Debian's /etc/services spells them) of the ports that matter here.
-PORT_NAMES = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465, "ssmtp": 465,
-              "urd": 465}
+PORT_NAMES = {
+    "smtp": 25,
+    "submission": 587,
+    "submissions": 465,
+    "smtps": 465,
+    "ssmtp": 465,
+    "urd": 465,
+}
 # TLS-policy parameters: a master.cf -o override of one of these on a mail-facing smtpd
 # service would serve something else than main.cf's policy. Everything else (SASL,
 # restrictions, milters, syslog_name, ...) is the admin's and is never touched.
-POLICY_PARAMS = frozenset({
-    "smtpd_tls_protocols", "smtpd_tls_mandatory_protocols", "smtpd_tls_ciphers",
-    "smtpd_tls_mandatory_ciphers", "tls_high_cipherlist", "tls_medium_cipherlist",
-    "tls_low_cipherlist", "tls_preempt_cipherlist", "tls_eecdh_auto_curves",
-    "tls_ffdhe_auto_groups", "tls_ssl_options", "smtpd_tls_eecdh_grade",
-    "smtpd_tls_dh1024_param_file", "smtpd_tls_dh512_param_file",
-})
+POLICY_PARAMS = frozenset(
+    {
+        "smtpd_tls_protocols",
+        "smtpd_tls_mandatory_protocols",
+        "smtpd_tls_ciphers",
+        "smtpd_tls_mandatory_ciphers",
+        "tls_high_cipherlist",
+        "tls_medium_cipherlist",
+        "tls_low_cipherlist",
+        "tls_preempt_cipherlist",
+        "tls_eecdh_auto_curves",
+        "tls_ffdhe_auto_groups",
+        "tls_ssl_options",
+        "smtpd_tls_eecdh_grade",
+        "smtpd_tls_dh1024_param_file",
+        "smtpd_tls_dh512_param_file",
+    }
+)
 
 
 class MasterCfError(ValueError):
@@ -98,12 +115,13 @@ def listeners(services: Mapping[str, str]) -> dict[int, list[Service]]:
             by_port.setdefault(svc.port, []).append(svc)
     for port, found in by_port.items():
         for i, a in enumerate(found):
-            for b in found[i + 1:]:
+            for b in found[i + 1 :]:
                 if _overlap(a, b):
                     raise MasterCfError(
                         f"master.cf has two services on port {port}: {a.key.split('/')[0]!r} and "
                         f"{b.key.split('/')[0]!r} (Postfix uses only the last one): remove or "
-                        "comment out one of them, then run the deploy again")
+                        "comment out one of them, then run the deploy again"
+                    )
     return by_port
 
 
@@ -127,8 +145,12 @@ class PostfixConf:
     def __bool__(self) -> bool:
         return bool(self.main or self.remove or self.services or self.params or self.unset)
 
-    def missing_from(self, postconf: Mapping[str, str], services: Mapping[str, str],
-                     master_params: Mapping[str, str]) -> PostfixConf:
+    def missing_from(
+        self,
+        postconf: Mapping[str, str],
+        services: Mapping[str, str],
+        master_params: Mapping[str, str],
+    ) -> PostfixConf:
         """The part of this config a host does not have yet, given its `postconf -n`, `-M` and
         `-P` (the MailHost fact). Empty (false) when the host is converged."""
         return PostfixConf(
@@ -144,8 +166,13 @@ def _at_least(version, minimum) -> bool:
     return version is not None and tuple(version[: len(minimum)]) >= minimum
 
 
-def main_cf(policy: Policy, caps: HostCaps, current: Mapping[str, str],
-            cert_file: str | None = None, key_file: str | None = None) -> dict[str, str]:
+def main_cf(
+    policy: Policy,
+    caps: HostCaps,
+    current: Mapping[str, str],
+    cert_file: str | None = None,
+    key_file: str | None = None,
+) -> dict[str, str]:
     """main.cf settings. `current` is `postconf -n` (explicit settings) as a dict."""
     main = {
         # Port 25: opportunistic TLS. A failed handshake makes senders fall back to plaintext,
@@ -200,9 +227,14 @@ def removed(policy: Policy) -> tuple[str, ...]:
     return OBSOLETE + (() if policy.dh_file else ("smtpd_tls_dh1024_param_file",))
 
 
-def master_cf(policy: Policy, present: Mapping[str, str], submission: bool = True,
-              submissions: bool = True, main: Mapping[str, str] | None = None,
-              master_params: Mapping[str, str] | None = None) -> MasterPlan:
+def master_cf(
+    policy: Policy,
+    present: Mapping[str, str],
+    submission: bool = True,
+    submissions: bool = True,
+    main: Mapping[str, str] | None = None,
+    master_params: Mapping[str, str] | None = None,
+) -> MasterPlan:
     """The master.cf changes for the mail ports, found by what each service listens on.
 
     `present` is `postconf -M` keyed by 'name/type', `master_params` its `postconf -P`, `main` the
@@ -227,8 +259,10 @@ def master_cf(policy: Policy, present: Mapping[str, str], submission: bool = Tru
             found = [parse_service(key, SERVICES[key])]
         for svc in found:
             if svc.command != "smtpd":
-                notes.append(f"port {port} is served by {svc.key.split('/')[0]!r} running "
-                             f"{svc.command!r}, not smtpd: left as it is")
+                notes.append(
+                    f"port {port} is served by {svc.key.split('/')[0]!r} running "
+                    f"{svc.command!r}, not smtpd: left as it is"
+                )
                 continue
             overrides = {
                 "smtpd_tls_security_level": "encrypt",  # TLS is required here: the strict policy
@@ -251,9 +285,18 @@ def master_cf(policy: Policy, present: Mapping[str, str], submission: bool = Tru
     return MasterPlan(create=create, params=params, unset=tuple(unset), notes=tuple(notes))
 
 
-def render(policy: Policy, caps: HostCaps, current: Mapping[str, str], services: Mapping[str, str],
-           master_params: Mapping[str, str] | None = None, *, cert_file: str | None = None, key_file: str | None = None, submission: bool = True,
-           submissions: bool = True) -> PostfixConf:
+def render(
+    policy: Policy,
+    caps: HostCaps,
+    current: Mapping[str, str],
+    services: Mapping[str, str],
+    master_params: Mapping[str, str] | None = None,
+    *,
+    cert_file: str | None = None,
+    key_file: str | None = None,
+    submission: bool = True,
+    submissions: bool = True,
+) -> PostfixConf:
     """The Postfix config for `policy` on a host whose `postconf -n` is `current`, `postconf -M`
     `services` and `postconf -P` `master_params`. Raises MasterCfError (nothing to change
     safely) when master.cf has two services on one mail port."""

@@ -44,12 +44,18 @@ class Probe:
     args: tuple[str, ...]  # openssl s_client arguments
 
     def line(self) -> str:
-        return (f"probe {self.daemon} {self.port} {self.starttls or '-'} {self.expect} "
-                f"{' '.join(self.args)} -- {self.what}")
+        return (
+            f"probe {self.daemon} {self.port} {self.starttls or '-'} {self.expect} "
+            f"{' '.join(self.args)} -- {self.what}"
+        )
 
 
 def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> list[Probe]:
-    floor = policy.opportunistic_min_protocol if port in OPPORTUNISTIC else policy.mandatory_min_protocol
+    floor = (
+        policy.opportunistic_min_protocol
+        if port in OPPORTUNISTIC
+        else policy.mandatory_min_protocol
+    )
 
     def p(expect, what, *args):
         return Probe(daemon, port, starttls, expect, what, args)
@@ -57,13 +63,40 @@ def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> l
     out = [p("refuse", "TLS 1.1", "-tls1_1", "-cipher", "DEFAULT" + LEGACY_CLIENT)]
     if floor == "TLSv1.2":
         out += [
-            p("refuse", "TLS 1.2 with RSA key exchange only", "-tls1_2", "-cipher", "kRSA" + LEGACY_CLIENT),
-            p("refuse", "TLS 1.2 with non-AEAD suites only", "-tls1_2", "-cipher", NON_AEAD + LEGACY_CLIENT),
+            p(
+                "refuse",
+                "TLS 1.2 with RSA key exchange only",
+                "-tls1_2",
+                "-cipher",
+                "kRSA" + LEGACY_CLIENT,
+            ),
+            p(
+                "refuse",
+                "TLS 1.2 with non-AEAD suites only",
+                "-tls1_2",
+                "-cipher",
+                NON_AEAD + LEGACY_CLIENT,
+            ),
         ]
         if not policy.offers_dhe:
-            out.append(p("refuse", "TLS 1.2 with DHE suites only", "-tls1_2", "-cipher", "kDHE" + LEGACY_CLIENT))
-        out.append(p("accept", "TLS 1.2 with the profile's suites", "-tls1_2", "-cipher",
-                     ":".join(policy.tls12_suites)))
+            out.append(
+                p(
+                    "refuse",
+                    "TLS 1.2 with DHE suites only",
+                    "-tls1_2",
+                    "-cipher",
+                    "kDHE" + LEGACY_CLIENT,
+                )
+            )
+        out.append(
+            p(
+                "accept",
+                "TLS 1.2 with the profile's suites",
+                "-tls1_2",
+                "-cipher",
+                ":".join(policy.tls12_suites),
+            )
+        )
     else:
         out.append(p("refuse", "TLS 1.2", "-tls1_2", "-cipher", "DEFAULT" + LEGACY_CLIENT))
     out.append(p("accept", "TLS 1.3", "-tls1_3"))
@@ -72,8 +105,12 @@ def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> l
 
 def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) -> list[Probe]:
     """Every probe of every TLS port of `daemons` under `policy`."""
-    return [probe for daemon in daemons for port, starttls in PORTS[daemon].items()
-            for probe in _for_port(policy, daemon, port, starttls)]
+    return [
+        probe
+        for daemon in daemons
+        for port, starttls in PORTS[daemon].items()
+        for probe in _for_port(policy, daemon, port, starttls)
+    ]
 
 
 # Set only on the first run (TLS off before, a service the deploy creates): a verify file with
@@ -84,12 +121,19 @@ FIRST_RUN_ONLY = ("smtpd_tls_security_level", "smtp_tls_security_level", "syslog
 def stable(main: dict[str, str], params: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """The main.cf and master.cf settings to read back: the same on every run for one policy.
     The mandatory ports' `-o smtpd_tls_security_level=encrypt` stays (always set there)."""
-    return ({k: v for k, v in main.items() if k not in FIRST_RUN_ONLY},
-            {k: v for k, v in params.items() if not k.endswith("/syslog_name")})
+    return (
+        {k: v for k, v in main.items() if k not in FIRST_RUN_ONLY},
+        {k: v for k, v in params.items() if not k.endswith("/syslog_name")},
+    )
 
 
-def render(policy: Policy, postfix_main: dict[str, str], postfix_params: dict[str, str],
-           postfix_removed: tuple[str, ...], dovecot: dict[str, str] | None) -> str:
+def render(
+    policy: Policy,
+    postfix_main: dict[str, str],
+    postfix_params: dict[str, str],
+    postfix_removed: tuple[str, ...],
+    dovecot: dict[str, str] | None,
+) -> str:
     """The verify file: settings each daemon must report after the reload, then the probes.
 
     postfix_main: main.cf settings (`postconf -n` must show them); postfix_params: master.cf
@@ -97,8 +141,10 @@ def render(policy: Policy, postfix_main: dict[str, str], postfix_params: dict[st
     gone (a warning naming one of these, or any of the above, fails the commit); dovecot: the
     TLS settings `doveconf -f protocol=P` must report for every protocol, None without Dovecot.
     """
-    lines = ["# Written by the mailtls deploy: what `mailtls-apply commit` verifies after a reload.",
-             f"# Profile {policy.name}. Changes here are overwritten on the next deploy."]
+    lines = [
+        "# Written by the mailtls deploy: what `mailtls-apply commit` verifies after a reload.",
+        f"# Profile {policy.name}. Changes here are overwritten on the next deploy.",
+    ]
     lines += [f"postconf {k}={v}" for k, v in postfix_main.items()]
     lines += [f"postconf-P {k}={v}" for k, v in postfix_params.items()]
     lines += [f"postconf-X {k}" for k in postfix_removed]

@@ -41,11 +41,26 @@ CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
 # Directories others can write to (Debian): root would write the DH file through a name they can
 # predict or replace. The host's own directories are checked too (tasks/dh_guard.py).
-_SHARED_DIRS = ("/tmp/", "/var/tmp/", "/dev/shm/", "/run/lock/", "/var/lock/", "/var/mail/",
-                "/var/spool/mail/", "/var/crash/", "/run/user/", "/var/spool/postfix/")
+_SHARED_DIRS = (
+    "/tmp/",
+    "/var/tmp/",
+    "/dev/shm/",
+    "/run/lock/",
+    "/var/lock/",
+    "/var/mail/",
+    "/var/spool/mail/",
+    "/var/crash/",
+    "/run/user/",
+    "/var/spool/postfix/",
+)
 # Cron fields: (name, lowest, highest); day of week 7 is Sunday, as 0.
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12),
-                ("day of week", 0, 7))
+_CRON_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
 # [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, fullwidth), which cron refuses.
 _CRON_ITEM = re.compile(r"(\*|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?", re.ASCII)
 _BOOL_WORDS = {"on": True, "off": False, "yes": True, "no": False, "true": True, "false": False}
@@ -120,8 +135,10 @@ def _cron(value: Any) -> str:
     parts = value.split()
     # Only digits and * / , -: no @reboot, names, % (a newline to cron) or shell characters.
     if len(parts) != 5:
-        raise ValueError("expected five cron fields (minute hour day-of-month month day-of-week), "
-                         "e.g. '17 4 * * 0'")
+        raise ValueError(
+            "expected five cron fields (minute hour day-of-month month day-of-week), "
+            "e.g. '17 4 * * 0'"
+        )
     for part, (name, low, high) in zip(parts, _CRON_FIELDS, strict=True):
         _cron_field(part, name, low, high)
     return " ".join(parts)
@@ -139,7 +156,9 @@ def _ports(value: Any) -> tuple[int, ...]:
         if not text and isinstance(item, str):
             continue  # "25,587," as the audit always took it
         if isinstance(item, bool) or not text.isdigit() or int(text) not in MAIL_PORTS:
-            raise ValueError(f"{text!r} is not a mail port this audit knows ({', '.join(map(str, MAIL_PORTS))})")
+            raise ValueError(
+                f"{text!r} is not a mail port this audit knows ({', '.join(map(str, MAIL_PORTS))})"
+            )
         if int(text) not in ports:
             ports.append(int(text))
     if not ports:
@@ -185,61 +204,135 @@ NAMESPACE = "mailtls_"
 
 # The one table of user-facing settings. README's settings table is generated from it.
 SETTINGS: tuple[Setting, ...] = (
-    Setting("tls_profile", "intermediate", _choice(*PROFILES),
-            "TLS profile: intermediate (TLS >= 1.2, ECDHE + AEAD), modern (TLS 1.3 only where TLS "
-            "is mandatory; port 25 keeps the intermediate floor), legacy-dhe (adds DHE suites and a "
-            "DH file)."),
-    Setting("tls_pq_hybrid", True, _bool,
-            "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
-            ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes)."),
-    Setting("tls_resumption", DEFAULT_RESUMPTION, _choice(*RESUMPTION),
-            "Session resumption: bounded (Postfix resumes TLS 1.2 by ticket with ticket keys usable "
-            "for at most one hour, lifetime hint 4800 s; Dovecot issues no TLS 1.2 tickets) or off (no "
-            "resumption: every session a full handshake). TLS 1.3 resumption always adds a fresh "
-            "(EC)DHE. See docs/resumption.md.", alias=False),
-    Setting("postfix_cert_file", None, _path_or_none,
-            "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
-            "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has."),
-    Setting("postfix_key_file", None, _path_or_none,
-            "Postfix private key, as for the certificate; unset keeps what main.cf has."),
-    Setting("dovecot_cert_file", None, _path_or_none,
-            "Dovecot certificate (chain), as for Postfix's; unset keeps what Dovecot uses now."),
-    Setting("dovecot_key_file", None, _path_or_none,
-            "Dovecot private key; unset keeps what Dovecot uses now."),
-    Setting("postfix_submission", True, _bool,
-            "Create the submission service (587, STARTTLS required) in master.cf when no service "
-            "listens on 587. Whatever serves 587 (submission, 587, [addr]:587) gets the "
-            "mandatory-TLS policy."),
-    Setting("postfix_submissions", True, _bool,
-            "Create the submissions service (465, implicit TLS) in master.cf when no service "
-            "listens on 465. Whatever serves 465 (smtps, submissions, 465, [addr]:465) gets the "
-            "mandatory-TLS policy."),
-    Setting("dh_source", "ffdhe3072", _choice("ffdhe3072", "ffdhe4096", "generated"),
-            "DH parameters for profiles with DHE: an RFC 7919 group shipped in files/dh/ "
-            "(ffdhe3072, ffdhe4096) or safe-prime parameters generated on the host (generated)."),
-    Setting("dh_bits", 3072, _dh_bits,
-            "Size of generated DH parameters: 2048, 3072 or 4096 (dh_source=generated only)."),
-    Setting("dh_file", "/etc/ssl/mailtls/dh.pem", _path,
-            "Where the DH parameter file lives on the host (used by Postfix and Dovecot)."),
-    Setting("dh_rotation", False, _bool,
-            "Regenerate the DH parameters by cron (dh_source=generated only; a fixed RFC 7919 "
-            "group never changes, so rotating it would do nothing)."),
-    Setting("dh_rotation_schedule", "17 4 * * 0", _cron,
-            "Cron schedule (minute hour day-of-month month day-of-week) of the DH rotation."),
-    Setting("cert_watch", True, _bool,
-            "Follow certificate renewals (any ACME client): when the certificate or key files set "
-            "above change, a timer checks the new pair, copies it to the files the daemons are "
-            "configured with and reloads them through the safety net; a broken pair is never "
-            "served (docs/certificates.md).", alias=False),
-    Setting("audit_ports", ",".join(map(str, DEFAULT_EXPECTED_PORTS)), _ports,
-            "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
-            "answer."),
+    Setting(
+        "tls_profile",
+        "intermediate",
+        _choice(*PROFILES),
+        "TLS profile: intermediate (TLS >= 1.2, ECDHE + AEAD), modern (TLS 1.3 only where TLS "
+        "is mandatory; port 25 keeps the intermediate floor), legacy-dhe (adds DHE suites and a "
+        "DH file).",
+    ),
+    Setting(
+        "tls_pq_hybrid",
+        True,
+        _bool,
+        "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
+        ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes).",
+    ),
+    Setting(
+        "tls_resumption",
+        DEFAULT_RESUMPTION,
+        _choice(*RESUMPTION),
+        "Session resumption: bounded (Postfix resumes TLS 1.2 by ticket with ticket keys usable "
+        "for at most one hour, lifetime hint 4800 s; Dovecot issues no TLS 1.2 tickets) or off (no "
+        "resumption: every session a full handshake). TLS 1.3 resumption always adds a fresh "
+        "(EC)DHE. See docs/resumption.md.",
+        alias=False,
+    ),
+    Setting(
+        "postfix_cert_file",
+        None,
+        _path_or_none,
+        "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
+        "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has.",
+    ),
+    Setting(
+        "postfix_key_file",
+        None,
+        _path_or_none,
+        "Postfix private key, as for the certificate; unset keeps what main.cf has.",
+    ),
+    Setting(
+        "dovecot_cert_file",
+        None,
+        _path_or_none,
+        "Dovecot certificate (chain), as for Postfix's; unset keeps what Dovecot uses now.",
+    ),
+    Setting(
+        "dovecot_key_file",
+        None,
+        _path_or_none,
+        "Dovecot private key; unset keeps what Dovecot uses now.",
+    ),
+    Setting(
+        "postfix_submission",
+        True,
+        _bool,
+        "Create the submission service (587, STARTTLS required) in master.cf when no service "
+        "listens on 587. Whatever serves 587 (submission, 587, [addr]:587) gets the "
+        "mandatory-TLS policy.",
+    ),
+    Setting(
+        "postfix_submissions",
+        True,
+        _bool,
+        "Create the submissions service (465, implicit TLS) in master.cf when no service "
+        "listens on 465. Whatever serves 465 (smtps, submissions, 465, [addr]:465) gets the "
+        "mandatory-TLS policy.",
+    ),
+    Setting(
+        "dh_source",
+        "ffdhe3072",
+        _choice("ffdhe3072", "ffdhe4096", "generated"),
+        "DH parameters for profiles with DHE: an RFC 7919 group shipped in files/dh/ "
+        "(ffdhe3072, ffdhe4096) or safe-prime parameters generated on the host (generated).",
+    ),
+    Setting(
+        "dh_bits",
+        3072,
+        _dh_bits,
+        "Size of generated DH parameters: 2048, 3072 or 4096 (dh_source=generated only).",
+    ),
+    Setting(
+        "dh_file",
+        "/etc/ssl/mailtls/dh.pem",
+        _path,
+        "Where the DH parameter file lives on the host (used by Postfix and Dovecot).",
+    ),
+    Setting(
+        "dh_rotation",
+        False,
+        _bool,
+        "Regenerate the DH parameters by cron (dh_source=generated only; a fixed RFC 7919 "
+        "group never changes, so rotating it would do nothing).",
+    ),
+    Setting(
+        "dh_rotation_schedule",
+        "17 4 * * 0",
+        _cron,
+        "Cron schedule (minute hour day-of-month month day-of-week) of the DH rotation.",
+    ),
+    Setting(
+        "cert_watch",
+        True,
+        _bool,
+        "Follow certificate renewals (any ACME client): when the certificate or key files set "
+        "above change, a timer checks the new pair, copies it to the files the daemons are "
+        "configured with and reloads them through the safety net; a broken pair is never "
+        "served (docs/certificates.md).",
+        alias=False,
+    ),
+    Setting(
+        "audit_ports",
+        ",".join(map(str, DEFAULT_EXPECTED_PORTS)),
+        _ports,
+        "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
+        "answer.",
+    ),
     Setting("audit_log_hours", 24, _hours, "Audit: window of the mail-log report, in hours."),
-    Setting("audit_json", None, _json_path,
-            "Audit: where the JSON results go on the controller (`{host}` is replaced); unset: "
-            "$MAILTLS_AUDIT_JSON, else audit-results/HOST.json."),
-    Setting("audit_exclude_self", True, _bool,
-            "Audit: leave the auditing controller's own handshakes out of the log report."),
+    Setting(
+        "audit_json",
+        None,
+        _json_path,
+        "Audit: where the JSON results go on the controller (`{host}` is replaced); unset: "
+        "$MAILTLS_AUDIT_JSON, else audit-results/HOST.json.",
+    ),
+    Setting(
+        "audit_exclude_self",
+        True,
+        _bool,
+        "Audit: leave the auditing controller's own handshakes out of the log report.",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 _ALIASES = {s.key: s for s in SETTINGS if s.alias}
@@ -268,7 +361,9 @@ class Settings:
     audit_exclude_self: bool
 
 
-assert [f.name for f in fields(Settings)] == [s.key for s in SETTINGS], "Settings and SETTINGS differ"
+assert [f.name for f in fields(Settings)] == [s.key for s in SETTINGS], (
+    "Settings and SETTINGS differ"
+)
 
 
 def _unknown_in_namespace(data: Mapping[str, Any], host: str) -> None:
@@ -280,8 +375,9 @@ def _unknown_in_namespace(data: Mapping[str, Any], host: str) -> None:
                 hint = f" (did you mean {norm}?)"
             else:
                 close = difflib.get_close_matches(norm, _BY_NAME, n=1, cutoff=0.6)
-                hint = f" (did you mean {close[0]}?)" if close else \
-                    f" (ours: {', '.join(_BY_NAME)})"
+                hint = (
+                    f" (did you mean {close[0]}?)" if close else f" (ours: {', '.join(_BY_NAME)})"
+                )
             raise SettingsError(f"{host}: unknown setting {key!r}{hint}")
 
 
@@ -309,8 +405,11 @@ def validate(data: Mapping[str, Any], host: str) -> Settings:
     _unknown_in_namespace(data, host)
     values = {}
     for setting in SETTINGS:
-        given = [(name, data[name]) for name in (setting.name, setting.key if setting.alias else None)
-                 if name is not None and name in data]
+        given = [
+            (name, data[name])
+            for name in (setting.name, setting.key if setting.alias else None)
+            if name is not None and name in data
+        ]
         checked = []
         for name, raw in given or [(setting.name, setting.default)]:
             try:
@@ -319,8 +418,10 @@ def validate(data: Mapping[str, Any], host: str) -> Settings:
                 raise SettingsError(f"{host}: {name}={raw!r}: {exc}") from None
         if len({repr(value) for _, _, value in checked}) > 1:
             (new, new_raw, _), (old, old_raw, _) = checked
-            raise SettingsError(f"{host}: {new}={new_raw!r} and its old name {old}={old_raw!r} "
-                                f"disagree: set one of them")
+            raise SettingsError(
+                f"{host}: {new}={new_raw!r} and its old name {old}={old_raw!r} "
+                f"disagree: set one of them"
+            )
         values[setting.key] = checked[0][2]
     settings = Settings(**values)
     _check_combinations(settings, host)
@@ -330,11 +431,19 @@ def validate(data: Mapping[str, Any], host: str) -> Settings:
 
 def _check_cert_watch(s: Settings, host: str) -> None:
     """The watcher's copies are its own: no setting may name a file among them."""
-    for key in ("dh_file", "postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file"):
+    for key in (
+        "dh_file",
+        "postfix_cert_file",
+        "postfix_key_file",
+        "dovecot_cert_file",
+        "dovecot_key_file",
+    ):
         value = getattr(s, key)
         if value and value.startswith(CERT_COPIES_DIR + "/"):
-            raise SettingsError(f"{host}: {key}={value!r}: {CERT_COPIES_DIR}/ holds the copies the "
-                                "certificate watcher serves; name the files your ACME client writes")
+            raise SettingsError(
+                f"{host}: {key}={value!r}: {CERT_COPIES_DIR}/ holds the copies the "
+                "certificate watcher serves; name the files your ACME client writes"
+            )
 
 
 def notes(data: Mapping[str, Any]) -> list[str]:
@@ -347,8 +456,9 @@ def notes(data: Mapping[str, Any]) -> list[str]:
             continue
         close = difflib.get_close_matches(norm, _ALIASES, n=1, cutoff=0.85)
         if close:
-            out.append(f"{key!r} is not a mailtls setting, ignored (did you mean "
-                       f"{NAMESPACE}{close[0]}?)")
+            out.append(
+                f"{key!r} is not a mailtls setting, ignored (did you mean {NAMESPACE}{close[0]}?)"
+            )
     return out
 
 
@@ -356,24 +466,36 @@ def _check_combinations(s: Settings, host: str) -> None:
     if s.dh_rotation and s.dh_source != "generated":
         raise SettingsError(
             f"{host}: dh_rotation=true needs dh_source=generated (an RFC 7919 group such as "
-            f"{s.dh_source} is fixed: regenerating it changes nothing)")
+            f"{s.dh_source} is fixed: regenerating it changes nothing)"
+        )
     if s.dh_source != "generated" and s.dh_bits != 3072 and s.dh_bits != int(s.dh_source[5:]):
-        raise SettingsError(f"{host}: dh_bits={s.dh_bits} applies only to dh_source=generated "
-                            f"({s.dh_source} is {s.dh_source[5:]} bits)")
-    for cert, key in (("postfix_cert_file", "postfix_key_file"), ("dovecot_cert_file", "dovecot_key_file")):
+        raise SettingsError(
+            f"{host}: dh_bits={s.dh_bits} applies only to dh_source=generated "
+            f"({s.dh_source} is {s.dh_source[5:]} bits)"
+        )
+    for cert, key in (
+        ("postfix_cert_file", "postfix_key_file"),
+        ("dovecot_cert_file", "dovecot_key_file"),
+    ):
         if (getattr(s, cert) is None) != (getattr(s, key) is None):
             raise SettingsError(f"{host}: set {cert} and {key} together")
     # The deploy writes dh_file: it must not be (or sit among) the certificates and keys.
     for other in ("postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file"):
         if getattr(s, other) == s.dh_file:
-            raise SettingsError(f"{host}: dh_file={s.dh_file!r} is also {other}: the DH parameters "
-                                "would overwrite it")
+            raise SettingsError(
+                f"{host}: dh_file={s.dh_file!r} is also {other}: the DH parameters "
+                "would overwrite it"
+            )
     if s.dh_file.startswith(_CERT_DIRS) or not s.dh_file.endswith(".pem"):
-        raise SettingsError(f"{host}: dh_file={s.dh_file!r}: expected a .pem file outside "
-                            f"{' and '.join(_CERT_DIRS)} (the deploy writes it)")
+        raise SettingsError(
+            f"{host}: dh_file={s.dh_file!r}: expected a .pem file outside "
+            f"{' and '.join(_CERT_DIRS)} (the deploy writes it)"
+        )
     if s.dh_file.startswith(_SHARED_DIRS):
-        raise SettingsError(f"{host}: dh_file={s.dh_file!r}: other users can write to "
-                            f"{s.dh_file.rsplit('/', 1)[0]}; root must not write the DH file there")
+        raise SettingsError(
+            f"{host}: dh_file={s.dh_file!r}: other users can write to "
+            f"{s.dh_file.rsplit('/', 1)[0]}; root must not write the DH file there"
+        )
 
 
 def defaults() -> dict[str, Any]:
@@ -390,7 +512,11 @@ def markdown_table() -> str:
     """The README's settings table, generated from SETTINGS (a unit test keeps them equal)."""
     rows = ["| key | old name (alias) | default | what it does |", "|---|---|---|---|"]
     for s in SETTINGS:
-        default = "unset" if s.default is None else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        default = (
+            "unset"
+            if s.default is None
+            else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
+        )
         alias = f"`{s.key}`" if s.alias else "-"
         rows.append(f"| `{s.name}` | {alias} | {default} | {s.doc} |")
     return "\n".join(rows)

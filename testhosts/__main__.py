@@ -15,8 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     p_build = sub.add_parser("build", help="build (or reuse) the cached root filesystems")
     p_build.add_argument("suites", nargs="*", default=sorted(image.SUITES))
     p_up = sub.add_parser("up", help="start hosts, restarting any of the same name")
-    p_up.add_argument("names", nargs="*", help="e.g. bookworm trixie (suite from the name), "
-                      "web1:trixie+legacy465 (shaped by a variant)")
+    p_up.add_argument(
+        "names",
+        nargs="*",
+        help="e.g. bookworm trixie (suite from the name), "
+        "web1:trixie+legacy465 (shaped by a variant)",
+    )
     p_up.add_argument("--suite", choices=sorted(image.SUITES))
     p_up.add_argument("--count", type=int, help="start NAME1..NAMEcount for each name given")
     p_down = sub.add_parser("down", help="stop hosts and clear their leftovers")
@@ -61,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("name hosts or pass --all")
     elif args.cmd == "status":
         for h, alive in hosts.status():
-            print(f"{h.name}\t{h.suite}\t{h.address}\t{'running' if alive else 'dead'}\t{'+'.join(h.variants)}")
+            print(
+                f"{h.name}\t{h.suite}\t{h.address}\t{'running' if alive else 'dead'}\t{'+'.join(h.variants)}"
+            )
     elif args.cmd == "ssh":
         host = hosts.get(args.name)
         if not host:

@@ -80,16 +80,35 @@ class Host:
 
     def ssh_argv(self, *command: str) -> list[str]:
         return [
-            "ssh", "-i", str(KEY), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=3",
-            f"root@{self.address}", *command,
+            "ssh",
+            "-i",
+            str(KEY),
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=3",
+            f"root@{self.address}",
+            *command,
         ]
 
-    def ssh(self, command: str, check: bool = True, timeout: float = 120,
-            input: str | None = None) -> subprocess.CompletedProcess:
+    def ssh(
+        self, command: str, check: bool = True, timeout: float = 120, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         """Run a shell command on the host as root; text output captured."""
-        return subprocess.run(self.ssh_argv(command), check=check, timeout=timeout, text=True,
-                              capture_output=True, input=input)
+        return subprocess.run(
+            self.ssh_argv(command),
+            check=check,
+            timeout=timeout,
+            text=True,
+            capture_output=True,
+            input=input,
+        )
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -124,7 +143,9 @@ def _known() -> list[Host]:
 def _ensure_key() -> None:
     if not KEY.exists():
         KEY.parent.mkdir(parents=True, exist_ok=True)
-        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailtls-testhosts", "-f", str(KEY))
+        _run(
+            "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailtls-testhosts", "-f", str(KEY)
+        )
 
 
 def _is_our_nspawn(pid: int, name: str) -> bool:
@@ -256,12 +277,27 @@ def _boot(host: Host) -> int:
     env = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
     with open(host.log, "wb") as log:
         proc = subprocess.Popen(
-            ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
-             "-D", str(host.root), "-M", host.name,
-             f"--network-namespace-path=/run/netns/{host.netns}", "--console=read-only",
-             "--resolv-conf=off", "--timezone=off", "--link-journal=no"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=enter_cgroups, env=env,
+            [
+                "systemd-nspawn",
+                "--boot",
+                "--register=no",
+                "--keep-unit",
+                "--quiet",
+                "-D",
+                str(host.root),
+                "-M",
+                host.name,
+                f"--network-namespace-path=/run/netns/{host.netns}",
+                "--console=read-only",
+                "--resolv-conf=off",
+                "--timezone=off",
+                "--link-journal=no",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=enter_cgroups,
+            env=env,
         )
     return proc.pid
 
@@ -299,7 +335,9 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
             raise ValueError(f"bad host name {name!r}: lowercase letters and digits, 1-12 chars")
         s = own_suite or suite or re.sub(r"\d+$", "", name)
         if s not in image.SUITES:
-            raise ValueError(f"host {name!r}: no suite given and {s!r} is not one of {sorted(image.SUITES)}")
+            raise ValueError(
+                f"host {name!r}: no suite given and {s!r} is not one of {sorted(image.SUITES)}"
+            )
         plan.append((name, s))
     if len({n for n, _ in plan}) != len(plan):
         raise ValueError("duplicate host names")
@@ -316,11 +354,25 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
         for name, s in plan:
             host = Host(name=name, suite=s, index=_free_index(taken), variants=shapes[name])
             taken.add(host.index)
-            _state_file(name).write_text(json.dumps(asdict(host)))  # so `down` can clear a half-made host
+            _state_file(name).write_text(
+                json.dumps(asdict(host))
+            )  # so `down` can clear a half-made host
             host.root.mkdir(parents=True, exist_ok=True)
-            _run("mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", f"mailtls-{name}", str(host.root))
-            _run("tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-I", "zstd",
-                 "-C", str(host.root), "-xf", str(images[s]))
+            _run(
+                "mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", f"mailtls-{name}", str(host.root)
+            )
+            _run(
+                "tar",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
+                "-I",
+                "zstd",
+                "-C",
+                str(host.root),
+                "-xf",
+                str(images[s]),
+            )
             _write_identity(host)
             _network(host)
             host.pid = _boot(host)

@@ -27,14 +27,31 @@ SUITES = {"bookworm": "12", "trixie": "13"}
 # including what a shaping variant (testhosts/variants.py) switches on. rsyslog is installed
 # but masked: Debian 12/13 log to the journal only; the `rsyslog` variant unmasks it.
 PACKAGES = [
-    "openssh-server", "postfix", "dovecot-imapd", "dovecot-pop3d", "cron", "rsyslog",
-    "ca-certificates", "openssl", "ssl-cert", "procps", "iproute2", "systemd-sysv", "dbus",
+    "openssh-server",
+    "postfix",
+    "dovecot-imapd",
+    "dovecot-pop3d",
+    "cron",
+    "rsyslog",
+    "ca-certificates",
+    "openssl",
+    "ssl-cert",
+    "procps",
+    "iproute2",
+    "systemd-sysv",
+    "dbus",
 ]
 
 # Units that only make noise (or fail) in a container.
 MASKED_UNITS = [
-    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
-    "e2scrub_reap.service", "fstrim.timer", "getty@tty1.service", "systemd-pstore.service",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "dpkg-db-backup.timer",
+    "e2scrub_all.timer",
+    "e2scrub_reap.service",
+    "fstrim.timer",
+    "getty@tty1.service",
+    "systemd-pstore.service",
 ]
 
 # A test mailbox user; the password is for tests only (these hosts never leave this machine).
@@ -122,16 +139,40 @@ def build(suite: str, log=print) -> Path:
         try:
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             subprocess.run(
-                ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 suite, str(root), debian_mirror()],
-                check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    "debootstrap",
+                    "--variant=minbase",
+                    f"--include={','.join(PACKAGES)}",
+                    suite,
+                    str(root),
+                    debian_mirror(),
+                ],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
-            subprocess.run(["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],
-                           check=True, env=env, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                ["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],
+                check=True,
+                env=env,
+                stdout=subprocess.DEVNULL,
+            )
             partial = work / "image.tar.zst"
             subprocess.run(
-                ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-C", str(root),
-                 "-I", "zstd -T0 -3", "-cf", str(partial), "."],
+                [
+                    "tar",
+                    "--numeric-owner",
+                    "--xattrs",
+                    "--xattrs-include=*",
+                    "-C",
+                    str(root),
+                    "-I",
+                    "zstd -T0 -3",
+                    "-cf",
+                    str(partial),
+                    ".",
+                ],
                 check=True,
             )
             os.replace(partial, target)

@@ -75,11 +75,12 @@ systemctl enable --now rsyslog.service >/dev/null 2>&1
 for i in $(seq 50); do [ -e /var/log/mail.log ] && break; logger -p mail.info "mailtls-testhosts: rsyslog up"; sleep 0.1; done
 test -e /var/log/mail.log
 """,
-
     # What Debian <= 10's master.cf offered commented out and admins enabled ($mua_* restrictions
     # written out, as Debian's wiki and most guides did); Postfix 3.5 renamed smtps to submissions,
     # release upgrades keep the old entry. Same entries: docker-mailserver target/postfix/master.cf.
-    "legacy465": _DOVECOT_SASL + _POSTFIX_SASL_MAIN + r"""
+    "legacy465": _DOVECOT_SASL
+    + _POSTFIX_SASL_MAIN
+    + r"""
 cat >> /etc/postfix/master.cf <<'EOF'
 submission inet n       -       y       -       -       smtpd
   -o syslog_name=postfix/submission
@@ -98,7 +99,6 @@ smtps     inet  n       -       y       -       -       smtpd
   -o milter_macro_daemon_name=ORIGINATING
 EOF
 """,
-
     # Debian's dovecot.conf ends with `!include_try local.conf`: read after conf.d, so it beats
     # the deploy's 99-mailtls.conf. The line the deploy's error must name is the cipher list.
     "localconf": r"""
@@ -110,7 +110,6 @@ $prefer
 ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT
 EOF
 """,
-
     # A per-protocol TLS setting inside Debian's own `protocol pop3 {}` block (kept for an old
     # POP3 client): a protocol filter beats every global setting, whatever the file order, so
     # 110/995 keep RSA key exchange. The deploy must refuse, naming 20-pop3.conf and the line.
@@ -118,10 +117,10 @@ EOF
 sed -i '/^protocol pop3 {/a\  ssl_cipher_list = ALL:!aNULL:!eNULL' /etc/dovecot/conf.d/20-pop3.conf
 grep -q '^  ssl_cipher_list = ALL:!aNULL:!eNULL$' /etc/dovecot/conf.d/20-pop3.conf
 """,
-
     # The seed's 2014 blog post, applied years ago and never removed: main.cf and 10-ssl.conf.
     "hardened2014": _DH_FILE.format(path="/etc/postfix/dh2048.pem", bits=2048)
-    + _DH_FILE.format(path="/etc/postfix/dh512.pem", bits=512) + r"""
+    + _DH_FILE.format(path="/etc/postfix/dh512.pem", bits=512)
+    + r"""
 postconf -e 'smtpd_tls_eecdh_grade = ultra' \
   'smtpd_tls_dh1024_param_file = /etc/postfix/dh2048.pem' \
   'smtpd_tls_dh512_param_file = /etc/postfix/dh512.pem' \
@@ -150,11 +149,11 @@ ssl_cipher_list = ALL:!LOW:!SSLv2:!EXP:!aNULL
 EOF
 fi
 """,
-
     # POSTSCREEN_README's setup (same lines: modoboa-installer master.cf.tpl, mailcow
     # data/conf/postfix/master.cf); TLS on 25 is then tlsproxy (pre-handoff) and smtpd via `pass`.
     # `submission` with `may` is an admin's local choice seen in forum configs, not from the five.
-    "postscreen": _POSTSCREEN + r"""
+    "postscreen": _POSTSCREEN
+    + r"""
 postconf -e 'postscreen_access_list = permit_mynetworks' 'postscreen_greet_action = enforce' \
   'postscreen_dnsbl_action = enforce' 'postscreen_dnsbl_sites = zen.spamhaus.org*2'
 cat >> /etc/postfix/master.cf <<'EOF'
@@ -163,12 +162,14 @@ submission inet n       -       y       -       -       smtpd
   -o smtpd_tls_security_level=may
 EOF
 """,
-
     # mail-in-a-box/mailinabox setup/mail-postfix.sh (master.cf smtps/submission/authclean, main.cf
     # TLS lines), setup/dkim.sh (milters, milter_default_action=accept), setup/mail-users.sh (SASL
     # via Dovecot), setup/mail-dovecot.sh (10-ssl.conf, 10-auth.conf). Changed: regexp: instead of
     # pcre: (postfix-pcre is not in the image), a 2048-bit DH file instead of 4096 (shaping time).
-    "miab": _DOVECOT_SASL + _POSTFIX_SASL_MAIN + _DH_FILE.format(path="/etc/ssl/private/dh2048.pem", bits=2048) + r"""
+    "miab": _DOVECOT_SASL
+    + _POSTFIX_SASL_MAIN
+    + _DH_FILE.format(path="/etc/ssl/private/dh2048.pem", bits=2048)
+    + r"""
 cat >> /etc/postfix/master.cf <<'EOF'
 smtps     inet  n       -       -       -       -       smtpd
   -o smtpd_tls_wrappermode=yes
@@ -216,12 +217,12 @@ EOF
 fi
 echo 'auth_mechanisms = plain login' >> /etc/dovecot/conf.d/10-auth.conf
 """,
-
     # docker-mailserver/docker-mailserver target/postfix/master.cf: SASL type and path as -o
     # options of each service (not main.cf), `smtps` for 465, the amavis re-injection smtpd on
     # 127.0.0.1:10025 (no TLS). Its `smtp-amavis` transport is defined but, amavis being absent,
     # not used as content_filter (mail must still flow).
-    "dms": _DOVECOT_SASL + r"""
+    "dms": _DOVECOT_SASL
+    + r"""
 cat >> /etc/postfix/master.cf <<'EOF'
 submission inet n       -       n       -       -       smtpd
   -o syslog_name=postfix/submission
@@ -273,7 +274,6 @@ smtp-amavis     unix    -       -       n       -       2       smtp
   -o smtp_tls_security_level=none
 EOF
 """,
-
     # iredmail/iRedMail samples/postfix/master.cf (465 named by its port number, SASL on 465/587,
     # the amavis re-injection smtpd on 127.0.0.1:10025 with `-o smtpd_tls_security_level=none`)
     # and samples/dovecot/dovecot23.conf (SASL socket private/dovecot-auth; the global SSL lines
@@ -360,14 +360,17 @@ grep -q '^ssl_cipher_list = EECDH' /etc/dovecot/dovecot.conf.new
 mv /etc/dovecot/dovecot.conf.new /etc/dovecot/dovecot.conf
 rm /etc/dovecot/iredmail-ssl.tmp
 """,
-
     # mailcow/mailcow-dockerized data/conf/postfix/master.cf (postscreen, smtps with
     # -o tls_preempt_cipherlist, submission with smtpd_enforce_tls, 588/590 smtpd without TLS
     # options) and data/conf/dovecot/dovecot.conf (ssl_cipher_list/ssl_prefer_server_ciphers/
     # ssl_dh, `%k` in login_log_format_elements, `protocol imap {}`, `!include_try sni.conf`
     # whose `local_name` blocks carry per-name certificates). The file lives under /opt and is
     # symlinked into conf.d, as configuration-management checkouts often are.
-    "mailcow": _DOVECOT_SASL + _POSTFIX_SASL_MAIN + _POSTSCREEN + _DH_FILE.format(path="/etc/ssl/private/dhparams.pem", bits=2048) + r"""
+    "mailcow": _DOVECOT_SASL
+    + _POSTFIX_SASL_MAIN
+    + _POSTSCREEN
+    + _DH_FILE.format(path="/etc/ssl/private/dhparams.pem", bits=2048)
+    + r"""
 cat >> /etc/postfix/master.cf <<'EOF'
 smtps    inet  n       -       n       -       -       smtpd
   -o smtpd_tls_wrappermode=yes
@@ -439,11 +442,18 @@ ln -s /opt/mailcow/dovecot/mailcow.conf /etc/dovecot/conf.d/50-mailcow.conf
 }
 
 # Variants whose 465 / 587 offer AUTH PLAIN to the test user.
-SASL = {"legacy465": (465, 587), "miab": (465, 587), "dms": (465, 587), "mailcow": (465, 587),
-        "iredmail": (465, 587)}
+SASL = {
+    "legacy465": (465, 587),
+    "miab": (465, 587),
+    "dms": (465, 587),
+    "mailcow": (465, 587),
+    "iredmail": (465, 587),
+}
 # Variants the deploy must refuse: (file, line) its error must name.
-REFUSES = {"localconf": ("/etc/dovecot/local.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"),
-           "protocolssl": ("/etc/dovecot/conf.d/20-pop3.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL")}
+REFUSES = {
+    "localconf": ("/etc/dovecot/local.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"),
+    "protocolssl": ("/etc/dovecot/conf.d/20-pop3.conf", "ssl_cipher_list = ALL:!aNULL:!eNULL"),
+}
 
 # Restart (not reload: new listeners) and require both daemons up with a clean check.
 _FINISH = r"""
@@ -477,5 +487,7 @@ def shape(host, names) -> None:
         return
     res = host.ssh("sh -s", check=False, timeout=180, input=script(names, host.suite))
     if res.returncode != 0:
-        raise RuntimeError(f"{host.name}: shaping {'+'.join(names)} failed ({res.returncode}):\n"
-                           f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}")
+        raise RuntimeError(
+            f"{host.name}: shaping {'+'.join(names)} failed ({res.returncode}):\n"
+            f"{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+        )

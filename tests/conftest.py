@@ -45,19 +45,35 @@ def _up(specs: list[str]) -> list[th.Host]:
     return th.up(specs, log=lambda m: print(m, file=sys.stderr))
 
 
-def run_pyinfra(hosts, script: str = "deploy.py", *args: str, env: dict | None = None,
-                check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_pyinfra(
+    hosts,
+    script: str = "deploy.py",
+    *args: str,
+    env: dict | None = None,
+    check: bool = True,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
     """`pyinfra -y inventory.py SCRIPT ARGS` against local test hosts (named `hosts`, via
     MAILTLS_TESTHOSTS); output captured as text."""
     names = ",".join(h.name for h in (hosts if isinstance(hosts, (list, tuple)) else [hosts]))
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE")}
+    full_env = {
+        k: v for k, v in os.environ.items() if k not in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE")
+    }
     full_env.update(MAILTLS_TESTHOSTS=names, **(env or {}))  # env= may name a hosts file
     yes = [] if "--dry" in args else ["-y"]  # -y skips the change report a dry run exists for
-    res = subprocess.run([PYINFRA, *yes, "inventory.py", script, *args], cwd=ROOT, env=full_env,
-                         capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [PYINFRA, *yes, "inventory.py", script, *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and res.returncode != 0:
-        raise AssertionError(f"pyinfra {script} {' '.join(args)} failed ({res.returncode}):\n"
-                             f"{res.stdout[-4000:]}\n{res.stderr[-8000:]}")
+        raise AssertionError(
+            f"pyinfra {script} {' '.join(args)} failed ({res.returncode}):\n"
+            f"{res.stdout[-4000:]}\n{res.stderr[-8000:]}"
+        )
     return res
 
 

@@ -29,7 +29,11 @@ TLS_PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None, 110: "p
 FORBIDDEN = {
     "TLS 1.1": ("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0"),
     "TLS 1.2 RSA key exchange": ("-tls1_2", "-cipher", "kRSA:@SECLEVEL=0"),
-    "TLS 1.2 non-AEAD (ECDHE CBC)": ("-tls1_2", "-cipher", "ECDHE:!AESGCM:!AESCCM:!CHACHA20:!ARIAGCM:@SECLEVEL=0"),
+    "TLS 1.2 non-AEAD (ECDHE CBC)": (
+        "-tls1_2",
+        "-cipher",
+        "ECDHE:!AESGCM:!AESCCM:!CHACHA20:!ARIAGCM:@SECLEVEL=0",
+    ),
     "TLS 1.2 DHE only": ("-tls1_2", "-cipher", "kDHE:@SECLEVEL=0"),
     "TLS 1.3 FFDHE groups only": ("-tls1_3", "-groups", "ffdhe2048:ffdhe3072:ffdhe4096"),
 }
@@ -40,7 +44,9 @@ ALLOWED = {
 }
 
 _ESTABLISHED = re.compile(r"^New, (TLSv1(?:\.[0-3])?|SSLv3), Cipher is (?!\(NONE\))(\S+)", re.M)
-_PROTOCOL = re.compile(r"^\s+Protocol\s*:\s*(\S+)", re.M)  # negotiated ("New, X" is the suite's own minimum)
+_PROTOCOL = re.compile(
+    r"^\s+Protocol\s*:\s*(\S+)", re.M
+)  # negotiated ("New, X" is the suite's own minimum)
 _TEMP_KEY = re.compile(r"^(?:Server Temp Key|Negotiated TLS1\.3 group): (.+)$", re.M)
 
 
@@ -50,7 +56,9 @@ class Probe:
     name: str
     must_succeed: bool
     established: bool
-    detail: str  # "TLSv1.2 ECDHE-RSA-AES128-SHA (ECDH, prime256v1, 256 bits)" or openssl's last words
+    detail: (
+        str  # "TLSv1.2 ECDHE-RSA-AES128-SHA (ECDH, prime256v1, 256 bits)" or openssl's last words
+    )
 
     @property
     def ok(self) -> bool:
@@ -78,16 +86,29 @@ def handshake(out: str) -> tuple[bool, str]:
     m = _ESTABLISHED.search(out)
     if m:
         key, proto = _TEMP_KEY.search(out), _PROTOCOL.search(out)
-        return True, f"{proto.group(1) if proto else m.group(1)} {m.group(2)}" + (f" ({key.group(1)})" if key else "")
-    lines = [line for line in out.splitlines() if re.search(r"error|alert|errno|timeout|refused", line, re.I)]
+        return True, f"{proto.group(1) if proto else m.group(1)} {m.group(2)}" + (
+            f" ({key.group(1)})" if key else ""
+        )
+    lines = [
+        line
+        for line in out.splitlines()
+        if re.search(r"error|alert|errno|timeout|refused", line, re.I)
+    ]
     last = lines[-1] if lines else (out.strip().splitlines() or ["no output"])[-1]
     return False, last.strip()[:160]
 
 
 def _probe(address: str, port: int, name: str, args: tuple, must_succeed: bool) -> Probe:
     established, detail = handshake(s_client(address, port, *args))
-    if established and must_succeed and "ECDH" not in detail and "X25519" not in detail \
-            and "MLKEM" not in detail and "secp" not in detail and "prime256v1" not in detail:
+    if (
+        established
+        and must_succeed
+        and "ECDH" not in detail
+        and "X25519" not in detail
+        and "MLKEM" not in detail
+        and "secp" not in detail
+        and "prime256v1" not in detail
+    ):
         established, detail = False, f"established without ECDHE: {detail}"
     return Probe(port, name, must_succeed, established, detail)
 
@@ -141,7 +162,11 @@ def deliver(host, port: int = 25, timeout: float = 60) -> str:
         smtp.ehlo("controller.mailtls.test")
         smtp.starttls(context=_tls_context())
         smtp.ehlo("controller.mailtls.test")
-        smtp.sendmail("probe@controller.mailtls.test", [rcpt], f"Subject: {tag}\r\nTo: {rcpt}\r\n\r\nhello\r\n")
+        smtp.sendmail(
+            "probe@controller.mailtls.test",
+            [rcpt],
+            f"Subject: {tag}\r\nTo: {rcpt}\r\n\r\nhello\r\n",
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if tag in host.ssh(f"cat /var/mail/{TEST_USER}", check=False).stdout:
@@ -152,10 +177,13 @@ def deliver(host, port: int = 25, timeout: float = 60) -> str:
 
 def mail_log(host, lines: int = 100) -> str:
     """The host's newest mail-related log lines, from the journal (where Debian 12/13 keep them)."""
-    return host.ssh(f"journalctl -q --no-pager -o short-iso -n {int(lines)} "
-                    "-t postfix/smtpd -t postfix/smtps/smtpd -t postfix/submission/smtpd "
-                    "-t postfix/submissions/smtpd -t postfix/master -t postfix/postscreen -t postfix/local "
-                    "-t dovecot -u dovecot", check=False).stdout
+    return host.ssh(
+        f"journalctl -q --no-pager -o short-iso -n {int(lines)} "
+        "-t postfix/smtpd -t postfix/smtps/smtpd -t postfix/submission/smtpd "
+        "-t postfix/submissions/smtpd -t postfix/master -t postfix/postscreen -t postfix/local "
+        "-t dovecot -u dovecot",
+        check=False,
+    ).stdout
 
 
 # Resolve each enabled inet service of `postconf -M` to its port on the host (names via
@@ -208,7 +236,9 @@ def is_tls_key(key: str) -> bool:
 
 def postfix_state(host) -> dict[str, list[str]]:
     """postconf -n / -M / -P of the host, lines as printed."""
-    out = host.ssh("postconf -n 2>/dev/null; echo @@M; postconf -M 2>/dev/null; echo @@P; postconf -P 2>/dev/null").stdout
+    out = host.ssh(
+        "postconf -n 2>/dev/null; echo @@M; postconf -M 2>/dev/null; echo @@P; postconf -P 2>/dev/null"
+    ).stdout
     main, rest = out.split("@@M\n", 1)
     master, params = rest.split("@@P\n", 1)
     return {"main": main.splitlines(), "master": master.splitlines(), "params": params.splitlines()}
@@ -225,7 +255,7 @@ def non_tls_postfix(state: dict[str, list[str]]) -> dict[str, object]:
         while i < len(words):
             if words[i] == "-o" and i + 1 < len(words):
                 if not is_tls_key(words[i + 1].split("=", 1)[0]):
-                    kept += words[i:i + 2]
+                    kept += words[i : i + 2]
                 i += 2
             else:
                 kept.append(words[i])
@@ -267,9 +297,11 @@ CONFIG_DIRS = "/etc/postfix /etc/dovecot"
 
 def config_checksums(host) -> str:
     """sha256 of every file and symlink target under the config dirs, and the pending marks."""
-    return host.ssh(f"find {CONFIG_DIRS} \\( -type f -o -type l \\) -printf '%p -> %l\\n' | sort; "
-                    f"find {CONFIG_DIRS} -type f -print0 | sort -z | xargs -0 sha256sum; "
-                    "echo pending: $(ls /var/lib/mailtls/pending 2>/dev/null)").stdout
+    return host.ssh(
+        f"find {CONFIG_DIRS} \\( -type f -o -type l \\) -printf '%p -> %l\\n' | sort; "
+        f"find {CONFIG_DIRS} -type f -print0 | sort -z | xargs -0 sha256sum; "
+        "echo pending: $(ls /var/lib/mailtls/pending 2>/dev/null)"
+    ).stdout
 
 
 def daemons_active(host) -> list[str]:

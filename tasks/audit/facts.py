@@ -34,16 +34,18 @@ class MailTlsLog(FactBase):
 
     def command(self, max_lines: int = 200000, hours: float = 24) -> str:
         since = int(float(hours) * 3600) + 3600  # an hour of slack: the report applies the window
-        return ("export LC_ALL=C; now=$(date +%s); echo \"@@now $now $(date +%z)\"; echo \"@@client ${SSH_CLIENT%% *}\"; "
-                f"for f in {CERT_STATUS}/*.status; do [ -r \"$f\" ] && "
-                "echo \"@@cert $(basename \"$f\" .status) $(head -n 1 \"$f\")\"; done; "
-                "if systemctl is-active --quiet rsyslog syslog-ng 2>/dev/null && [ -r /var/log/mail.log ]; then "
-                "echo '@@source /var/log/mail.log'; "
-                "for f in /var/log/mail.log.1 /var/log/mail.log; do [ -r \"$f\" ] && "
-                f"grep -hE '{_PATTERN}' \"$f\"; done; "
-                "else echo '@@source journal'; "
-                f"journalctl -q --no-pager -o short-iso-precise SYSLOG_FACILITY=2 --since \"@$((now - {since}))\" "
-                f"| grep -E '{_PATTERN}'; fi | tail -n {int(max_lines)}; true")
+        return (
+            'export LC_ALL=C; now=$(date +%s); echo "@@now $now $(date +%z)"; echo "@@client ${SSH_CLIENT%% *}"; '
+            f'for f in {CERT_STATUS}/*.status; do [ -r "$f" ] && '
+            'echo "@@cert $(basename "$f" .status) $(head -n 1 "$f")"; done; '
+            "if systemctl is-active --quiet rsyslog syslog-ng 2>/dev/null && [ -r /var/log/mail.log ]; then "
+            "echo '@@source /var/log/mail.log'; "
+            'for f in /var/log/mail.log.1 /var/log/mail.log; do [ -r "$f" ] && '
+            f"grep -hE '{_PATTERN}' \"$f\"; done; "
+            "else echo '@@source journal'; "
+            f'journalctl -q --no-pager -o short-iso-precise SYSLOG_FACILITY=2 --since "@$((now - {since}))" '
+            f"| grep -E '{_PATTERN}'; fi | tail -n {int(max_lines)}; true"
+        )
 
     def process(self, output: list[str]) -> dict:
         now, client, source, lines, certs = datetime.now(UTC), None, "none", [], {}
@@ -73,7 +75,7 @@ class AuditHost(FactBase):
     """
 
     def command(self) -> str:
-        return "echo \"@@name $(postconf -h myhostname 2>/dev/null)\"; echo \"@@openssl $(openssl version 2>/dev/null)\""
+        return 'echo "@@name $(postconf -h myhostname 2>/dev/null)"; echo "@@openssl $(openssl version 2>/dev/null)"'
 
     def process(self, output: list[str]) -> dict:
         facts: dict[str, Any] = {"myhostname": None, "openssl": None}

@@ -25,21 +25,49 @@ from datetime import datetime, timedelta
 
 from tasks.audit.verdict import classify_suite
 
-_RFC3339 = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s+\S+\s+(.*)$")
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?)\s+\S+\s+(.*)$"
+)
 _TRADITIONAL = re.compile(r"^([A-Z][a-z]{2})\s+(\d{1,2})\s+(\d\d:\d\d:\d\d)\s+\S+\s+(.*)$")
 _TAG = re.compile(r"^([\w./-]+?)(?:\[\d+\])?:\s(.*)$")
-_MONTHS = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1)}
-_ESTABLISHED = re.compile(r"TLS connection established from [^\[]*\[([^\]]+)\]:\s+(\S+) with cipher (\S+)"
-                          r"(?: \((\d+)/\d+ bits\))?(?:.*? key-exchange (\S+))?")
+_MONTHS = {
+    m: i
+    for i, m in enumerate(
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"], 1
+    )
+}
+_ESTABLISHED = re.compile(
+    r"TLS connection established from [^\[]*\[([^\]]+)\]:\s+(\S+) with cipher (\S+)"
+    r"(?: \((\d+)/\d+ bits\))?(?:.*? key-exchange (\S+))?"
+)
 _SSL_ACCEPT_ERROR = re.compile(r"SSL_accept error from [^\[]*\[([^\]]+)\]")
 _SECURITY = re.compile(r"\b(TLSv[\d.]+|SSLv3) with cipher (\S+)(?: \((\d+)/\d+ bits\))?")
 _DOVECOT_LOGIN = re.compile(r"^(\w+-login): (.*)$")
 _RIP = re.compile(r"\brip=([^,\s]+)")
-_GROUP_NAMES = {g.lower(): g for g in ("X25519", "X448", "X25519MLKEM768", "SecP256r1MLKEM768",
-                                        "secp256r1", "secp384r1", "secp521r1", "prime256v1",
-                                        "ffdhe2048", "ffdhe3072", "ffdhe4096")}
-PORTS = {"postfix/smtpd": "25", "postfix/submission/smtpd": "587", "postfix/submissions/smtpd": "465",
-         "postfix/smtps/smtpd": "465", "dovecot/imap-login": "143, 993", "dovecot/pop3-login": "110, 995"}
+_GROUP_NAMES = {
+    g.lower(): g
+    for g in (
+        "X25519",
+        "X448",
+        "X25519MLKEM768",
+        "SecP256r1MLKEM768",
+        "secp256r1",
+        "secp384r1",
+        "secp521r1",
+        "prime256v1",
+        "ffdhe2048",
+        "ffdhe3072",
+        "ffdhe4096",
+    )
+}
+PORTS = {
+    "postfix/smtpd": "25",
+    "postfix/submission/smtpd": "587",
+    "postfix/submissions/smtpd": "465",
+    "postfix/smtps/smtpd": "465",
+    "dovecot/imap-login": "143, 993",
+    "dovecot/pop3-login": "110, 995",
+}
 
 
 @dataclass(frozen=True)
@@ -74,7 +102,8 @@ class ServiceStats:
 
     def to_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in vars(self).items()} | {
-            "share_forward_secret": self.share_forward_secret}
+            "share_forward_secret": self.share_forward_secret
+        }
 
 
 @dataclass
@@ -86,16 +115,21 @@ class LogReport:
     unparsed: int = 0
 
     def to_dict(self) -> dict:
-        return {"since": self.since.isoformat(), "until": self.until.isoformat(), "excluded": self.excluded,
-                "unparsed": self.unparsed, "services": {k: v.to_dict() for k, v in sorted(self.services.items())}}
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "excluded": self.excluded,
+            "unparsed": self.unparsed,
+            "services": {k: v.to_dict() for k, v in sorted(self.services.items())},
+        }
 
 
 def parse_time(line: str, now: datetime) -> tuple[datetime, str] | None:
     """Timestamp and the rest of a syslog line; RFC3339 or 'Nov 28 17:00:00' (year from `now`).
 
-        >>> from datetime import UTC
-        >>> parse_time("Nov 28 17:00:00 mx postfix/smtpd[1]: x", datetime(2027, 1, 2, tzinfo=UTC))[0]
-        datetime.datetime(2026, 11, 28, 17, 0, tzinfo=datetime.timezone.utc)
+    >>> from datetime import UTC
+    >>> parse_time("Nov 28 17:00:00 mx postfix/smtpd[1]: x", datetime(2027, 1, 2, tzinfo=UTC))[0]
+    datetime.datetime(2026, 11, 28, 17, 0, tzinfo=datetime.timezone.utc)
     """
     m = _RFC3339.match(line)
     if m:
@@ -127,7 +161,9 @@ def parse_line(line: str, now: datetime) -> TlsEvent | None:
     tag, msg = m.groups()
     if tag.startswith("postfix") and tag.endswith("/smtpd"):
         if e := _ESTABLISHED.search(msg):
-            return TlsEvent(when, tag, e.group(1), "session", e.group(2), e.group(3), _group(e.group(5)))
+            return TlsEvent(
+                when, tag, e.group(1), "session", e.group(2), e.group(3), _group(e.group(5))
+            )
         if e := _SSL_ACCEPT_ERROR.search(msg):
             return TlsEvent(when, tag, e.group(1), "failed")
         return None
@@ -148,8 +184,12 @@ def parse_line(line: str, now: datetime) -> TlsEvent | None:
     return TlsEvent(when, service, client, "plaintext")
 
 
-def summarize(lines: list[str], now: datetime, window: timedelta = timedelta(hours=24),
-              exclude_clients: frozenset[str] = frozenset()) -> LogReport:
+def summarize(
+    lines: list[str],
+    now: datetime,
+    window: timedelta = timedelta(hours=24),
+    exclude_clients: frozenset[str] = frozenset(),
+) -> LogReport:
     """Count the TLS events of `lines` newer than `now - window`, skipping `exclude_clients`."""
     report = LogReport(since=now - window, until=now)
     for line in lines:

@@ -37,6 +37,7 @@ class ProbeError(Exception):
 
 # --- key schedule (RFC 8446 section 7.1), SHA-256 only --------------------------------------------
 
+
 def _extract(salt: bytes, ikm: bytes) -> bytes:
     return hmac.new(salt or bytes(32), ikm, hashlib.sha256).digest()
 
@@ -56,11 +57,15 @@ def _derive(secret: bytes, label: str, transcript: bytes) -> bytes:
 
 
 def _finished(secret: bytes, transcript: bytes) -> bytes:
-    return hmac.new(_expand_label(secret, "finished", b"", 32), hashlib.sha256(transcript).digest(),
-                    hashlib.sha256).digest()
+    return hmac.new(
+        _expand_label(secret, "finished", b"", 32),
+        hashlib.sha256(transcript).digest(),
+        hashlib.sha256,
+    ).digest()
 
 
 # --- records ------------------------------------------------------------------------------------
+
 
 class _Keys:
     def __init__(self, secret: bytes):
@@ -112,12 +117,13 @@ class _Messages:
             size = int.from_bytes(self.buffer[1:4], "big")
             if len(self.buffer) < 4 + size:
                 break
-            out.append(self.buffer[:4 + size])
-            self.buffer = self.buffer[4 + size:]
+            out.append(self.buffer[: 4 + size])
+            self.buffer = self.buffer[4 + size :]
         return out
 
 
 # --- messages -----------------------------------------------------------------------------------
+
 
 def _ext(kind: int, body: bytes) -> bytes:
     return struct.pack("!HH", kind, len(body)) + body
@@ -131,14 +137,18 @@ class Ticket:
     received: float
 
 
-def client_hello(share: bytes, server_name: str | None, modes: tuple[int, ...],
-                 ticket: Ticket | None = None) -> bytes:
+def client_hello(
+    share: bytes, server_name: str | None, modes: tuple[int, ...], ticket: Ticket | None = None
+) -> bytes:
     """A ClientHello handshake message; with `ticket`, its pre_shared_key and binder (last)."""
     sigalgs = b"".join(struct.pack("!H", a) for a in _SIGALGS)
-    exts = (_ext(43, b"\x02\x03\x04") + _ext(10, struct.pack("!HH", 2, _X25519))
-            + _ext(51, struct.pack("!HHH", 4 + len(share), _X25519, len(share)) + share)
-            + _ext(13, struct.pack("!H", len(sigalgs)) + sigalgs)
-            + _ext(45, bytes([len(modes), *modes])))
+    exts = (
+        _ext(43, b"\x02\x03\x04")
+        + _ext(10, struct.pack("!HH", 2, _X25519))
+        + _ext(51, struct.pack("!HHH", 4 + len(share), _X25519, len(share)) + share)
+        + _ext(13, struct.pack("!H", len(sigalgs)) + sigalgs)
+        + _ext(45, bytes([len(modes), *modes]))
+    )
     if server_name and not server_name.replace(".", "").replace(":", "").isdigit():
         name = server_name.encode()
         exts += _ext(0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
@@ -147,10 +157,21 @@ def client_hello(share: bytes, server_name: str | None, modes: tuple[int, ...],
         age = (int((time.time() - ticket.received) * 1000) + ticket.age_add) % 2**32
         identity = struct.pack("!H", len(ticket.ticket)) + ticket.ticket + struct.pack("!I", age)
         binders = b"\x20" + bytes(32)
-        exts += _ext(41, struct.pack("!H", len(identity)) + identity + struct.pack("!H", len(binders)) + binders)
+        exts += _ext(
+            41,
+            struct.pack("!H", len(identity)) + identity + struct.pack("!H", len(binders)) + binders,
+        )
         binder_len = 2 + len(binders)
-    body = (b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + struct.pack("!HH", 2, _AES128_SHA256)
-            + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
+    body = (
+        b"\x03\x03"
+        + os.urandom(32)
+        + b"\x20"
+        + os.urandom(32)
+        + struct.pack("!HH", 2, _AES128_SHA256)
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     msg = b"\x01" + len(body).to_bytes(3, "big") + body
     if ticket:  # the binder signs the ClientHello up to the binders (RFC 8446 4.2.11.2)
         early = _extract(b"", ticket.psk)
@@ -166,16 +187,16 @@ def _server_hello(msg: bytes) -> tuple[dict[int, bytes], bytes]:
     random = msg[6:38]
     pos = 38
     pos += 1 + msg[pos]  # legacy session id
-    suite = struct.unpack("!H", msg[pos:pos + 2])[0]
+    suite = struct.unpack("!H", msg[pos : pos + 2])[0]
     if suite != _AES128_SHA256:
         raise ProbeError(f"server chose suite 0x{suite:04x}")
     pos += 3
-    end = pos + 2 + struct.unpack("!H", msg[pos:pos + 2])[0]
+    end = pos + 2 + struct.unpack("!H", msg[pos : pos + 2])[0]
     pos += 2
     exts = {}
     while pos + 4 <= end:
-        kind, size = struct.unpack("!HH", msg[pos:pos + 4])
-        exts[kind] = msg[pos + 4:pos + 4 + size]
+        kind, size = struct.unpack("!HH", msg[pos : pos + 4])
+        exts[kind] = msg[pos + 4 : pos + 4 + size]
         pos += 4 + size
     return exts, random
 
@@ -183,8 +204,13 @@ def _server_hello(msg: bytes) -> tuple[dict[int, bytes], bytes]:
 _HRR_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
 
 
-def _handshake(sock: socket.socket, server_name: str | None, modes: tuple[int, ...],
-               ticket: Ticket | None = None, want_ticket: bool = False) -> tuple[bool, bool, Ticket | None]:
+def _handshake(
+    sock: socket.socket,
+    server_name: str | None,
+    modes: tuple[int, ...],
+    ticket: Ticket | None = None,
+    want_ticket: bool = False,
+) -> tuple[bool, bool, Ticket | None]:
     """One TLS 1.3 handshake: (resumed, server sent a key share, new ticket if asked)."""
     key = X25519PrivateKey.generate()
     share = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
@@ -244,11 +270,15 @@ def _handshake(sock: socket.socket, server_name: str | None, modes: tuple[int, .
             if m[0] == 4:  # NewSessionTicket
                 age_add = struct.unpack("!I", m[8:12])[0]
                 nlen = m[12]
-                nonce = m[13:13 + nlen]
+                nonce = m[13 : 13 + nlen]
                 pos = 13 + nlen
-                tlen = struct.unpack("!H", m[pos:pos + 2])[0]
+                tlen = struct.unpack("!H", m[pos : pos + 2])[0]
                 psk = _expand_label(res_master, "resumption", nonce, 32)
-                return resumed, has_share, Ticket(m[pos + 2:pos + 2 + tlen], psk, age_add, time.time())
+                return (
+                    resumed,
+                    has_share,
+                    Ticket(m[pos + 2 : pos + 2 + tlen], psk, age_add, time.time()),
+                )
     return resumed, has_share, None
 
 
@@ -259,8 +289,9 @@ def _connect(ip: str, port: int, starttls, timeout: float) -> socket.socket:
     return sock
 
 
-def probe_psk_modes(ip: str, port: int, starttls=None, server_name: str | None = None,
-                    timeout: float = 10) -> dict:
+def probe_psk_modes(
+    ip: str, port: int, starttls=None, server_name: str | None = None, timeout: float = 10
+) -> dict:
     """{'ticket': bool, 'psk_dhe_ke': outcome, 'psk_ke': outcome}; outcome is 'resumed',
     'resumed without (EC)DHE', 'full handshake' or 'refused: ...'. `starttls(sock)` runs the
     plaintext dialogue for STARTTLS ports. Raises ProbeError when the first handshake fails."""
@@ -276,8 +307,13 @@ def probe_psk_modes(ip: str, port: int, starttls=None, server_name: str | None =
         try:
             with _connect(ip, port, starttls, timeout) as sock:
                 resumed, has_share, _ = _handshake(sock, server_name, modes, ticket)
-            result[name] = ("full handshake" if not resumed else
-                            "resumed" if has_share else "resumed without (EC)DHE")
+            result[name] = (
+                "full handshake"
+                if not resumed
+                else "resumed"
+                if has_share
+                else "resumed without (EC)DHE"
+            )
         except ProbeError as exc:
             result[name] = f"refused: {exc}"
         except OSError as exc:

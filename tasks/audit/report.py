@@ -29,9 +29,12 @@ def expectations(resumption: str, pq_hybrid: bool, facts: dict) -> Expect:
     """The host's promises, from its settings and facts: unknown OpenSSL -> PQ not judged."""
     pq = None
     if facts.get("openssl"):
-        pq = offers_pq_hybrid(HostCaps(postfix=None, dovecot=None, openssl=facts["openssl"]), pq_hybrid)
-    return Expect(resumption=RESUMPTION[resumption], pq_hybrid=pq, cert_name=facts.get("myhostname"))
-
+        pq = offers_pq_hybrid(
+            HostCaps(postfix=None, dovecot=None, openssl=facts["openssl"]), pq_hybrid
+        )
+    return Expect(
+        resumption=RESUMPTION[resumption], pq_hybrid=pq, cert_name=facts.get("myhostname")
+    )
 
 
 def json_path(host_name: str, configured: str | None) -> Path:
@@ -56,8 +59,11 @@ def _resumption_cell(p) -> str:
     mark = {True: "yes", False: "no", None: "-"}
     hint = f" hint {r.tls12_lifetime_hint}s" if r.tls12_lifetime_hint else ""
     hint13 = f" hint {r.tls13_lifetime_hint}s" if r.tls13_lifetime_hint else ""
-    return (f"1.2 id:{mark[r.tls12_session_id]} ticket:{mark[r.tls12_ticket]}{hint}; "
-            f"1.3:{mark[r.tls13]}{hint13}" + ("; psk_ke alone: " + r.tls13_psk_ke_only if r.tls13_psk_ke_only else ""))
+    return (
+        f"1.2 id:{mark[r.tls12_session_id]} ticket:{mark[r.tls12_ticket]}{hint}; "
+        f"1.3:{mark[r.tls13]}{hint13}"
+        + ("; psk_ke alone: " + r.tls13_psk_ke_only if r.tls13_psk_ke_only else "")
+    )
 
 
 def _cert_cell(p) -> str:
@@ -68,32 +74,68 @@ def _cert_cell(p) -> str:
 
 
 def _suites_cell(scan) -> str:
-    kinds = sorted({" ".join(str(x) for x in (s.kex_type or "static", s.group or "", s.key_bits or "") if x)
-                    for s in scan.suites})
+    kinds = sorted(
+        {
+            " ".join(str(x) for x in (s.kex_type or "static", s.group or "", s.key_bits or "") if x)
+            for s in scan.suites
+        }
+    )
     return f"{len(scan.suites)}: " + ", ".join(kinds) if scan.suites else "-"
 
 
-def print_report(console: Console, name: str, address: str, profile: str, scan: HostScan,
-           verdicts: list[PortVerdict], report: LogReport, certs: dict | None = None,
-           source: str = "mail log") -> None:
+def print_report(
+    console: Console,
+    name: str,
+    address: str,
+    profile: str,
+    scan: HostScan,
+    verdicts: list[PortVerdict],
+    report: LogReport,
+    certs: dict | None = None,
+    source: str = "mail log",
+) -> None:
     certs = certs or {}
     ok = all(v.ok for v in verdicts)
-    table = Table(title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}", title_justify="left")
+    table = Table(
+        title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}",
+        title_justify="left",
+    )
     multi = len(scan.ips) > 1
-    for col in ("port", "state", "protocols", "suites (kex group bits)", "TLS1.3", "PQ hybrid",
-                "client reneg", "compr/EMS/RI", "server order", "resumption", "curves", "cert", "verdict"):
+    for col in (
+        "port",
+        "state",
+        "protocols",
+        "suites (kex group bits)",
+        "TLS1.3",
+        "PQ hybrid",
+        "client reneg",
+        "compr/EMS/RI",
+        "server order",
+        "resumption",
+        "curves",
+        "cert",
+        "verdict",
+    ):
         table.add_column(col)
     yes_no = {True: "yes", False: "no", None: "-"}
     for p, v in zip(scan.ports, verdicts, strict=False):  # more verdicts: ports not scanned
         pq = {True: "yes", False: "no", None: "not checked"}[p.pq_hybrid]
         where = f" {p.ip}" if multi else ""
-        table.add_row(f"{p.port} {p.service}{where}", p.state + (f" ({p.retries} retries)" if p.retries else ""),
-                      " ".join(p.protocols) or "-", _suites_cell(p),
-                      "yes" if p.tls13 else "no", pq, {True: "ACCEPTED", False: "refused", None: "-"}[p.client_renegotiation],
-                      f"{yes_no[p.compression]}/{yes_no[p.extended_master_secret]}/{yes_no[p.secure_renegotiation]}",
-                      yes_no[p.server_order], _resumption_cell(p),
-                      " ".join(p.curves or []) or "-", _cert_cell(p),
-                      "[green]ok[/]" if v.ok else f"[red]FAIL ({len(v.failures)})[/]")
+        table.add_row(
+            f"{p.port} {p.service}{where}",
+            p.state + (f" ({p.retries} retries)" if p.retries else ""),
+            " ".join(p.protocols) or "-",
+            _suites_cell(p),
+            "yes" if p.tls13 else "no",
+            pq,
+            {True: "ACCEPTED", False: "refused", None: "-"}[p.client_renegotiation],
+            f"{yes_no[p.compression]}/{yes_no[p.extended_master_secret]}/{yes_no[p.secure_renegotiation]}",
+            yes_no[p.server_order],
+            _resumption_cell(p),
+            " ".join(p.curves or []) or "-",
+            _cert_cell(p),
+            "[green]ok[/]" if v.ok else f"[red]FAIL ({len(v.failures)})[/]",
+        )
     console.print(table)
     for v in verdicts:
         where = f" ({v.ip})" if multi and v.ip else ""
@@ -103,53 +145,112 @@ def print_report(console: Console, name: str, address: str, profile: str, scan: 
             console.print(f"  [yellow]warn[/] {v.port}{where}: {w}")
     for daemon, status in sorted(certs.items()):
         rejected = " rejected " in f" {status} "
-        console.print(f"  {'[yellow]warn[/]' if rejected else 'cert'} {daemon} certificate watcher: {status}")
-    console.print(f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
-                  f"on {len(scan.ips)} address(es), retries included; resumption/order probes "
-                  f"{scan.probe_seconds:.2f} s; PQ probe {scan.pq_seconds:.2f} s")
-    logs = Table(title=f"{name}: TLS sessions in the mail log ({source}), {report.since:%Y-%m-%d %H:%M} .. "
-                       f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
-                 title_justify="left")
-    for col in ("service", "port", "sessions", "forward-secret", "protocols", "ciphers", "groups", "failed", "plaintext"):
+        console.print(
+            f"  {'[yellow]warn[/]' if rejected else 'cert'} {daemon} certificate watcher: {status}"
+        )
+    console.print(
+        f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
+        f"on {len(scan.ips)} address(es), retries included; resumption/order probes "
+        f"{scan.probe_seconds:.2f} s; PQ probe {scan.pq_seconds:.2f} s"
+    )
+    logs = Table(
+        title=f"{name}: TLS sessions in the mail log ({source}), {report.since:%Y-%m-%d %H:%M} .. "
+        f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
+        title_justify="left",
+    )
+    for col in (
+        "service",
+        "port",
+        "sessions",
+        "forward-secret",
+        "protocols",
+        "ciphers",
+        "groups",
+        "failed",
+        "plaintext",
+    ):
         logs.add_column(col)
     for service, st in sorted(report.services.items()):
         share = st.share_forward_secret
-        logs.add_row(service, PORTS.get(service, "?"), str(st.sessions),
-                     "-" if share is None else f"{share:.0%}" + (f" (+{st.details_unknown} unlogged)" if st.details_unknown else ""),
-                     " ".join(f"{k}:{n}" for k, n in st.protocols.most_common()),
-                     " ".join(f"{k}:{n}" for k, n in st.ciphers.most_common(4)),
-                     " ".join(f"{k}:{n}" for k, n in st.groups.most_common()),
-                     str(st.failed_handshakes), str(st.plaintext))
+        logs.add_row(
+            service,
+            PORTS.get(service, "?"),
+            str(st.sessions),
+            "-"
+            if share is None
+            else f"{share:.0%}"
+            + (f" (+{st.details_unknown} unlogged)" if st.details_unknown else ""),
+            " ".join(f"{k}:{n}" for k, n in st.protocols.most_common()),
+            " ".join(f"{k}:{n}" for k, n in st.ciphers.most_common(4)),
+            " ".join(f"{k}:{n}" for k, n in st.groups.most_common()),
+            str(st.failed_handshakes),
+            str(st.plaintext),
+        )
     console.print(logs)
 
 
-def audit_host(name: str, address: str, profile: str, log: dict, expected_ports=DEFAULT_EXPECTED_PORTS,
-               log_hours: float = 24, json_file: str | None = None, exclude_self: bool = True,
-               expect: Expect | None = None) -> dict:
+def audit_host(
+    name: str,
+    address: str,
+    profile: str,
+    log: dict,
+    expected_ports=DEFAULT_EXPECTED_PORTS,
+    log_hours: float = 24,
+    json_file: str | None = None,
+    exclude_self: bool = True,
+    expect: Expect | None = None,
+) -> dict:
     """Scan, judge and summarise one host; print the tables, write the JSON, return its dict."""
     expect = expect or Expect()
     prof = PROFILES[profile]
     scan = scan_host(address, server_order=prof.server_preference, expected=tuple(expected_ports))
     verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
-    report = summarize(log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded)
-    print_report(_console(), name, address, profile, scan, verdicts, report, log.get("certs"),
-           log.get("source", "mail log"))
+    report = summarize(
+        log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded
+    )
+    print_report(
+        _console(),
+        name,
+        address,
+        profile,
+        scan,
+        verdicts,
+        report,
+        log.get("certs"),
+        log.get("source", "mail log"),
+    )
     result = {
-        "host": name, "address": address, "addresses": scan.ips, "profile": profile,
+        "host": name,
+        "address": address,
+        "addresses": scan.ips,
+        "profile": profile,
         "ok": all(v.ok for v in verdicts),
-        "expected_ports": list(expected_ports), "scan_seconds": round(scan.seconds, 2),
-        "pq_probe_seconds": round(scan.pq_seconds, 3), "probe_seconds": round(scan.probe_seconds, 3),
+        "expected_ports": list(expected_ports),
+        "scan_seconds": round(scan.seconds, 2),
+        "pq_probe_seconds": round(scan.pq_seconds, 3),
+        "probe_seconds": round(scan.probe_seconds, 3),
         "audited_at": datetime.now(UTC).isoformat(),
-        "expect": {"tls_resumption": expect.resumption.name, "pq_hybrid": expect.pq_hybrid,
-                   "cert_name": expect.cert_name,
-                   "postfix_window_seconds": expect.resumption.postfix_window,
-                   "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint},
-        "ports": [p.to_dict() | {"window_seconds": window(p.port, p.resumption, expect.resumption),
-                                 "ok": v.ok, "failures": v.failures, "warnings": v.warnings}
-                  for p, v in zip(scan.ports, verdicts, strict=False)],
-        "unscanned_failures": [f for v in verdicts[len(scan.ports):] for f in v.failures],
-        "log_report": report.to_dict() | {"excluded_clients": sorted(excluded), "source": log.get("source")},
+        "expect": {
+            "tls_resumption": expect.resumption.name,
+            "pq_hybrid": expect.pq_hybrid,
+            "cert_name": expect.cert_name,
+            "postfix_window_seconds": expect.resumption.postfix_window,
+            "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint,
+        },
+        "ports": [
+            p.to_dict()
+            | {
+                "window_seconds": window(p.port, p.resumption, expect.resumption),
+                "ok": v.ok,
+                "failures": v.failures,
+                "warnings": v.warnings,
+            }
+            for p, v in zip(scan.ports, verdicts, strict=False)
+        ],
+        "unscanned_failures": [f for v in verdicts[len(scan.ports) :] for f in v.failures],
+        "log_report": report.to_dict()
+        | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"
         "certificates": log.get("certs", {}),
     }
@@ -173,6 +274,9 @@ def failure_report(result: dict, limit: int = 40) -> str | None:
 def failures_of(result: dict) -> list[str]:
     """'HOST port N: message' for every failure in an audit_host() result."""
     multi = len(result.get("addresses") or []) > 1
-    out = [f"{result['host']} port {p['port']}" + (f" ({p['ip']})" if multi else "") + f": {f}"
-           for p in result["ports"] for f in p["failures"]]
+    out = [
+        f"{result['host']} port {p['port']}" + (f" ({p['ip']})" if multi else "") + f": {f}"
+        for p in result["ports"]
+        for f in p["failures"]
+    ]
     return out + [f"{result['host']}: {f}" for f in result["unscanned_failures"]]

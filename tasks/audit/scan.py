@@ -41,16 +41,27 @@ from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from tasks.audit.psk_probe import ProbeError, probe_psk_modes
 from tasks.audit.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
 
-OPT_TLS = {"smtp": ProtocolWithOpportunisticTlsEnum.SMTP, "imap": ProtocolWithOpportunisticTlsEnum.IMAP,
-           "pop3": ProtocolWithOpportunisticTlsEnum.POP3}
+OPT_TLS = {
+    "smtp": ProtocolWithOpportunisticTlsEnum.SMTP,
+    "imap": ProtocolWithOpportunisticTlsEnum.IMAP,
+    "pop3": ProtocolWithOpportunisticTlsEnum.POP3,
+}
 SUITE_COMMANDS = {  # scan command -> protocol name as tasks.policy spells it
-    ScanCommand.SSL_2_0_CIPHER_SUITES: "SSLv2", ScanCommand.SSL_3_0_CIPHER_SUITES: "SSLv3",
-    ScanCommand.TLS_1_0_CIPHER_SUITES: "TLSv1", ScanCommand.TLS_1_1_CIPHER_SUITES: "TLSv1.1",
-    ScanCommand.TLS_1_2_CIPHER_SUITES: "TLSv1.2", ScanCommand.TLS_1_3_CIPHER_SUITES: "TLSv1.3",
+    ScanCommand.SSL_2_0_CIPHER_SUITES: "SSLv2",
+    ScanCommand.SSL_3_0_CIPHER_SUITES: "SSLv3",
+    ScanCommand.TLS_1_0_CIPHER_SUITES: "TLSv1",
+    ScanCommand.TLS_1_1_CIPHER_SUITES: "TLSv1.1",
+    ScanCommand.TLS_1_2_CIPHER_SUITES: "TLSv1.2",
+    ScanCommand.TLS_1_3_CIPHER_SUITES: "TLSv1.3",
 }
 COMMANDS = frozenset(SUITE_COMMANDS) | {
-    ScanCommand.SESSION_RENEGOTIATION, ScanCommand.ELLIPTIC_CURVES, ScanCommand.CERTIFICATE_INFO,
-    ScanCommand.SESSION_RESUMPTION, ScanCommand.TLS_COMPRESSION, ScanCommand.TLS_EXTENDED_MASTER_SECRET}
+    ScanCommand.SESSION_RENEGOTIATION,
+    ScanCommand.ELLIPTIC_CURVES,
+    ScanCommand.CERTIFICATE_INFO,
+    ScanCommand.SESSION_RESUMPTION,
+    ScanCommand.TLS_COMPRESSION,
+    ScanCommand.TLS_EXTENDED_MASTER_SECRET,
+}
 # Connectivity errors that mean "nothing listens here" rather than "TLS is broken here".
 CLOSED_ERRORS = {"ServerRejectedConnection", "ConnectionToServerTimedOut"}
 # Not worth a retry: a refused TCP connection or STARTTLS is an answer, not a hiccup.
@@ -59,7 +70,10 @@ FINAL_ERRORS = {"ServerRejectedConnection", "ServerRejectedOpportunisticTlsNegot
 # reset under that load is retried, after a pause and one connection per port at a time, before
 # anything is judged. Only what still fails after these counts as incomplete.
 RETRY_DELAYS = (3.0, 10.0)
-FIRST_RUN_LIMITS = {"per_server_concurrent_connections_limit": 5, "concurrent_server_scans_limit": 10}
+FIRST_RUN_LIMITS = {
+    "per_server_concurrent_connections_limit": 5,
+    "concurrent_server_scans_limit": 10,
+}
 RETRY_LIMITS = {"per_server_concurrent_connections_limit": 1, "concurrent_server_scans_limit": 2}
 X25519MLKEM768 = 0x11EC
 HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
@@ -90,9 +104,14 @@ def _request(address: str, ip: str, port: int, commands=COMMANDS) -> ServerScanR
     config = ServerNetworkConfiguration(
         tls_server_name_indication=address,
         tls_opportunistic_encryption=OPT_TLS[starttls] if starttls else None,
-        network_timeout=10, network_max_retries=2)
-    return ServerScanRequest(server_location=ServerNetworkLocation(hostname=address, port=port, ip_address=ip),
-                             network_configuration=config, scan_commands=set(commands))
+        network_timeout=10,
+        network_max_retries=2,
+    )
+    return ServerScanRequest(
+        server_location=ServerNetworkLocation(hostname=address, port=port, ip_address=ip),
+        network_configuration=config,
+        scan_commands=set(commands),
+    )
 
 
 def _trace_text(trace) -> str:
@@ -117,14 +136,19 @@ def absorb(g: _Gathered, result: ServerScanResult, commands, final_errors=FINAL_
             g.results[command.value] = attempt.result
             g.errors.pop(command.value, None)
         elif attempt.status == ScanCommandAttemptStatusEnum.ERROR:
-            g.errors[command.value] = f"{attempt.error_reason.value if attempt.error_reason else 'ERROR'}: " \
-                                      f"{_trace_text(attempt.error_trace)}"
+            g.errors[command.value] = (
+                f"{attempt.error_reason.value if attempt.error_reason else 'ERROR'}: "
+                f"{_trace_text(attempt.error_trace)}"
+            )
             pending.add(command)
     return pending
 
 
 def _resumed(value) -> bool | None:
-    if value in (TlsResumptionSupportEnum.FULLY_SUPPORTED, TlsResumptionSupportEnum.PARTIALLY_SUPPORTED):
+    if value in (
+        TlsResumptionSupportEnum.FULLY_SUPPORTED,
+        TlsResumptionSupportEnum.PARTIALLY_SUPPORTED,
+    ):
         return True
     return False if value == TlsResumptionSupportEnum.NOT_SUPPORTED else None
 
@@ -137,27 +161,39 @@ def _certificate(deployment) -> Certificate:
     leaf = chain[0]
     key = leaf.public_key()
     try:
-        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        names = leaf.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         names = []
     cns = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     hash_alg = leaf.signature_hash_algorithm
     return Certificate(
-        subject=leaf.subject.rfc4514_string(), names=list(names) or [str(c) for c in cns],
+        subject=leaf.subject.rfc4514_string(),
+        names=list(names) or [str(c) for c in cns],
         key_type=type(key).__name__.removesuffix("PublicKey").removeprefix("_"),
-        key_bits=getattr(key, "key_size", None) or getattr(getattr(key, "curve", None), "key_size", None),
-        signature_hash=hash_alg.name if hash_alg else None, not_after=leaf.not_valid_after_utc.isoformat(),
-        chain_length=len(chain), chain_in_order=deployment.received_chain_has_valid_order,
-        trusted=any(r.was_validation_successful for r in deployment.path_validation_results))
+        key_bits=getattr(key, "key_size", None)
+        or getattr(getattr(key, "curve", None), "key_size", None),
+        signature_hash=hash_alg.name if hash_alg else None,
+        not_after=leaf.not_valid_after_utc.isoformat(),
+        chain_length=len(chain),
+        chain_in_order=deployment.received_chain_has_valid_order,
+        trusted=any(r.was_validation_successful for r in deployment.path_validation_results),
+    )
 
 
 def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     """Build a PortScan from what sslyze returned (after the retries). Pure: fake results work."""
-    scan = PortScan(port=port, service=MAIL_PORTS[port][0], state="open", ip=ip, retries=max(g.runs - 1, 0))
+    scan = PortScan(
+        port=port, service=MAIL_PORTS[port][0], state="open", ip=ip, retries=max(g.runs - 1, 0)
+    )
     if g.connectivity is not None:
         kind, text = g.connectivity
-        scan.state = "closed" if kind in CLOSED_ERRORS else (
-            "no-tls" if kind == "ServerRejectedOpportunisticTlsNegotiation" else "error")
+        scan.state = (
+            "closed"
+            if kind in CLOSED_ERRORS
+            else ("no-tls" if kind == "ServerRejectedOpportunisticTlsNegotiation" else "error")
+        )
         scan.error = text
         return scan
     scan.incomplete = [f"{name} did not complete ({why})" for name, why in sorted(g.errors.items())]
@@ -170,10 +206,16 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
             scan.protocols.append(proto)
         for a in suites.accepted_cipher_suites:
             key = a.ephemeral_key
-            scan.suites.append(AcceptedSuite(
-                protocol=proto, name=a.cipher_suite.name, openssl_name=a.cipher_suite.openssl_name,
-                kex_type=key.type_name if key else None, group=getattr(key, "curve_name", None),
-                key_bits=key.size if key else None))
+            scan.suites.append(
+                AcceptedSuite(
+                    protocol=proto,
+                    name=a.cipher_suite.name,
+                    openssl_name=a.cipher_suite.openssl_name,
+                    kex_type=key.type_name if key else None,
+                    group=getattr(key, "curve_name", None),
+                    key_bits=key.size if key else None,
+                )
+            )
     reneg = r.get(ScanCommand.SESSION_RENEGOTIATION.value)
     if reneg is not None:
         scan.secure_renegotiation = reneg.supports_secure_renegotiation
@@ -194,7 +236,10 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     cert = r.get(ScanCommand.CERTIFICATE_INFO.value)
     if cert is not None and cert.certificate_deployments:
         scan.certificate = _certificate(cert.certificate_deployments[0])
-        scan.cert_key_type, scan.cert_key_bits = scan.certificate.key_type, scan.certificate.key_bits
+        scan.cert_key_type, scan.cert_key_bits = (
+            scan.certificate.key_type,
+            scan.certificate.key_bits,
+        )
     return scan
 
 
@@ -211,9 +256,14 @@ def addresses_of(address: str) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS,
-               scanner_factory=Scanner, sleep=time.sleep, expected: tuple[int, ...] | None = None,
-               ) -> dict[tuple[str, int], _Gathered]:
+def run_sslyze(
+    address: str,
+    targets: list[tuple[str, int]],
+    delays=RETRY_DELAYS,
+    scanner_factory=Scanner,
+    sleep=time.sleep,
+    expected: tuple[int, ...] | None = None,
+) -> dict[tuple[str, int], _Gathered]:
     """All targets in one sslyze run, then what did not complete again (fewer connections).
 
     A port outside `expected` (None: all expected) that times out on connect is taken as
@@ -227,17 +277,36 @@ def run_sslyze(address: str, targets: list[tuple[str, int]], delays=RETRY_DELAYS
         if delay:
             sleep(delay)
         scanner = scanner_factory(**(RETRY_LIMITS if attempt else FIRST_RUN_LIMITS))
-        scanner.queue_scans([_request(address, ip, port, cmds) for (ip, port), cmds in pending.items()])
-        results = {(r.server_location.ip_address, r.server_location.port): r for r in scanner.get_results()}
-        pending = {t: left for t, cmds in pending.items()
-                   if (left := absorb(gathered[t], results[t], cmds,
-                                      FINAL_ERRORS if expected is None or t[1] in expected
-                                      else FINAL_ERRORS | {"ConnectionToServerTimedOut"}))}
+        scanner.queue_scans(
+            [_request(address, ip, port, cmds) for (ip, port), cmds in pending.items()]
+        )
+        results = {
+            (r.server_location.ip_address, r.server_location.port): r for r in scanner.get_results()
+        }
+        pending = {
+            t: left
+            for t, cmds in pending.items()
+            if (
+                left := absorb(
+                    gathered[t],
+                    results[t],
+                    cmds,
+                    FINAL_ERRORS
+                    if expected is None or t[1] in expected
+                    else FINAL_ERRORS | {"ConnectionToServerTimedOut"},
+                )
+            )
+        }
     return gathered
 
 
-def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool = True,
-              server_order: bool = False, expected: tuple[int, ...] | None = None) -> HostScan:
+def scan_host(
+    address: str,
+    ports: tuple[int, ...] = tuple(MAIL_PORTS),
+    pq: bool = True,
+    server_order: bool = False,
+    expected: tuple[int, ...] | None = None,
+) -> HostScan:
     """Scan `ports` on every address of `address`; unresolvable -> every port in state 'error'.
 
     server_order: also probe whether a client preferring DHE still gets ECDHE (legacy-dhe).
@@ -247,7 +316,10 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
     try:
         host.ips = addresses_of(address)
     except (OSError, ServerHostnameCouldNotBeResolved) as exc:
-        host.ports = [PortScan(p, MAIL_PORTS[p][0], "error", f"cannot resolve {address}: {exc}") for p in ports]
+        host.ports = [
+            PortScan(p, MAIL_PORTS[p][0], "error", f"cannot resolve {address}: {exc}")
+            for p in ports
+        ]
         return host
     targets = [(ip, p) for ip in host.ips for p in ports]
     start = time.monotonic()
@@ -259,9 +331,13 @@ def scan_host(address: str, ports: tuple[int, ...] = tuple(MAIL_PORTS), pq: bool
         if scan.state == "open":
             probe_resumption(scan, address)
             if server_order:
-                scan.server_order, scan.server_order_note = _retry(partial(probe_server_order, _ip(scan), scan.port))
+                scan.server_order, scan.server_order_note = _retry(
+                    partial(probe_server_order, _ip(scan), scan.port)
+                )
                 if scan.server_order is None and "TLSv1.2" in scan.protocols:
-                    scan.incomplete.append(f"server order probe did not complete ({scan.server_order_note})")
+                    scan.incomplete.append(
+                        f"server order probe did not complete ({scan.server_order_note})"
+                    )
     host.probe_seconds = time.monotonic() - start
     start = time.monotonic()
     for scan in host.ports:
@@ -286,6 +362,7 @@ def _retry(probe, delays=(1.0, 3.0)):
 
 # --- our own probes: what sslyze does not measure ----------------------------------------------
 
+
 def _client_context(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -296,8 +373,9 @@ def _client_context(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.
     return ctx
 
 
-def _tls_connect(ctx: ssl.SSLContext, ip: str, port: int, server_name: str, session=None,
-                 timeout: float = 10) -> ssl.SSLSocket:
+def _tls_connect(
+    ctx: ssl.SSLContext, ip: str, port: int, server_name: str, session=None, timeout: float = 10
+) -> ssl.SSLSocket:
     """Connect, run the STARTTLS dialogue if the port has one, handshake, and read what the server
     sends first (a TLS 1.3 server's tickets come after the handshake)."""
     sock = socket.create_connection((ip, port), timeout=timeout)
@@ -319,7 +397,9 @@ def _tls_connect(ctx: ssl.SSLContext, ip: str, port: int, server_name: str, sess
     return tls
 
 
-def _resume_once(ip: str, port: int, server_name: str, version: ssl.TLSVersion) -> tuple[bool | None, bool, int | None]:
+def _resume_once(
+    ip: str, port: int, server_name: str, version: ssl.TLSVersion
+) -> tuple[bool | None, bool, int | None]:
     """(resumed, ticket issued, lifetime hint) from two connections sharing one client context."""
     ctx = _client_context(version)
     with _tls_connect(ctx, ip, port, server_name) as first:
@@ -328,14 +408,21 @@ def _resume_once(ip: str, port: int, server_name: str, version: ssl.TLSVersion) 
         resumed = second.session_reused
     if session is None:  # no session from the first handshake: nothing could be resumed
         return False, False, None
-    return resumed, session.has_ticket, (session.ticket_lifetime_hint if session.has_ticket else None)
+    return (
+        resumed,
+        session.has_ticket,
+        (session.ticket_lifetime_hint if session.has_ticket else None),
+    )
 
 
 def probe_resumption(scan: PortScan, server_name: str) -> None:
     """TLS 1.3 resumption and the lifetime hints (TLS 1.2 and 1.3) of `scan`'s port, with Python's
     ssl (OpenSSL offers psk_dhe_ke). sslyze's SESSION_RESUMPTION gave the TLS 1.2 results."""
     res: Resumed = scan.resumption
-    for proto, version in (("TLSv1.2", ssl.TLSVersion.TLSv1_2), ("TLSv1.3", ssl.TLSVersion.TLSv1_3)):
+    for proto, version in (
+        ("TLSv1.2", ssl.TLSVersion.TLSv1_2),
+        ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
+    ):
         if proto not in scan.protocols:
             continue
         outcome, why = None, ""
@@ -366,8 +453,12 @@ def _psk_ke(scan: PortScan, server_name: str) -> str | None:
     for delay in (0.0, 1.0, 3.0):
         time.sleep(delay)
         try:
-            result = probe_psk_modes(_ip(scan), scan.port, (lambda sock: _starttls(sock, service)) if service else None,
-                                     server_name)
+            result = probe_psk_modes(
+                _ip(scan),
+                scan.port,
+                (lambda sock: _starttls(sock, service)) if service else None,
+                server_name,
+            )
             return result.get("psk_ke")
         except (ProbeError, OSError, ValueError) as exc:
             why = f"{type(exc).__name__}: {exc}"
@@ -377,8 +468,11 @@ def _psk_ke(scan: PortScan, server_name: str) -> str | None:
 
 def probe_server_order(ip: str, port: int, timeout: float = 10) -> tuple[bool | None, str]:
     """Offer DHE before ECDHE in TLS 1.2: (True, ...) when the server still picks ECDHE."""
-    ctx = _client_context(ssl.TLSVersion.TLSv1_2, "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:"
-                          "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256")
+    ctx = _client_context(
+        ssl.TLSVersion.TLSv1_2,
+        "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:"
+        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256",
+    )
     try:
         with _tls_connect(ctx, ip, port, ip, timeout=timeout) as tls:
             cipher = tls.cipher()
@@ -395,6 +489,7 @@ def probe_server_order(ip: str, port: int, timeout: float = 10) -> tuple[bool | 
 
 
 # --- hybrid PQ probe -------------------------------------------------------------------------
+
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     data = b""
@@ -442,15 +537,32 @@ def _starttls(sock: socket.socket, service: str) -> None:
 
 def pq_client_hello(group: int = X25519MLKEM768) -> bytes:
     """A TLS 1.3 ClientHello record offering only `group`, with an empty key_share."""
+
     def ext(kind: int, body: bytes) -> bytes:
         return struct.pack("!HH", kind, len(body)) + body
 
-    sigalgs = b"".join(struct.pack("!H", a) for a in (0x0804, 0x0805, 0x0806, 0x0403, 0x0503, 0x0603,
-                                                      0x0807, 0x0808, 0x0401, 0x0501, 0x0601))
-    exts = (ext(43, b"\x02\x03\x04")  # supported_versions: TLS 1.3
-            + ext(10, struct.pack("!HH", 2, group))  # supported_groups
-            + ext(51, b"\x00\x00")  # key_share: none, so the server must ask (HRR)
-            + ext(13, struct.pack("!H", len(sigalgs)) + sigalgs))
+    sigalgs = b"".join(
+        struct.pack("!H", a)
+        for a in (
+            0x0804,
+            0x0805,
+            0x0806,
+            0x0403,
+            0x0503,
+            0x0603,
+            0x0807,
+            0x0808,
+            0x0401,
+            0x0501,
+            0x0601,
+        )
+    )
+    exts = (
+        ext(43, b"\x02\x03\x04")  # supported_versions: TLS 1.3
+        + ext(10, struct.pack("!HH", 2, group))  # supported_groups
+        + ext(51, b"\x00\x00")  # key_share: none, so the server must ask (HRR)
+        + ext(13, struct.pack("!H", len(sigalgs)) + sigalgs)
+    )
     suites = struct.pack("!HHHH", 6, 0x1301, 0x1302, 0x1303)
     body = b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + suites + b"\x01\x00"
     body += struct.pack("!H", len(exts)) + exts
@@ -461,7 +573,10 @@ def pq_client_hello(group: int = X25519MLKEM768) -> bytes:
 def parse_pq_answer(record: bytes, group: int = X25519MLKEM768) -> tuple[bool, str]:
     """Judge the server's first TLS record: (supported, explanation)."""
     if record[:1] == b"\x15":
-        return False, f"server refused the group (TLS alert {record[6] if len(record) > 6 else '?'})"
+        return (
+            False,
+            f"server refused the group (TLS alert {record[6] if len(record) > 6 else '?'})",
+        )
     if record[:1] != b"\x16" or record[5:6] != b"\x02":
         return False, "unexpected answer to the probe"
     random = record[11:43]
@@ -470,12 +585,12 @@ def parse_pq_answer(record: bytes, group: int = X25519MLKEM768) -> tuple[bool, s
     pos = 43
     pos += 1 + record[pos]  # session id
     pos += 3  # cipher suite, compression
-    end = pos + 2 + struct.unpack("!H", record[pos:pos + 2])[0]
+    end = pos + 2 + struct.unpack("!H", record[pos : pos + 2])[0]
     pos += 2
     while pos + 4 <= end:
-        kind, size = struct.unpack("!HH", record[pos:pos + 4])
+        kind, size = struct.unpack("!HH", record[pos : pos + 4])
         if kind == 51:
-            chosen = struct.unpack("!H", record[pos + 4:pos + 6])[0]
+            chosen = struct.unpack("!H", record[pos + 4 : pos + 6])[0]
             if chosen == group:
                 return True, "HelloRetryRequest selected X25519MLKEM768"
             return False, f"HelloRetryRequest selected group 0x{chosen:04x}"

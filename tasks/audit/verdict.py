@@ -30,15 +30,25 @@ from tasks.policy import (
 
 # Port -> (service name, STARTTLS dialogue or None for implicit TLS). 25 is opportunistic TLS.
 MAIL_PORTS: dict[int, tuple[str, str | None]] = {
-    25: ("smtp", "smtp"), 587: ("submission", "smtp"), 465: ("submissions", None),
-    143: ("imap", "imap"), 993: ("imaps", None), 110: ("pop3", "pop3"), 995: ("pop3s", None),
+    25: ("smtp", "smtp"),
+    587: ("submission", "smtp"),
+    465: ("submissions", None),
+    143: ("imap", "imap"),
+    993: ("imaps", None),
+    110: ("pop3", "pop3"),
+    995: ("pop3s", None),
 }
 OPPORTUNISTIC_PORTS = frozenset({25})
 POSTFIX_PORTS = frozenset({25, 587, 465})  # the rest are Dovecot's
 # A certificate this close to its end is a warning (expired is a failure).
 CERT_WARN_DAYS = 21
 # sslyze's group names for the policy's classic groups (prime256v1 is P-256 by either name).
-_GROUP_ALIASES = {"secp256r1": "prime256v1", "P-256": "prime256v1", "P-384": "secp384r1", "x25519": "X25519"}
+_GROUP_ALIASES = {
+    "secp256r1": "prime256v1",
+    "P-256": "prime256v1",
+    "P-384": "secp384r1",
+    "x25519": "X25519",
+}
 # Closed is a failure on these unless the caller says otherwise (POP3 is optional).
 DEFAULT_EXPECTED_PORTS = (25, 587, 465, 143, 993)
 # Old protocols sslyze can still test; below every floor.
@@ -55,15 +65,23 @@ class SuiteClass:
 
 
 _RFC_KEX = {  # RFC name part before _WITH_ -> class
-    "ECDHE_RSA": "ECDHE", "ECDHE_ECDSA": "ECDHE", "DHE_RSA": "DHE", "DHE_DSS": "DHE",
+    "ECDHE_RSA": "ECDHE",
+    "ECDHE_ECDSA": "ECDHE",
+    "DHE_RSA": "DHE",
+    "DHE_DSS": "DHE",
 }
 _OPENSSL_PREFIX = (  # OpenSSL name prefix -> (kex, problem); first match wins
-    ("ECDHE-PSK-", "PSK", "PSK key exchange"), ("DHE-PSK-", "PSK", "PSK key exchange"),
-    ("RSA-PSK-", "PSK", "PSK key exchange"), ("PSK-", "PSK", "PSK key exchange"),
-    ("SRP-", "SRP", "SRP key exchange"), ("EXP", "export", "export-grade"),
+    ("ECDHE-PSK-", "PSK", "PSK key exchange"),
+    ("DHE-PSK-", "PSK", "PSK key exchange"),
+    ("RSA-PSK-", "PSK", "PSK key exchange"),
+    ("PSK-", "PSK", "PSK key exchange"),
+    ("SRP-", "SRP", "SRP key exchange"),
+    ("EXP", "export", "export-grade"),
     ("ADH-", "anonymous", "anonymous, no authentication"),
     ("AECDH-", "anonymous", "anonymous, no authentication"),
-    ("ECDHE-", "ECDHE", None), ("DHE-", "DHE", None), ("EDH-", "DHE", None),
+    ("ECDHE-", "ECDHE", None),
+    ("DHE-", "DHE", None),
+    ("EDH-", "DHE", None),
     ("ECDH-", "static-ECDH", "static ECDH key exchange, not forward-secret"),
     ("DH-", "static-DH", "static DH key exchange, not forward-secret"),
 )
@@ -72,10 +90,10 @@ _OPENSSL_PREFIX = (  # OpenSSL name prefix -> (kex, problem); first match wins
 def classify_suite(name: str) -> SuiteClass:
     """Classify a suite by its RFC or OpenSSL name.
 
-        >>> classify_suite("ECDHE-RSA-AES128-GCM-SHA256").forward_secret
-        True
-        >>> classify_suite("TLS_DH_anon_WITH_AES_128_CBC_SHA").problem
-        'anonymous, no authentication'
+    >>> classify_suite("ECDHE-RSA-AES128-GCM-SHA256").forward_secret
+    True
+    >>> classify_suite("TLS_DH_anon_WITH_AES_128_CBC_SHA").problem
+    'anonymous, no authentication'
     """
     if "NULL" in re.split(r"[-_]", name.upper()):
         return SuiteClass("NULL", False, "NULL cipher, no encryption")
@@ -152,7 +170,9 @@ class PortScan:
     state: str
     error: str | None = None
     ip: str | None = None  # the address scanned (a name may resolve to several)
-    incomplete: list[str] = field(default_factory=list)  # checks that still failed after the retries
+    incomplete: list[str] = field(
+        default_factory=list
+    )  # checks that still failed after the retries
     protocols: list[str] = field(default_factory=list)
     suites: list[AcceptedSuite] = field(default_factory=list)
     curves: list[str] | None = None
@@ -192,7 +212,11 @@ class PortVerdict:
 
 def floor_for(port: int, profile: Profile) -> str:
     """The lowest protocol a port may accept: port 25 uses the opportunistic floor."""
-    return profile.opportunistic_min_protocol if port in OPPORTUNISTIC_PORTS else profile.mandatory_min_protocol
+    return (
+        profile.opportunistic_min_protocol
+        if port in OPPORTUNISTIC_PORTS
+        else profile.mandatory_min_protocol
+    )
 
 
 @dataclass(frozen=True)
@@ -225,22 +249,35 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
     fail: list[str] = []
     warn: list[str] = []
     if res.tls12_session_id:
-        fail.append("resumes TLS 1.2 by session ID: a server session cache holds master secrets "
-                    f"(tls_resumption={policy.name} allows none)")
+        fail.append(
+            "resumes TLS 1.2 by session ID: a server session cache holds master secrets "
+            f"(tls_resumption={policy.name} allows none)"
+        )
     tickets_allowed = policy.postfix_cache_timeout > 0 and port in POSTFIX_PORTS
     if (res.tls12_ticket or res.tls12_ticket_issued) and not tickets_allowed:
-        why = "its login processes can never honour them" if port not in POSTFIX_PORTS else \
-            f"tls_resumption={policy.name}"
+        why = (
+            "its login processes can never honour them"
+            if port not in POSTFIX_PORTS
+            else f"tls_resumption={policy.name}"
+        )
         fail.append(f"issues TLS 1.2 session tickets ({why})")
-    elif tickets_allowed and res.tls12_lifetime_hint is not None \
-            and res.tls12_lifetime_hint > policy.postfix_lifetime_hint:
-        fail.append(f"TLS 1.2 ticket lifetime hint {res.tls12_lifetime_hint} s: ticket keys outlive "
-                    f"the policy's window ({policy.postfix_window} s, hint {policy.postfix_lifetime_hint} s)")
+    elif (
+        tickets_allowed
+        and res.tls12_lifetime_hint is not None
+        and res.tls12_lifetime_hint > policy.postfix_lifetime_hint
+    ):
+        fail.append(
+            f"TLS 1.2 ticket lifetime hint {res.tls12_lifetime_hint} s: ticket keys outlive "
+            f"the policy's window ({policy.postfix_window} s, hint {policy.postfix_lifetime_hint} s)"
+        )
     if res.tls13_psk_ke_only == "resumed without (EC)DHE":
         fail.append("resumes TLS 1.3 without a fresh (EC)DHE for a client offering only psk_ke")
     if res.tls13 and (policy.postfix_cache_timeout == 0 or port not in POSTFIX_PORTS):
-        fail.append(f"resumes TLS 1.3 sessions (tls_resumption={policy.name}"
-                    + ("" if port in POSTFIX_PORTS else "; a login process cannot") + ")")
+        fail.append(
+            f"resumes TLS 1.3 sessions (tls_resumption={policy.name}"
+            + ("" if port in POSTFIX_PORTS else "; a login process cannot")
+            + ")"
+        )
     return fail, warn
 
 
@@ -263,7 +300,9 @@ def judge_certificate(cert: Certificate, expect: Expect) -> tuple[list[str], lis
     if cert.signature_hash in ("md5", "sha1"):
         fail.append(f"certificate signed with {cert.signature_hash.upper()}")
     if expect.cert_name and not name_matches(expect.cert_name, cert.names):
-        warn.append(f"certificate names {', '.join(cert.names) or '(none)'} do not match {expect.cert_name}")
+        warn.append(
+            f"certificate names {', '.join(cert.names) or '(none)'} do not match {expect.cert_name}"
+        )
     if cert.chain_in_order is False:
         warn.append("certificate chain served out of order")
     return fail, warn
@@ -273,7 +312,9 @@ def name_matches(name: str, patterns: list[str]) -> bool:
     """RFC 6125 matching, a wildcard only as the whole left-most label."""
     name = name.lower().rstrip(".")
     for pat in (p.lower().rstrip(".") for p in patterns):
-        if pat == name or (pat.startswith("*.") and "." in name and name.split(".", 1)[1] == pat[2:]):
+        if pat == name or (
+            pat.startswith("*.") and "." in name and name.split(".", 1)[1] == pat[2:]
+        ):
             return True
     return False
 
@@ -282,13 +323,17 @@ def _group(name: str) -> str:
     return _GROUP_ALIASES.get(name, name)
 
 
-def judge_port(scan: PortScan, profile: Profile, expected: bool = True, expect: Expect | None = None) -> PortVerdict:
+def judge_port(
+    scan: PortScan, profile: Profile, expected: bool = True, expect: Expect | None = None
+) -> PortVerdict:
     """Judge one port's scan against `profile` and `expect`; `expected`: must this port answer TLS?"""
     v = PortVerdict(scan.port, ip=scan.ip)
     if scan.state != "open":
         why = "closed" if scan.state == "closed" else f"{scan.state}: {scan.error}"
         (v.failures if expected else v.warnings).append(
-            f"port {scan.port} ({scan.service}) {why}" + (" but the profile expects TLS here" if expected else ""))
+            f"port {scan.port} ({scan.service}) {why}"
+            + (" but the profile expects TLS here" if expected else "")
+        )
         return v
     # A check that did not complete (after the retries) leaves the port unproven: fail it.
     v.failures += [f"incomplete scan: {what}" for what in scan.incomplete]
@@ -304,10 +349,14 @@ def judge_port(scan: PortScan, profile: Profile, expected: bool = True, expect: 
         if cls.problem:
             bad.setdefault(f"accepts {s.name} ({cls.problem})", []).append(s.protocol)
         if s.kex_type == "DH" and s.key_bits is not None and s.key_bits < MIN_DH_BITS:
-            bad.setdefault(f"{s.name} uses a {s.key_bits}-bit DH group (minimum {MIN_DH_BITS})", []).append(s.protocol)
+            bad.setdefault(
+                f"{s.name} uses a {s.key_bits}-bit DH group (minimum {MIN_DH_BITS})", []
+            ).append(s.protocol)
         elif cls.kex == "DHE" and (s.kex_type != "DH" or s.key_bits is None):
             # an unreadable key proves nothing: it must not escape the 2048-bit rule
-            bad.setdefault(f"{s.name}: DH group size could not be read (minimum {MIN_DH_BITS})", []).append(s.protocol)
+            bad.setdefault(
+                f"{s.name}: DH group size could not be read (minimum {MIN_DH_BITS})", []
+            ).append(s.protocol)
     v.failures += [f"{msg} on {', '.join(protos)}" for msg, protos in bad.items()]
     if scan.client_renegotiation:
         v.failures.append("accepts client-initiated renegotiation")
@@ -319,7 +368,9 @@ def judge_port(scan: PortScan, profile: Profile, expected: bool = True, expect: 
     if scan.extended_master_secret is False and tls12:
         v.failures.append("no extended master secret (RFC 7627)")
     if profile.server_preference and scan.server_order is False:
-        v.failures.append(f"server cipher order not enforced (profile {profile.name}): {scan.server_order_note}")
+        v.failures.append(
+            f"server cipher order not enforced (profile {profile.name}): {scan.server_order_note}"
+        )
     _judge_groups(v, scan, expect)
     if expect is not None:
         fail, warn = judge_resumption(scan.port, scan.resumption, expect.resumption)
@@ -329,10 +380,16 @@ def judge_port(scan: PortScan, profile: Profile, expected: bool = True, expect: 
         fail, warn = judge_certificate(scan.certificate, expect or Expect())
         v.failures += fail
         v.warnings += warn
-    outside = sorted({s.openssl_name for s in scan.suites if s.protocol != "TLSv1.3"} - set(profile.tls12_suites))
+    outside = sorted(
+        {s.openssl_name for s in scan.suites if s.protocol != "TLSv1.3"} - set(profile.tls12_suites)
+    )
     if outside:
         v.warnings.append(f"suites outside profile {profile.name}: {', '.join(outside)}")
-    if scan.certificate is None and scan.cert_key_type == "RSA" and (scan.cert_key_bits or 0) < 2048:
+    if (
+        scan.certificate is None
+        and scan.cert_key_type == "RSA"
+        and (scan.cert_key_bits or 0) < 2048
+    ):
         v.warnings.append(f"certificate RSA key of {scan.cert_key_bits} bits (< 2048)")
     return v
 
@@ -342,7 +399,9 @@ def _judge_groups(v: PortVerdict, scan: PortScan, expect: Expect | None) -> None
     offered against the policy's."""
     want_pq = expect.pq_hybrid if expect else None
     if want_pq and scan.pq_hybrid is False:
-        v.failures.append(f"{PQ_HYBRID} not offered (tls_pq_hybrid on, host OpenSSL supports it): {scan.pq_note}")
+        v.failures.append(
+            f"{PQ_HYBRID} not offered (tls_pq_hybrid on, host OpenSSL supports it): {scan.pq_note}"
+        )
     elif want_pq is False and scan.pq_hybrid:
         v.failures.append(f"{PQ_HYBRID} offered though the policy leaves it out")
     if scan.curves is not None and expect is not None:
@@ -355,14 +414,21 @@ def _judge_groups(v: PortVerdict, scan: PortScan, expect: Expect | None) -> None
             v.warnings.append(f"policy groups not offered: {', '.join(missing)}")
 
 
-def judge_host(scans: list[PortScan], profile: Profile,
-               expected_ports: tuple[int, ...] = DEFAULT_EXPECTED_PORTS, expect: Expect | None = None) -> list[PortVerdict]:
+def judge_host(
+    scans: list[PortScan],
+    profile: Profile,
+    expected_ports: tuple[int, ...] = DEFAULT_EXPECTED_PORTS,
+    expect: Expect | None = None,
+) -> list[PortVerdict]:
     """Verdicts for every scanned port (of every address), plus a failure for an expected port
     not scanned at all on an address."""
     verdicts = [judge_port(s, profile, s.port in expected_ports, expect) for s in scans]
     for ip in dict.fromkeys(s.ip for s in scans) or [None]:
         scanned = {s.port for s in scans if s.ip == ip}
         where = f" on {ip}" if ip else ""
-        verdicts += [PortVerdict(p, ip=ip, failures=[f"port {p} was not scanned{where}"])
-                     for p in expected_ports if p not in scanned]
+        verdicts += [
+            PortVerdict(p, ip=ip, failures=[f"port {p} was not scanned{where}"])
+            for p in expected_ports
+            if p not in scanned
+        ]
     return verdicts

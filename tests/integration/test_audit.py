@@ -13,8 +13,14 @@ from testhosts.image import TEST_PASSWORD, TEST_USER
 
 
 def run_audit(host, tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]:
-    res = run_pyinfra(host, "audit.py", *args, check=False, timeout=300,
-                      env={"MAILTLS_AUDIT_JSON": str(tmp_path / "{host}.json")})
+    res = run_pyinfra(
+        host,
+        "audit.py",
+        *args,
+        check=False,
+        timeout=300,
+        env={"MAILTLS_AUDIT_JSON": str(tmp_path / "{host}.json")},
+    )
     path = tmp_path / f"{host.name}.json"
     assert path.exists(), f"no JSON written:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     result = json.loads(path.read_text())
@@ -53,10 +59,14 @@ def test_pq_probe_agrees_with_openssl_on_the_host(stock, suite, tmp_path):
         ours, why = probe_pq_hybrid(host.address, number)
         assert ours is not None, why
         starttls = "-starttls smtp" if number == 25 else ""
-        check = host.ssh(f"echo | timeout 10 openssl s_client -connect 127.0.0.1:{number} {starttls} "
-                         f"-groups X25519MLKEM768 -tls1_3 2>&1", check=False)
+        check = host.ssh(
+            f"echo | timeout 10 openssl s_client -connect 127.0.0.1:{number} {starttls} "
+            f"-groups X25519MLKEM768 -tls1_3 2>&1",
+            check=False,
+        )
         host_says = "Negotiated TLS1.3 group: X25519MLKEM768" in check.stdout or (
-            "Server Temp Key: X25519MLKEM768" in check.stdout)
+            "Server Temp Key: X25519MLKEM768" in check.stdout
+        )
         if suite == "bookworm":
             assert ours is False  # OpenSSL 3.0 cannot do ML-KEM at all
         else:
@@ -84,15 +94,19 @@ def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path, source):
     """From the journal (Debian 12/13) and from rsyslog's mail.log (the rsyslog variant)."""
     host = fresh_host(suite, "rsyslog" if source.endswith("mail.log") else None)
     # What the deploy will do for logging, done by hand so this test does not depend on it.
-    host.ssh("postconf -e smtpd_tls_loglevel=1 && postfix reload >/dev/null 2>&1; "
-             "E=$(doveconf -h login_log_format_elements); "
-             "echo \"login_log_format_elements = $E %{ssl_security}\" > /etc/dovecot/conf.d/99-audit-test.conf; "
-             "doveconf -n >/dev/null && systemctl reload dovecot")
+    host.ssh(
+        "postconf -e smtpd_tls_loglevel=1 && postfix reload >/dev/null 2>&1; "
+        "E=$(doveconf -h login_log_format_elements); "
+        'echo "login_log_format_elements = $E %{ssl_security}" > /etc/dovecot/conf.d/99-audit-test.conf; '
+        "doveconf -n >/dev/null && systemctl reload dovecot"
+    )
     # Real clients on the host itself (loopback): the audit leaves the controller's own sessions out.
     for flag, _ in SMTP_SESSIONS:
         # wait for the EHLO reply before QUIT: Postfix rejects unannounced pipelining
-        out = host.ssh(f"(printf 'EHLO client.test\\r\\n'; sleep 1; printf 'QUIT\\r\\n') | timeout 20 openssl s_client -quiet "
-                       f"-connect 127.0.0.1:25 -starttls smtp {flag} 2>&1").stdout
+        out = host.ssh(
+            f"(printf 'EHLO client.test\\r\\n'; sleep 1; printf 'QUIT\\r\\n') | timeout 20 openssl s_client -quiet "
+            f"-connect 127.0.0.1:25 -starttls smtp {flag} 2>&1"
+        ).stdout
         assert "221" in out, out
     imap = f"printf 'a LOGIN {TEST_USER} {TEST_PASSWORD}\\r\\nb LOGOUT\\r\\n' | timeout 20 openssl s_client -quiet"
     for target in ("-connect 127.0.0.1:143 -starttls imap", "-connect 127.0.0.1:993 -tls1_2"):
@@ -117,13 +131,23 @@ def test_deployed_host_reports_every_check(deployed, suite, tmp_path):
     res, result = run_audit(host, tmp_path)
     assert res.returncode == 0 and result["ok"], failures_in(result)
     assert result["addresses"] == [host.address]
-    assert result["expect"]["tls_resumption"] == "bounded" and result["expect"]["pq_hybrid"] is (suite == "trixie")
+    assert result["expect"]["tls_resumption"] == "bounded" and result["expect"]["pq_hybrid"] is (
+        suite == "trixie"
+    )
     for number in (25, 587, 465, 143, 993):
         p = port(result, number)
-        assert p["incomplete"] == [] and p["compression"] is False and p["extended_master_secret"] is True, p
+        assert (
+            p["incomplete"] == []
+            and p["compression"] is False
+            and p["extended_master_secret"] is True
+        ), p
         assert p["secure_renegotiation"] is True and p["pq_hybrid"] is (suite == "trixie")
         cert = p["certificate"]
-        assert cert["key_type"] == "RSA" and cert["key_bits"] >= 2048 and cert["signature_hash"] == "sha256"
+        assert (
+            cert["key_type"] == "RSA"
+            and cert["key_bits"] >= 2048
+            and cert["signature_hash"] == "sha256"
+        )
         r = p["resumption"]
         assert r["tls12_session_id"] is False
         if number in (25, 587, 465):
@@ -150,14 +174,25 @@ def expired_pair(name: str) -> tuple[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(days=90))
-            .not_valid_after(now - timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=90))
+        .not_valid_after(now - timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM).decode(),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+    )
 
 
 def test_audit_fails_an_expired_certificate(fresh_host, tmp_path):
@@ -166,8 +201,12 @@ def test_audit_fails_an_expired_certificate(fresh_host, tmp_path):
     cert, key = expired_pair(name)
     host.ssh("mkdir -p /etc/mailtls-test && cat > /etc/mailtls-test/expired.pem", input=cert)
     host.ssh("umask 077 && cat > /etc/mailtls-test/expired.key", input=key)
-    data = ("--data", "postfix_cert_file=/etc/mailtls-test/expired.pem",
-            "--data", "postfix_key_file=/etc/mailtls-test/expired.key")
+    data = (
+        "--data",
+        "postfix_cert_file=/etc/mailtls-test/expired.pem",
+        "--data",
+        "postfix_key_file=/etc/mailtls-test/expired.key",
+    )
     # The certificate watcher would (rightly) refuse to put an expired pair in service: without
     # it main.cf names the files directly, as an admin's own config would.
     run_pyinfra(host, "deploy.py", *data, "--data", "mailtls_cert_watch=false")
@@ -186,9 +225,11 @@ def test_audit_fails_a_host_missing_the_hybrid_group_where_promised(fresh_host, 
     host = fresh_host("trixie")  # OpenSSL 3.5: X25519MLKEM768 is promised with tls_pq_hybrid on
     run_pyinfra(host)
     # An admin removes the hybrid group by hand from both daemons.
-    host.ssh("postconf -e 'tls_eecdh_auto_curves = X25519 prime256v1 secp384r1' && postfix reload; "
-             "sed -i 's/^ssl_curve_list = X25519MLKEM768:/ssl_curve_list = /' /etc/dovecot/conf.d/99-mailtls.conf && "
-             "doveconf -n >/dev/null && systemctl reload dovecot && sleep 1")
+    host.ssh(
+        "postconf -e 'tls_eecdh_auto_curves = X25519 prime256v1 secp384r1' && postfix reload; "
+        "sed -i 's/^ssl_curve_list = X25519MLKEM768:/ssl_curve_list = /' /etc/dovecot/conf.d/99-mailtls.conf && "
+        "doveconf -n >/dev/null && systemctl reload dovecot && sleep 1"
+    )
     res, result = run_audit(host, tmp_path)
     assert res.returncode != 0 and not result["ok"]
     for number in (25, 587, 465, 143, 993):
@@ -201,13 +242,17 @@ def test_audit_fails_legacy_dhe_without_server_order(fresh_host, tmp_path):
     host = fresh_host("bookworm")
     legacy = ("--data", "tls_profile=legacy-dhe")
     run_pyinfra(host, "deploy.py", *legacy)
-    host.ssh("postconf -e tls_preempt_cipherlist=no && postfix reload")  # Postfix only; Dovecot keeps its order
+    host.ssh(
+        "postconf -e tls_preempt_cipherlist=no && postfix reload"
+    )  # Postfix only; Dovecot keeps its order
     res, result = run_audit(host, tmp_path, *legacy)
     assert res.returncode != 0 and not result["ok"]
     for number in (25, 587, 465):
         p = port(result, number)
         assert p["server_order"] is False and "got DHE-" in p["server_order_note"], p
-        assert any(f.startswith("server cipher order not enforced") for f in p["failures"]), p["failures"]
+        assert any(f.startswith("server cipher order not enforced") for f in p["failures"]), p[
+            "failures"
+        ]
     for number in (143, 993):
         p = port(result, number)
         assert p["server_order"] is True and "got ECDHE-" in p["server_order_note"] and p["ok"], p

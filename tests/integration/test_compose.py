@@ -18,8 +18,13 @@ PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 def handshake(address: str, port: int, *args: str) -> str | None:
     """The negotiated protocol of a handshake on `port`, None if there was none."""
     starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
-    res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args],
-                         input="", capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls, *args],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     m = re.search(r"^New, (TLSv1\.[0-3]), Cipher is (?!\(NONE\))", res.stdout, re.M)
     return m.group(1) if m else None
 
@@ -27,15 +32,18 @@ def handshake(address: str, port: int, *args: str) -> str | None:
 def project(tmp_path, host, host_data: str = "") -> None:
     """Another project's tree: its inventory, its group data, its own deploy."""
     ssh = {k: v for k, v in host.pyinfra_data().items() if k != "ssh_hostname"}
-    (tmp_path / "inventory.py").write_text(textwrap.dedent(f"""\
+    (tmp_path / "inventory.py").write_text(
+        textwrap.dedent(f"""\
         mail_servers = [
             ({host.address!r}, {{**{ssh!r}, "mailtls_tls_profile": "modern"{host_data}}}),
         ]
-        """))
+        """)
+    )
     (tmp_path / "group_data").mkdir()
     # Other deploys' data in all.py, with our old names and namespaced ones mixed as a real
     # project's would be during a migration.
-    (tmp_path / "group_data" / "all.py").write_text(textwrap.dedent("""\
+    (tmp_path / "group_data" / "all.py").write_text(
+        textwrap.dedent("""\
         postfix_relayhost = "[smtp.example.org]:587"
         postfix_mynetworks = ["127.0.0.0/8"]
         dovecot_mail_location = "maildir:~/Maildir"
@@ -44,12 +52,16 @@ def project(tmp_path, host, host_data: str = "") -> None:
         dh_group = None
         mailtls_tls_profile = "intermediate"   # the host's own data overrides it (modern)
         tls_pq_hybrid = True                   # our old name: still works
-        """))
-    (tmp_path / "group_data" / "mail_servers.py").write_text(textwrap.dedent("""\
+        """)
+    )
+    (tmp_path / "group_data" / "mail_servers.py").write_text(
+        textwrap.dedent("""\
         mailtls_postfix_submissions = False    # no 465 for this group
         dovecot_ssl = "required"
-        """))
-    (tmp_path / "site.py").write_text(textwrap.dedent(f"""\
+        """)
+    )
+    (tmp_path / "site.py").write_text(
+        textwrap.dedent(f"""\
         import sys
         sys.path.insert(0, {str(ROOT)!r})
 
@@ -62,12 +74,14 @@ def project(tmp_path, host, host_data: str = "") -> None:
         files.put(name="Relay host of another deploy", src=__import__("io").StringIO(
             host.data.postfix_relayhost + "\\n"), dest="/root/relayhost")
         mail_tls()
-        """))
+        """)
+    )
 
 
 def pyinfra(tmp_path, *args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([PYINFRA, "-y", *args], cwd=cwd or tmp_path, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [PYINFRA, "-y", *args], cwd=cwd or tmp_path, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_deploys_beside_other_deploys_host_data(fresh_host, tmp_path):
@@ -100,9 +114,14 @@ def test_a_typo_in_our_namespace_stops_the_users_deploy(fresh_host, tmp_path):
     before = host.ssh("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf").stdout
     res = pyinfra(tmp_path, "inventory.py", "site.py")
     assert res.returncode != 0
-    assert "unknown setting 'mailtls_tls_profil' (did you mean mailtls_tls_profile?)" in res.stderr, \
-        res.stderr[-3000:]
+    assert (
+        "unknown setting 'mailtls_tls_profil' (did you mean mailtls_tls_profile?)" in res.stderr
+    ), res.stderr[-3000:]
     assert host.ssh("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf").stdout == before
     # the project's deploy.py refuses it before any operation, on every host
     res = pyinfra(tmp_path, str(tmp_path / "inventory.py"), "deploy.py", cwd=ROOT)
-    assert res.returncode != 0 and "invalid settings:" in res.stderr and "Starting operation" not in res.stderr
+    assert (
+        res.returncode != 0
+        and "invalid settings:" in res.stderr
+        and "Starting operation" not in res.stderr
+    )

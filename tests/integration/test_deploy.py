@@ -65,8 +65,16 @@ def test_old_protocols_refused_everywhere(deployed, suite, proto):
         assert not established(out), (port, proto, out)
 
 
-@pytest.mark.parametrize("cipher", ["AES128-GCM-SHA256", "AES256-SHA", "ADH-AES128-GCM-SHA256",
-                                    "DHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA"])
+@pytest.mark.parametrize(
+    "cipher",
+    [
+        "AES128-GCM-SHA256",
+        "AES256-SHA",
+        "ADH-AES128-GCM-SHA256",
+        "DHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES128-SHA",
+    ],
+)
 def test_non_fs_and_non_aead_suites_refused(deployed, suite, cipher):
     host = deployed[suite]
     for port in PORTS:
@@ -78,7 +86,9 @@ def test_the_refusal_checks_can_fail(stock, suite):
     """The stock host accepts what the deployed one refuses: the probes above really probe."""
     host = stock[suite]
     assert established(s_client(host.address, 25, "-tls1_1", "-cipher", LEGACY))
-    assert established(s_client(host.address, 25, "-tls1_2", "-cipher", "AES128-GCM-SHA256:@SECLEVEL=0"))
+    assert established(
+        s_client(host.address, 25, "-tls1_2", "-cipher", "AES128-GCM-SHA256:@SECLEVEL=0")
+    )
 
 
 def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
@@ -88,26 +98,38 @@ def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     with smtplib.SMTP(host.address, 25, timeout=30) as smtp:
         smtp.starttls(context=ctx)
-        smtp.sendmail("probe@controller.mailtls.test", [f"mailtest@{host.fqdn}"],
-                      f"Subject: {tag}\r\n\r\nhello\r\n")
+        smtp.sendmail(
+            "probe@controller.mailtls.test",
+            [f"mailtest@{host.fqdn}"],
+            f"Subject: {tag}\r\n\r\nhello\r\n",
+        )
     with imaplib.IMAP4_SSL(host.address, 993, ssl_context=ctx, timeout=30) as imap:
         imap.login("mailtest", "mailtest-pw")
         imap.logout()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         log = host.ssh("journalctl -q --no-pager -o short-iso -n 300 SYSLOG_FACILITY=2").stdout
-        if tag in host.ssh("cat /var/mail/mailtest", check=False).stdout and re.search(r"imap-login: (Login|Logged in): user=<mailtest>", log):
+        if tag in host.ssh("cat /var/mail/mailtest", check=False).stdout and re.search(
+            r"imap-login: (Login|Logged in): user=<mailtest>", log
+        ):
             break
         time.sleep(0.5)
-    assert re.search(r"postfix/smtpd\[\d+\]: (Anonymous|Untrusted|Trusted|Verified) TLS connection "
-                     r"established from controller\S*: TLSv1\.3 with cipher TLS_\w+", log), log
-    assert re.search(r"imap-login: (Login|Logged in): user=<mailtest>.*TLSv1\.3 with cipher TLS_\w+", log), log
+    assert re.search(
+        r"postfix/smtpd\[\d+\]: (Anonymous|Untrusted|Trusted|Verified) TLS connection "
+        r"established from controller\S*: TLSv1\.3 with cipher TLS_\w+",
+        log,
+    ), log
+    assert re.search(
+        r"imap-login: (Login|Logged in): user=<mailtest>.*TLSv1\.3 with cipher TLS_\w+", log
+    ), log
     assert tag in host.ssh("cat /var/mail/mailtest").stdout  # delivered
 
 
 def test_postfix_and_postconf_print_no_warning(deployed, suite):
     host = deployed[suite]
-    out = host.ssh("postfix check 2>&1; postconf -n 2>&1 >/dev/null; postconf -P 2>&1 >/dev/null").stdout
+    out = host.ssh(
+        "postfix check 2>&1; postconf -n 2>&1 >/dev/null; postconf -P 2>&1 >/dev/null"
+    ).stdout
     assert out == "", out
 
 
@@ -141,7 +163,9 @@ def test_a_script_that_lost_its_mode_gets_it_back(deployed, suite):
 
 
 def _config_digest(host) -> str:
-    out = host.ssh(f"cat {CONFIG} 2>/dev/null | sha256sum; ls /var/lib/mailtls /usr/local/sbin 2>&1; true").stdout
+    out = host.ssh(
+        f"cat {CONFIG} 2>/dev/null | sha256sum; ls /var/lib/mailtls /usr/local/sbin 2>&1; true"
+    ).stdout
     return hashlib.sha256(out.encode()).hexdigest()
 
 
@@ -158,10 +182,19 @@ def test_dry_run_lists_changes_and_changes_nothing(fresh_host, suite):
 def test_modern_refuses_tls12_where_tls_is_mandatory(fresh_host, suite):
     """Deployed with the host given inline, without inventory.py, as `pyinfra HOST deploy.py`."""
     host = fresh_host(suite)
-    data = [a for k, v in host.pyinfra_data().items() if k != "ssh_hostname"
-            for a in ("--data", f"{k}={v}")]
-    res = subprocess.run([PYINFRA, "-y", host.address, "deploy.py", *data, "--data", "tls_profile=modern"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    data = [
+        a
+        for k, v in host.pyinfra_data().items()
+        if k != "ssh_hostname"
+        for a in ("--data", f"{k}={v}")
+    ]
+    res = subprocess.run(
+        [PYINFRA, "-y", host.address, "deploy.py", *data, "--data", "tls_profile=modern"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     for port in MANDATORY:
         assert not established(s_client(host.address, port, "-tls1_2")), port

@@ -40,8 +40,9 @@ def assert_dhe_everywhere(host, bits: int) -> None:
 
 
 def checksums(host, paths: str) -> str:
-    return host.ssh(f"sha256sum {paths} 2>&1; ls -la /etc/ssl/mailtls 2>&1; crontab -l 2>&1",
-                    check=False).stdout
+    return host.ssh(
+        f"sha256sum {paths} 2>&1; ls -la /etc/ssl/mailtls 2>&1; crontab -l 2>&1", check=False
+    ).stdout
 
 
 def remote_sha(host, path: str = DH_FILE) -> str:
@@ -55,7 +56,9 @@ def local_sha(bits: int) -> str:
 def rotate_log(host) -> str:
     """mailtls-dh-rotate's syslog lines, from the journal (test hosts have no mail.log, as Debian 12/13)."""
     out = host.ssh("journalctl -q --no-pager -o cat -t mailtls-dh-rotate", check=False).stdout
-    return "".join(f"mailtls-dh-rotate: {line}\n" for line in out.splitlines())  # as syslog writes it
+    return "".join(
+        f"mailtls-dh-rotate: {line}\n" for line in out.splitlines()
+    )  # as syslog writes it
 
 
 def log_count(host, pattern: str) -> int:
@@ -85,24 +88,39 @@ def no_changes(res) -> bool:
 
 def cron_command(host) -> str:
     """The rotation job's command, exactly as the deploy wrote it into root's crontab."""
-    lines = [line for line in host.ssh("crontab -l", check=False).stdout.splitlines()
-             if line.strip() and not line.startswith("#") and "mailtls-dh-rotate" in line]
+    lines = [
+        line
+        for line in host.ssh("crontab -l", check=False).stdout.splitlines()
+        if line.strip() and not line.startswith("#") and "mailtls-dh-rotate" in line
+    ]
     assert len(lines) == 1, lines
     return lines[0].split(None, 5)[5]
 
 
 def run_like_cron(host, command: str, timeout: float = 900):
     """Run a crontab command with cron's environment (PATH=/usr/bin:/bin, nothing else)."""
-    return host.ssh(f"env -i HOME=/root LOGNAME=root SHELL=/bin/sh PATH=/usr/bin:/bin "
-                    f"/bin/sh -c '{command}'; echo rc=$?", check=False, timeout=timeout)
+    return host.ssh(
+        f"env -i HOME=/root LOGNAME=root SHELL=/bin/sh PATH=/usr/bin:/bin "
+        f"/bin/sh -c '{command}'; echo rc=$?",
+        check=False,
+        timeout=timeout,
+    )
 
 
 def test_fixed_group_handshakes_weak_size_refused_and_group_switch(fresh_host, suite):
     host = fresh_host(suite)
     stock = checksums(host, CONFIG)
 
-    bad = run_pyinfra(host, "deploy.py", *LEGACY, "--data", "dh_source=generated",
-                      "--data", "dh_bits=1024", check=False)
+    bad = run_pyinfra(
+        host,
+        "deploy.py",
+        *LEGACY,
+        "--data",
+        "dh_source=generated",
+        "--data",
+        "dh_bits=1024",
+        check=False,
+    )
     assert bad.returncode != 0
     assert re.search(r"dh_bits=1024.*Logjam", bad.stdout + bad.stderr), bad.stderr[-2000:]
     assert checksums(host, CONFIG) == stock
@@ -113,8 +131,13 @@ def test_fixed_group_handshakes_weak_size_refused_and_group_switch(fresh_host, s
     assert remote_sha(host) == local_sha(3072)
     assert_dhe_everywhere(host, 3072)
     # a client offering DHE first still gets ECDHE: the server's order wins
-    out = s_client(host.address, 25, "-tls1_2", "-cipher",
-                   "DHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+    out = s_client(
+        host.address,
+        25,
+        "-tls1_2",
+        "-cipher",
+        "DHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384",
+    )
     assert "Cipher is ECDHE-RSA-AES256-GCM-SHA384" in out, out
     assert re.search(r"Server Temp Key: (X25519|ECDH)", s_client(host.address, 993)), "no ECDHE"
     assert host.ssh(f"test -e {dh.ROTATE_BIN}", check=False).returncode == 1
@@ -135,8 +158,15 @@ def test_fixed_group_handshakes_weak_size_refused_and_group_switch(fresh_host, s
 
 def test_generated_parameters_and_forced_rotation(fresh_host, suite):
     host = fresh_host(suite)
-    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048",
-            "--data", "dh_rotation=on")
+    data = (
+        *LEGACY,
+        "--data",
+        "dh_source=generated",
+        "--data",
+        "dh_bits=2048",
+        "--data",
+        "dh_rotation=on",
+    )
     run_pyinfra(host, "deploy.py", *data)
     # The deploy did not wait: a valid file is there at once, the generation runs behind it.
     assert remote_sha(host) in (local_sha(2048),) or not generating(host)
@@ -153,16 +183,19 @@ def test_generated_parameters_and_forced_rotation(fresh_host, suite):
     assert_dhe_everywhere(host, 2048)
 
     # Force the cron job, in cron's bare environment.
-    reloads = (log_count(host, r"postfix/master\[[0-9]+\]: reload"),
-               log_count(host, r"dovecot(\[\d+\])?: master: Warning: SIGHUP received"))
+    reloads = (
+        log_count(host, r"postfix/master\[[0-9]+\]: reload"),
+        log_count(host, r"dovecot(\[\d+\])?: master: Warning: SIGHUP received"),
+    )
     out = run_like_cron(host, cron_command(host)).stdout
     assert out.strip().endswith("rc=0"), out
     rotated = remote_sha(host)
     assert rotated not in (generated, local_sha(2048))
     assert host.ssh(f"{dh.ROTATE_BIN} --check {DH_FILE} 2048").returncode == 0
-    assert (log_count(host, r"postfix/master\[[0-9]+\]: reload"),
-            log_count(host, r"dovecot(\[\d+\])?: master: Warning: SIGHUP received")) == \
-        (reloads[0] + 1, reloads[1] + 1)
+    assert (
+        log_count(host, r"postfix/master\[[0-9]+\]: reload"),
+        log_count(host, r"dovecot(\[\d+\])?: master: Warning: SIGHUP received"),
+    ) == (reloads[0] + 1, reloads[1] + 1)
     assert_dhe_everywhere(host, 2048)
     assert host.ssh("ls -A /etc/ssl/mailtls").stdout.split() == ["dh.pem"]  # no temp left
     assert no_changes(run_pyinfra(host, "deploy.py", *data))  # the stamp follows the rotation
@@ -170,8 +203,10 @@ def test_generated_parameters_and_forced_rotation(fresh_host, suite):
     # A schedule with '/' (pyinfra edits the crontab with sed), then rotation off.
     run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation_schedule=*/30 3 * * 1")
     tab = host.ssh("crontab -l").stdout.splitlines()
-    assert [line for line in tab if "mailtls" in line] == [f"# pyinfra-name={dh.CRON_NAME}",
-                                                  f"*/30 3 * * 1 {dh.ROTATE_BIN}"], tab
+    assert [line for line in tab if "mailtls" in line] == [
+        f"# pyinfra-name={dh.CRON_NAME}",
+        f"*/30 3 * * 1 {dh.ROTATE_BIN}",
+    ], tab
     run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
     assert "mailtls" not in host.ssh("crontab -l", check=False).stdout  # job and its name
     assert remote_sha(host) == rotated
@@ -194,22 +229,30 @@ def test_kill_9_and_concurrent_rotations(fresh_host, suite):
 
     # 2. kill -9 a cron-style run (no systemd around it) in mid-generation.
     pid = host.ssh(f"setsid {dh.ROTATE_BIN} >/dev/null 2>&1 </dev/null & echo $!").stdout.strip()
-    assert wait_until(lambda: host.ssh(f"pgrep -P {pid} -x openssl", check=False).returncode == 0,
-                      timeout=30, step=0.5)
+    assert wait_until(
+        lambda: host.ssh(f"pgrep -P {pid} -x openssl", check=False).returncode == 0,
+        timeout=30,
+        step=0.5,
+    )
     child = host.ssh(f"pgrep -P {pid} -x openssl").stdout.strip()
     host.ssh(f"kill -9 {pid}")
     # openssl dies with its parent (no orphan burning CPU, holding nothing)
     assert wait_until(lambda: host.ssh(f"kill -0 {child}", check=False).returncode != 0, timeout=10)
     assert remote_sha(host) == placeholder
     left = host.ssh("ls -A /etc/ssl/mailtls").stdout.split()
-    assert "dh.pem" in left and all(n.startswith(".dh.pem.mailtls-tmp.") for n in left if n != "dh.pem")
+    assert "dh.pem" in left and all(
+        n.startswith(".dh.pem.mailtls-tmp.") for n in left if n != "dh.pem"
+    )
     assert host.ssh(f"{dh.ROTATE_BIN} --check {DH_FILE} 4096").returncode == 0
 
     # 3. The next runs: two at once (2048 bits to keep the test short). One generates, the other
     #    sees the lock and leaves at once; the killed run's temp file is gone afterwards.
     before = log_count(host, r"mailtls-dh-rotate(\[\d+\])?:")
-    out = host.ssh(f"({dh.ROTATE_BIN} -b 2048; echo A=$?) & ({dh.ROTATE_BIN} -b 2048; echo B=$?) & wait",
-                   timeout=900, check=False).stdout
+    out = host.ssh(
+        f"({dh.ROTATE_BIN} -b 2048; echo A=$?) & ({dh.ROTATE_BIN} -b 2048; echo B=$?) & wait",
+        timeout=900,
+        check=False,
+    ).stdout
     codes = sorted(re.findall(r"[AB]=(\d+)", out))
     assert codes == ["0", "75"], out
     log = [line for line in rotate_log(host).splitlines() if "mailtls-dh-rotate" in line][before:]
@@ -239,8 +282,10 @@ def test_rotation_goes_through_the_safety_net(fresh_host, suite):
     stamp = host.ssh(f"cat {dh.ROTATE_STAMP}").stdout
     key = "ssl_key" if suite == "bookworm" else "ssl_server_key_file"
     value = "</etc/ssl/private/other.key" if suite == "bookworm" else "/etc/ssl/private/other.key"
-    host.ssh("openssl genrsa -out /etc/ssl/private/other.key 2048 2>/dev/null && "
-             f"echo '{key} = {value}' > /etc/dovecot/conf.d/98-other-key.conf && doveconf -x -n >/dev/null")
+    host.ssh(
+        "openssl genrsa -out /etc/ssl/private/other.key 2048 2>/dev/null && "
+        f"echo '{key} = {value}' > /etc/dovecot/conf.d/98-other-key.conf && doveconf -x -n >/dev/null"
+    )
     res = run_like_cron(host, dh.ROTATE_BIN)
     out = res.stderr + res.stdout
     assert res.stdout.strip().endswith("rc=1"), out

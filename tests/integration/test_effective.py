@@ -17,8 +17,10 @@ import pytest
 from conftest import run_pyinfra
 
 APPLY = "/usr/local/sbin/mailtls-apply"
-LEGACY_SMTPS = ("smtps inet n - y - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_sasl_auth_enable=yes "
-                "-o smtpd_client_restrictions=permit_sasl_authenticated,reject")
+LEGACY_SMTPS = (
+    "smtps inet n - y - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_sasl_auth_enable=yes "
+    "-o smtpd_client_restrictions=permit_sasl_authenticated,reject"
+)
 DOVECOT_SASL = """service auth {
   unix_listener /var/spool/postfix/private/auth {
     mode = 0660
@@ -27,8 +29,10 @@ DOVECOT_SASL = """service auth {
   }
 }
 """
-STATE = ("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/* "
-         "/etc/dovecot/local.conf 2>&1; ls -A /usr/local/sbin /var/lib/mailtls /etc/mailtls 2>&1; true")
+STATE = (
+    "sha256sum /etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/* "
+    "/etc/dovecot/local.conf 2>&1; ls -A /usr/local/sbin /var/lib/mailtls /etc/mailtls 2>&1; true"
+)
 
 
 def ctx() -> ssl.SSLContext:
@@ -50,16 +54,22 @@ def auth_on_465(host, password: str) -> bool:
 
 def with_legacy_smtps(host) -> None:
     """What Debian <= 10 shipped for 465 and upgrades keep, with Dovecot SASL wired up."""
-    host.ssh(f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
-             "postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth && "
-             f"printf '%s' '{DOVECOT_SASL}' > /etc/dovecot/conf.d/11-postfix-auth.conf && "
-             "systemctl restart dovecot && postfix reload")
+    host.ssh(
+        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
+        "postconf -e smtpd_sasl_type=dovecot smtpd_sasl_path=private/auth && "
+        f"printf '%s' '{DOVECOT_SASL}' > /etc/dovecot/conf.d/11-postfix-auth.conf && "
+        "systemctl restart dovecot && postfix reload"
+    )
 
 
 def services_on_465(host) -> list[str]:
     names = host.ssh("postconf -M").stdout.split("\n")
-    return [line.split()[0] for line in names
-            if line.split() and line.split()[0].split(":")[-1].strip("[]") in ("465", "smtps", "submissions")]
+    return [
+        line.split()[0]
+        for line in names
+        if line.split()
+        and line.split()[0].split(":")[-1].strip("[]") in ("465", "smtps", "submissions")
+    ]
 
 
 def test_legacy_smtps_keeps_one_listener_and_sasl(fresh_host, suite):
@@ -69,8 +79,10 @@ def test_legacy_smtps_keeps_one_listener_and_sasl(fresh_host, suite):
     res = run_pyinfra(host)
     assert services_on_465(host) == ["smtps"]  # reused, no second listener
     params = host.ssh("postconf -P").stdout
-    for kept in ("smtps/inet/smtpd_sasl_auth_enable = yes",
-                 "smtps/inet/smtpd_client_restrictions = permit_sasl_authenticated,reject"):
+    for kept in (
+        "smtps/inet/smtpd_sasl_auth_enable = yes",
+        "smtps/inet/smtpd_client_restrictions = permit_sasl_authenticated,reject",
+    ):
         assert kept in params, params
     assert "smtps/inet/smtpd_tls_security_level = encrypt" in params
     assert auth_on_465(host, "mailtest-pw") and not auth_on_465(host, "wrong")  # and after
@@ -83,8 +95,10 @@ def test_legacy_smtps_keeps_one_listener_and_sasl(fresh_host, suite):
 
 def test_two_services_on_465_refused_naming_both(fresh_host, suite):
     host = fresh_host(suite)
-    host.ssh(f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
-             "echo 'submissions inet n - y - - smtpd -o smtpd_tls_wrappermode=yes' >> /etc/postfix/master.cf")
+    host.ssh(
+        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
+        "echo 'submissions inet n - y - - smtpd -o smtpd_tls_wrappermode=yes' >> /etc/postfix/master.cf"
+    )
     before = host.ssh(STATE).stdout
     res = run_pyinfra(host, check=False)
     assert res.returncode != 0
@@ -94,12 +108,16 @@ def test_two_services_on_465_refused_naming_both(fresh_host, suite):
 
 def test_local_conf_override_refused_and_nothing_changed(fresh_host, suite):
     host = fresh_host(suite)
-    host.ssh("printf '# site settings\\nssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT\\n' > /etc/dovecot/local.conf "
-             "&& doveadm reload")
+    host.ssh(
+        "printf '# site settings\\nssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT\\n' > /etc/dovecot/local.conf "
+        "&& doveadm reload"
+    )
     before = host.ssh(STATE).stdout
     res = run_pyinfra(host, check=False)
     assert res.returncode != 0
-    assert "/etc/dovecot/local.conf:2: ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT" in res.stderr, res.stderr[-3000:]
+    assert "/etc/dovecot/local.conf:2: ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT" in res.stderr, (
+        res.stderr[-3000:]
+    )
     assert "remove this line" in res.stderr and "nothing was changed" in res.stderr
     assert host.ssh(STATE).stdout == before
 
@@ -109,15 +127,22 @@ def test_override_only_a_handshake_shows_is_caught_and_rolled_back(fresh_host, s
     our values, only a handshake from 127.0.0.1 shows the weak suites. The negative probes must
     catch it and roll Dovecot's change back."""
     host = fresh_host(suite)
-    host.ssh("mkdir -p /usr/local/etc/dovecot && printf 'remote 127.0.0.0/8 {\\n  "
-             "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT\\n}\\n' > /usr/local/etc/dovecot/internal.conf && "
-             "echo '!include_try /usr/local/etc/dovecot/internal.conf' > /etc/dovecot/local.conf && doveadm reload")
+    host.ssh(
+        "mkdir -p /usr/local/etc/dovecot && printf 'remote 127.0.0.0/8 {\\n  "
+        "ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT\\n}\\n' > /usr/local/etc/dovecot/internal.conf && "
+        "echo '!include_try /usr/local/etc/dovecot/internal.conf' > /etc/dovecot/local.conf && doveadm reload"
+    )
     res = run_pyinfra(host, check=False)
     assert res.returncode != 0
     assert "port 993 accepted TLS 1.2 with RSA key exchange only" in res.stderr, res.stderr[-3000:]
     assert "port 143 accepted TLS 1.2 with RSA key exchange only" in res.stderr
     assert "rolled back" in res.stderr
-    assert host.ssh("ls /etc/dovecot/conf.d/99-mailtls.conf /var/lib/mailtls/pending/dovecot 2>/dev/null; true").stdout == ""
+    assert (
+        host.ssh(
+            "ls /etc/dovecot/conf.d/99-mailtls.conf /var/lib/mailtls/pending/dovecot 2>/dev/null; true"
+        ).stdout
+        == ""
+    )
     # Postfix's own commit passed its probes and stays.
     assert host.ssh("postconf -h smtpd_tls_ciphers").stdout.strip() == "high"
 
@@ -130,9 +155,12 @@ def test_duplicate_entry_warning_fails_the_commit_and_rolls_back(fresh_host, sui
     before = host.ssh("sha256sum /etc/postfix/master.cf").stdout
     # begin, write, written, commit: the deploy's own protocol (a rollback undoes only what was
     # recorded as written)
-    res = host.ssh(f"{APPLY} begin postfix /etc/postfix/master.cf && "
-                   f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
-                   f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix", check=False)
+    res = host.ssh(
+        f"{APPLY} begin postfix /etc/postfix/master.cf && "
+        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
+        f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix",
+        check=False,
+    )
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r'duplicate master.cf entry for service "\w+" \(465\)', res.stderr), res.stderr
     assert "rolled back" in res.stderr
@@ -146,8 +174,11 @@ def test_log_reads_work_from_the_journal_alone(fresh_host, suite, stop):
     host = fresh_host(suite)
     run_pyinfra(host)
     host.ssh(f"systemctl stop {stop} 2>/dev/null; rm -f /var/log/mail.log; true")
-    res = host.ssh(f"{APPLY} begin postfix /etc/postfix/master.cf && "
-                   f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && {APPLY} commit postfix", check=False)
+    res = host.ssh(
+        f"{APPLY} begin postfix /etc/postfix/master.cf && "
+        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && {APPLY} commit postfix",
+        check=False,
+    )
     assert res.returncode != 0 and "duplicate master.cf entry" in res.stderr, res.stderr
 
 
@@ -158,9 +189,12 @@ def test_a_port_lost_in_the_reload_fails_the_commit_and_rolls_back(fresh_host, s
     run_pyinfra(host)
     conf = "/etc/dovecot/conf.d/10-master.conf"
     before = host.ssh(f"sha256sum {conf}").stdout
-    res = host.ssh(f"{APPLY} begin dovecot {conf} && "
-                   f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf} && "
-                   f"{APPLY} written dovecot {conf} && {APPLY} commit dovecot", check=False)
+    res = host.ssh(
+        f"{APPLY} begin dovecot {conf} && "
+        f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf} && "
+        f"{APPLY} written dovecot {conf} && {APPLY} commit dovecot",
+        check=False,
+    )
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r"dovecot no longer listens on \S+:993", res.stderr), res.stderr
     assert "rolled back" in res.stderr

@@ -25,35 +25,58 @@ def test_a_host_that_fails_at_run_time_does_not_stop_the_others(fresh_host, tmp_
     assert res.returncode != 0, out[-3000:]
     no_traceback(out)
     said = [line for line in out.splitlines() if "Postfix is not installed" in line]
-    assert len(said) == 1 and f"[{bad.name}] {bad.name}: Postfix is not installed" in said[0], out[-3000:]
+    assert len(said) == 1 and f"[{bad.name}] {bad.name}: Postfix is not installed" in said[0], out[
+        -3000:
+    ]
     assert pending(good) == "" and tls(good.address, 25)[0] == "TLSv1.3"
     assert "Mail TLS" in out and f"[{good.name}] Success" in out, out[-3000:]
     assert not bad.ssh("ls /usr/local/sbin/mailtls-apply 2>/dev/null; true").stdout  # untouched
 
     # An unsupported Dovecot: the same.
-    bad.ssh("mv /root/hidden/* /usr/sbin/ && printf '#!/bin/sh\\necho \"2.2.36 (1f10bfa63)\"\\n' "
-            "> /usr/local/bin/dovecot && chmod 755 /usr/local/bin/dovecot")
+    bad.ssh(
+        "mv /root/hidden/* /usr/sbin/ && printf '#!/bin/sh\\necho \"2.2.36 (1f10bfa63)\"\\n' "
+        "> /usr/local/bin/dovecot && chmod 755 /usr/local/bin/dovecot"
+    )
     res = run_pyinfra([good, bad], check=False)
     out = output(res)
     assert res.returncode != 0, out[-3000:]
     no_traceback(out)
-    assert f"[{bad.name}] {bad.name}: Dovecot 2.2 is not supported (2.3 and 2.4 are)" in out, out[-3000:]
+    assert f"[{bad.name}] {bad.name}: Dovecot 2.2 is not supported (2.3 and 2.4 are)" in out, out[
+        -3000:
+    ]
     assert grand_total(run_pyinfra(good))[3] == "-"
 
     # A change one host rejects (and rolls back) does not stop the other's.
     bad.ssh("rm /usr/local/bin/dovecot")
     hosts = tmp_path / "hosts.txt"
-    hosts.write_text(hosts_file_line(bad, "postfix_cert_file=/etc/ssl/certs/missing.pem "
-                                          "postfix_key_file=/etc/ssl/private/missing.key mailtls_cert_watch=false")
-                     + hosts_file_line(good, "tls_profile=modern"))
+    hosts.write_text(
+        hosts_file_line(
+            bad,
+            "postfix_cert_file=/etc/ssl/certs/missing.pem "
+            "postfix_key_file=/etc/ssl/private/missing.key mailtls_cert_watch=false",
+        )
+        + hosts_file_line(good, "tls_profile=modern")
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
     env["MAILTLS_HOSTS_FILE"] = str(hosts)
-    res = subprocess.run([PYINFRA, "-y", "inventory.py", "deploy.py"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [PYINFRA, "-y", "inventory.py", "deploy.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     out = output(res)
     assert res.returncode != 0, out[-3000:]
-    assert "mailtls: postfix rejected the new configuration" in out and "rolled back" in out, out[-3000:]
-    assert pending(good) == "" and "TLSv1.3" in good.ssh("grep ssl_min_protocol /etc/dovecot/conf.d/99-mailtls.conf").stdout
+    assert "mailtls: postfix rejected the new configuration" in out and "rolled back" in out, out[
+        -3000:
+    ]
+    assert (
+        pending(good) == ""
+        and "TLSv1.3"
+        in good.ssh("grep ssl_min_protocol /etc/dovecot/conf.d/99-mailtls.conf").stdout
+    )
 
 
 def test_audit_errors_and_failures_are_readable(stock):
@@ -64,14 +87,17 @@ def test_audit_errors_and_failures_are_readable(stock):
     assert res.returncode != 0, out[-3000:]
     no_traceback(out)
     assert out.count("TLS audit FAILED") == 1, out[-4000:]
-    report = out[out.index("TLS audit FAILED"):].splitlines()
+    report = out[out.index("TLS audit FAILED") :].splitlines()
     assert report[1].startswith(f"  - {host.name} port 25: "), report[:5]
 
     res = run_pyinfra(host, "audit.py", "--data", "audit_ports=25,26", check=False)
     out = output(res)
     assert res.returncode != 0
     no_traceback(out)
-    assert f"invalid settings: {host.name}: audit_ports='25,26': '26' is not a mail port this audit knows" in out, out[-3000:]
+    assert (
+        f"invalid settings: {host.name}: audit_ports='25,26': '26' is not a mail port this audit knows"
+        in out
+    ), out[-3000:]
     assert "Starting operation" not in out
 
 
@@ -80,11 +106,22 @@ def test_ipv6_targets(tmp_path):
     own loopback, port 1: refused at once, nothing leaves the machine); a malformed one is one
     line naming it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
-    for target, said in (("[::1]:1", "[::1] Could not connect ([Errno None] Unable to connect to port 1 on ::1)"),
-                         ("[2001:db8::1", "invalid inventory: MAILTLS_HOSTS: bad host '[2001:db8::1' (IPv6 with a port"),
-                         ("2001:db8::zz", "invalid inventory: MAILTLS_HOSTS: bad IPv6 address in '2001:db8::zz'")):
-        res = subprocess.run([PYINFRA, "-y", "inventory.py", "deploy.py"], cwd=ROOT,
-                             env=dict(env, MAILTLS_HOSTS=target), capture_output=True, text=True, timeout=120)
+    for target, said in (
+        ("[::1]:1", "[::1] Could not connect ([Errno None] Unable to connect to port 1 on ::1)"),
+        (
+            "[2001:db8::1",
+            "invalid inventory: MAILTLS_HOSTS: bad host '[2001:db8::1' (IPv6 with a port",
+        ),
+        ("2001:db8::zz", "invalid inventory: MAILTLS_HOSTS: bad IPv6 address in '2001:db8::zz'"),
+    ):
+        res = subprocess.run(
+            [PYINFRA, "-y", "inventory.py", "deploy.py"],
+            cwd=ROOT,
+            env=dict(env, MAILTLS_HOSTS=target),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         out = output(res)
         assert res.returncode != 0
         no_traceback(out)
@@ -96,19 +133,41 @@ def test_dh_file_checked_against_the_host_before_any_change(fresh_host):
     the host uses now under another name, a directory others can write to. Each stops the run
     with one line before anything changes."""
     host = fresh_host("trixie")
-    host.ssh("mkdir -p /srv/tls /srv/shared && chmod 1777 /srv/shared && "
-             "cp /etc/ssl/certs/ssl-cert-snakeoil.pem /srv/tls/cert.pem && "
-             "postconf -e smtpd_tls_cert_file=/srv/tls/cert.pem")
-    before = snapshot(host) + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout
+    host.ssh(
+        "mkdir -p /srv/tls /srv/shared && chmod 1777 /srv/shared && "
+        "cp /etc/ssl/certs/ssl-cert-snakeoil.pem /srv/tls/cert.pem && "
+        "postconf -e smtpd_tls_cert_file=/srv/tls/cert.pem"
+    )
+    before = (
+        snapshot(host) + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout
+    )
     for dh_file, why in (
-            ("/etc/dovecot/private/dovecot.pem", "is a symlink (to /etc/ssl/certs/ssl-cert-snakeoil.pem)"),
-            ("/srv//tls/./cert.pem", "dh_file='/srv/tls/cert.pem' is a certificate or key the host uses now"),
-            ("/srv/shared/dh.pem", "/srv/shared is writable by others or sticky (mode 1777)")):
-        res = run_pyinfra(host, "deploy.py", "--data", "tls_profile=legacy-dhe", "--data", f"dh_file={dh_file}",
-                          check=False)
+        (
+            "/etc/dovecot/private/dovecot.pem",
+            "is a symlink (to /etc/ssl/certs/ssl-cert-snakeoil.pem)",
+        ),
+        (
+            "/srv//tls/./cert.pem",
+            "dh_file='/srv/tls/cert.pem' is a certificate or key the host uses now",
+        ),
+        ("/srv/shared/dh.pem", "/srv/shared is writable by others or sticky (mode 1777)"),
+    ):
+        res = run_pyinfra(
+            host,
+            "deploy.py",
+            "--data",
+            "tls_profile=legacy-dhe",
+            "--data",
+            f"dh_file={dh_file}",
+            check=False,
+        )
         out = output(res)
         assert res.returncode != 0, out[-3000:]
         lines = [line for line in out.splitlines() if "invalid settings:" in line]
         assert len(lines) == 1 and f"{host.name}: " in lines[0] and why in lines[0], out[-3000:]
         assert "Starting operation" not in out, out[-3000:]
-        assert snapshot(host) + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout == before
+        assert (
+            snapshot(host)
+            + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout
+            == before
+        )

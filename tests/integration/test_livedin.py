@@ -28,8 +28,17 @@ from testhosts import hosts as th
 from testhosts.variants import REFUSES, SASL
 
 # Old-era shapes carry rsyslog (Debian <= 11 installed it): their logs are in mail.log too.
-VARIANTS = ["legacy465+rsyslog", "localconf", "protocolssl", "hardened2014+rsyslog", "postscreen", "miab",
-            "dms", "iredmail", "mailcow"]
+VARIANTS = [
+    "legacy465+rsyslog",
+    "localconf",
+    "protocolssl",
+    "hardened2014+rsyslog",
+    "postscreen",
+    "miab",
+    "dms",
+    "iredmail",
+    "mailcow",
+]
 
 
 def _names(variant: str) -> list[str]:
@@ -50,12 +59,16 @@ class Snapshot:
 
 def _snapshot(host, sasl_ports=()) -> Snapshot:
     state = probes.postfix_state(host)
-    return Snapshot(postfix=probes.non_tls_postfix(state),
-                    master={"/".join(line.split()[:2]): line for line in state["master"]},
-                    dovecot=probes.dovecot_state(host), checksums=probes.config_checksums(host),
-                    services=probes.services_by_port(host), listeners=probes.listeners(host),
-                    sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
-                    active=probes.daemons_active(host))
+    return Snapshot(
+        postfix=probes.non_tls_postfix(state),
+        master={"/".join(line.split()[:2]): line for line in state["master"]},
+        dovecot=probes.dovecot_state(host),
+        checksums=probes.config_checksums(host),
+        services=probes.services_by_port(host),
+        listeners=probes.listeners(host),
+        sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
+        active=probes.daemons_active(host),
+    )
 
 
 @dataclass
@@ -81,7 +94,10 @@ class Lived:
 def _observe(host, variant: str) -> Lived:
     sasl_ports = next((SASL[n] for n in _names(variant) if n in SASL), ())
     before = _snapshot(host, sasl_ports)
-    assert all(r.startswith("235") for r in before.sasl.values()), (host.name, before.sasl)  # the shape works
+    assert all(r.startswith("235") for r in before.sasl.values()), (
+        host.name,
+        before.sasl,
+    )  # the shape works
     probes.deliver(host)
     return Lived(host, variant, before, deploy=None)
 
@@ -91,7 +107,9 @@ def _deploy_and_check(lived: Lived) -> Lived:
     lived.deploy = run_pyinfra(host, check=False)
     lived.after = _snapshot(host, lived.before.sasl.keys())
     lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
-    print(f"{host.name} ({host.suite}, {lived.variant}): deploy exit {lived.deploy.returncode}; probes after it:")
+    print(
+        f"{host.name} ({host.suite}, {lived.variant}): deploy exit {lived.deploy.returncode}; probes after it:"
+    )
     print("\n".join(f"  {'ok ' if p.ok else 'BAD'} {p}" for p in lived.probes))
     if lived.refuses is None and lived.deploy.returncode == 0:
         lived.rerun = run_pyinfra(host, check=False)
@@ -114,7 +132,9 @@ def lived(request) -> dict[str, Lived]:
 def _converging(lived, suite) -> Lived:
     one = lived[suite]
     if one.refuses:
-        pytest.skip(f"{one.variant}: the deploy must refuse here (test_refuses_naming_the_override)")
+        pytest.skip(
+            f"{one.variant}: the deploy must refuse here (test_refuses_naming_the_override)"
+        )
     return one
 
 
@@ -126,6 +146,7 @@ def _refusing(lived, suite) -> Lived:
 
 
 # --- variants the deploy converges ---------------------------------------------------------
+
 
 def test_deploy_succeeds(lived, suite):
     one = _converging(lived, suite)
@@ -151,7 +172,9 @@ def test_one_service_and_one_listener_per_port(lived, suite):
     one = _converging(lived, suite)
     shared = {p: s for p, s in one.after.services.items() if len(s) > 1}
     assert not shared, f"master.cf services sharing a port: {shared}"
-    doubled = {p: addrs for p, addrs in one.after.listeners.items() if len(addrs) != len(set(addrs))}
+    doubled = {
+        p: addrs for p, addrs in one.after.listeners.items() if len(addrs) != len(set(addrs))
+    }
     assert not doubled, doubled
     lost = set(one.before.listeners) - set(one.after.listeners)
     assert not lost, f"ports no longer served: {sorted(lost)}"
@@ -161,22 +184,34 @@ def test_one_service_and_one_listener_per_port(lived, suite):
 def test_non_tls_settings_unchanged(lived, suite):
     one = _converging(lived, suite)
     before, after = one.before.postfix, one.after.postfix
-    assert after["main"] == before["main"], {"removed": sorted(set(before["main"]) - set(after["main"])),
-                                             "added": sorted(set(after["main"]) - set(before["main"]))}
-    changed = {svc: (line, after["master"].get(svc)) for svc, line in before["master"].items()
-               if after["master"].get(svc) != line}
+    assert after["main"] == before["main"], {
+        "removed": sorted(set(before["main"]) - set(after["main"])),
+        "added": sorted(set(after["main"]) - set(before["main"])),
+    }
+    changed = {
+        svc: (line, after["master"].get(svc))
+        for svc, line in before["master"].items()
+        if after["master"].get(svc) != line
+    }
     assert not changed, f"master.cf services changed beyond TLS options (before, after): {changed}"
     # Services that are not on a mail-facing TLS port (content-filter re-injection, milters...)
     # are left exactly as they are, TLS options included.
     port_of = {svc: port for port, svcs in one.before.services.items() for svc in svcs}
-    other = {key: line for key, line in one.before.master.items()
-             if key.endswith("/inet") and port_of.get(key[:-5]) not in probes.TLS_PORTS}
-    touched = {key: (line, one.after.master.get(key)) for key, line in other.items()
-               if one.after.master.get(key) != line}
+    other = {
+        key: line
+        for key, line in one.before.master.items()
+        if key.endswith("/inet") and port_of.get(key[:-5]) not in probes.TLS_PORTS
+    }
+    touched = {
+        key: (line, one.after.master.get(key))
+        for key, line in other.items()
+        if one.after.master.get(key) != line
+    }
     assert not touched, f"services off the TLS ports changed (before, after): {touched}"
     assert one.after.dovecot == one.before.dovecot, "\n".join(
         [f"- {line}" for line in one.before.dovecot if line not in one.after.dovecot]
-        + [f"+ {line}" for line in one.after.dovecot if line not in one.before.dovecot])
+        + [f"+ {line}" for line in one.after.dovecot if line not in one.before.dovecot]
+    )
 
 
 def test_mail_delivered_after_deploy(lived, suite):
@@ -195,16 +230,20 @@ def test_second_run_changes_nothing(lived, suite):
 
 # --- variants the deploy must refuse -------------------------------------------------------
 
+
 def test_refuses_naming_the_override(lived, suite):
     one = _refusing(lived, suite)
     path, line = one.refuses
     accepted = "\n".join(str(p) for p in one.probes if not p.ok)
-    assert one.deploy.returncode != 0, f"deploy reported success, while:\n{accepted}\n" + one.output[-3000:]
+    assert one.deploy.returncode != 0, (
+        f"deploy reported success, while:\n{accepted}\n" + one.output[-3000:]
+    )
     out = one.output
     assert path in out, f"error does not name {path}:\n{out[-4000:]}"
     number = one.host.ssh(f"grep -nF {line!r} {path}").stdout.split(":", 1)[0]
-    assert line in out or re.search(rf"{re.escape(path)}(:| line ){number}\b", out), \
+    assert line in out or re.search(rf"{re.escape(path)}(:| line ){number}\b", out), (
         f"error does not name the line ({number}: {line}):\n{out[-4000:]}"
+    )
 
 
 def test_refusal_leaves_nothing_changed(lived, suite):

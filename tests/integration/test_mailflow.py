@@ -16,13 +16,16 @@ from dataclasses import dataclass, field
 from conftest import run_pyinfra
 
 MIN_MESSAGES = 500
-MAX_MESSAGES = 2500          # bound on the load, whatever happens (never reached in ~250 s)
+MAX_MESSAGES = 2500  # bound on the load, whatever happens (never reached in ~250 s)
 MAX_SECONDS = 600
 THREADS = 4
-PAUSE = 0.8                  # per thread between messages: ~4.5 messages/s per host
-ATTEMPTS = 30                # per message, for temporary failures (4xx, connection refused, reset)
-PROFILES = (["tls_profile=intermediate"], ["tls_profile=modern"],
-            ["tls_profile=legacy-dhe", "dh_source=generated", "dh_bits=2048"])
+PAUSE = 0.8  # per thread between messages: ~4.5 messages/s per host
+ATTEMPTS = 30  # per message, for temporary failures (4xx, connection refused, reset)
+PROFILES = (
+    ["tls_profile=intermediate"],
+    ["tls_profile=modern"],
+    ["tls_profile=legacy-dhe", "dh_source=generated", "dh_bits=2048"],
+)
 # Two profile cycles; the rotation runs while legacy-dhe (generated parameters) is in place.
 ROTATIONS_PER_CYCLE = (3, 2)
 ROTATIONS = sum(ROTATIONS_PER_CYCLE)
@@ -48,15 +51,19 @@ class Load:
 
     def _claim(self) -> int | None:
         with self.lock:
-            if self.next_id >= MAX_MESSAGES or (self.stop.is_set() and self.next_id >= MIN_MESSAGES):
+            if self.next_id >= MAX_MESSAGES or (
+                self.stop.is_set() and self.next_id >= MIN_MESSAGES
+            ):
                 return None
             self.next_id += 1
             return self.next_id
 
     def _send_one(self, n: int, ctx: ssl.SSLContext) -> None:
-        msg = (f"From: load@controller.mailtls.test\r\nTo: {self.rcpt}\r\n"
-               f"Subject: mailflow {self.tag} {n:05d}\r\nMessage-ID: <{self.tag}.{n}@controller.mailtls.test>\r\n"
-               f"\r\nmessage {n} of the mail flow test\r\n")
+        msg = (
+            f"From: load@controller.mailtls.test\r\nTo: {self.rcpt}\r\n"
+            f"Subject: mailflow {self.tag} {n:05d}\r\nMessage-ID: <{self.tag}.{n}@controller.mailtls.test>\r\n"
+            f"\r\nmessage {n} of the mail flow test\r\n"
+        )
         with smtplib.SMTP(self.address, 25, timeout=30) as smtp:
             smtp.ehlo("controller.mailtls.test")
             smtp.starttls(context=ctx)  # SMTPNotSupportedError if STARTTLS is not offered
@@ -122,8 +129,12 @@ def _rotate(host) -> float:
 
 def _reloads(host) -> int:
     """Reloads of Postfix and Dovecot so far, from the journal."""
-    return int(host.ssh("journalctl -q --no-pager -o cat | "
-                        "grep -cE 'reloading configuration|^reload -- version'; true").stdout)
+    return int(
+        host.ssh(
+            "journalctl -q --no-pager -o cat | "
+            "grep -cE 'reloading configuration|^reload -- version'; true"
+        ).stdout
+    )
 
 
 def test_no_mail_is_lost_while_deploys_and_dh_rotations_reload_the_daemons(fresh_host):
@@ -133,13 +144,20 @@ def test_no_mail_is_lost_while_deploys_and_dh_rotations_reload_the_daemons(fresh
     run_pyinfra(hosts)
     loads = {h.name: Load(h.address, f"mailtest@{h.fqdn}", uuid.uuid4().hex[:12]) for h in hosts}
     reloads_before = {h.name: _reloads(h) for h in hosts}
-    threads = [threading.Thread(target=load.worker, args=(i % 2 == 1,), daemon=True)
-               for load in loads.values() for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=load.worker, args=(i % 2 == 1,), daemon=True)
+        for load in loads.values()
+        for i in range(THREADS)
+    ]
     started = time.monotonic()
     for t in threads:
         t.start()
 
-    deploys, dh_sums, rotation_times = 0, {h.name: set() for h in hosts}, {h.name: [] for h in hosts}
+    deploys, dh_sums, rotation_times = (
+        0,
+        {h.name: set() for h in hosts},
+        {h.name: [] for h in hosts},
+    )
 
     def rotate(host) -> None:
         rotation_times[host.name].append(_rotate(host))
@@ -179,11 +197,13 @@ def test_no_mail_is_lost_while_deploys_and_dh_rotations_reload_the_daemons(fresh
         reloads = _reloads(host) - reloads_before[host.name]
         retries = sum(load.retries.values())
         times = rotation_times[host.name]
-        figures = (f"{host.suite}: sent={load.sent} delivered={unique} copies={copies} "
-                   f"failed={len(load.failed)} retries={retries} {dict(load.retries)} "
-                   f"sessions={dict(load.sessions)} deploys={deploys} rotations={len(times)} "
-                   f"({', '.join(f'{t:.0f}s' for t in times)}) distinct_dh={len(dh_sums[host.name])} "
-                   f"daemon_reloads={reloads} duration={duration:.0f}s queue={queue!r}")
+        figures = (
+            f"{host.suite}: sent={load.sent} delivered={unique} copies={copies} "
+            f"failed={len(load.failed)} retries={retries} {dict(load.retries)} "
+            f"sessions={dict(load.sessions)} deploys={deploys} rotations={len(times)} "
+            f"({', '.join(f'{t:.0f}s' for t in times)}) distinct_dh={len(dh_sums[host.name])} "
+            f"daemon_reloads={reloads} duration={duration:.0f}s queue={queue!r}"
+        )
         report.append(figures)
         checks = {
             "no message refused or given up": not load.failed,
@@ -192,11 +212,17 @@ def test_no_mail_is_lost_while_deploys_and_dh_rotations_reload_the_daemons(fresh
             "a second copy only from a retried send": copies - unique <= retries,
             "STARTTLS always offered": "no STARTTLS" not in load.retries,
             "every session forward secret": not load.not_forward_secret,
-            "TLS 1.2 and 1.3 senders both served": load.sessions["TLSv1.2"] and load.sessions["TLSv1.3"],
-            f"{ROTATIONS} rotations, each new parameters": len(times) == ROTATIONS == len(dh_sums[host.name]),
+            "TLS 1.2 and 1.3 senders both served": load.sessions["TLSv1.2"]
+            and load.sessions["TLSv1.3"],
+            f"{ROTATIONS} rotations, each new parameters": len(times)
+            == ROTATIONS
+            == len(dh_sums[host.name]),
             "the daemons reloaded": reloads >= 2 * ROTATIONS,
         }
-        problems += [f"{host.suite}: {what}: {figures} {load.failed[:5]} {load.not_forward_secret[:5]}"
-                     for what, ok in checks.items() if not ok]
+        problems += [
+            f"{host.suite}: {what}: {figures} {load.failed[:5]} {load.not_forward_secret[:5]}"
+            for what, ok in checks.items()
+            if not ok
+        ]
     print("\n".join(report))
     assert not problems, "\n".join(problems)

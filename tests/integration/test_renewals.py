@@ -15,10 +15,16 @@ from conftest import run_pyinfra
 PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 LIVE = "/etc/letsencrypt/live/mx.test"
 ARCHIVE = "/etc/letsencrypt/archive/mx.test"
-DATA = ("--data", f"mailtls_postfix_cert_file={LIVE}/fullchain.pem",
-        "--data", f"mailtls_postfix_key_file={LIVE}/privkey.pem",
-        "--data", f"mailtls_dovecot_cert_file={LIVE}/fullchain.pem",
-        "--data", f"mailtls_dovecot_key_file={LIVE}/privkey.pem")
+DATA = (
+    "--data",
+    f"mailtls_postfix_cert_file={LIVE}/fullchain.pem",
+    "--data",
+    f"mailtls_postfix_key_file={LIVE}/privkey.pem",
+    "--data",
+    f"mailtls_dovecot_cert_file={LIVE}/fullchain.pem",
+    "--data",
+    f"mailtls_dovecot_key_file={LIVE}/privkey.pem",
+)
 TIMER = "mailtls-cert-watch.timer"
 
 
@@ -43,8 +49,13 @@ cat cert{n}.pem"""
 def served(address: str, port: int) -> str | None:
     """SHA-256 fingerprint of the certificate a full handshake on `port` presents, None if none."""
     starttls = ["-starttls", s] if (s := PORTS.get(port)) else []
-    res = subprocess.run(["openssl", "s_client", "-connect", f"{address}:{port}", *starttls],
-                         input="", capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{port}", *starttls],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     pem = re.search(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", res.stdout, re.S)
     if not pem or not re.search(r"^New, TLSv1\.[23], Cipher is (?!\(NONE\))", res.stdout, re.M):
         return None
@@ -75,9 +86,12 @@ def test_renewals_are_served_and_broken_ones_never(fresh_host, suite):
     run_pyinfra(host, "deploy.py", *DATA)
     assert all_ports(host) == dict.fromkeys(PORTS, first)
     # the watcher is installed, enabled and scheduled; a second run changes nothing
-    assert host.ssh(f"systemctl is-enabled {TIMER}; systemctl is-active {TIMER}").stdout.split() == \
-        ["enabled", "active"]
-    assert "mailtls-cert-watch.service" in host.ssh(f"systemctl list-timers --no-pager {TIMER}").stdout
+    assert host.ssh(
+        f"systemctl is-enabled {TIMER}; systemctl is-active {TIMER}"
+    ).stdout.split() == ["enabled", "active"]
+    assert (
+        "mailtls-cert-watch.service" in host.ssh(f"systemctl list-timers --no-pager {TIMER}").stdout
+    )
     assert grand_total(run_pyinfra(host, "deploy.py", *DATA))[3] == "-"
 
     # A good renewal: served on every port once the watcher ran (the timer's minute, run now).
@@ -100,12 +114,16 @@ def test_renewals_are_served_and_broken_ones_never(fresh_host, suite):
     assert until_all_serve(host, second) == dict.fromkeys(PORTS, second)
     warned = host.ssh("journalctl -q --no-pager -t mailtls-cert-watch -p warning -o cat").stdout
     for daemon in ("postfix", "dovecot"):
-        assert f"{daemon}: renewed certificate NOT put in service: the key {LIVE}/privkey.pem does not " \
-               "match" in warned, warned
+        assert (
+            f"{daemon}: renewed certificate NOT put in service: the key {LIVE}/privkey.pem does not "
+            "match" in warned
+        ), warned
         assert "rejected" in host.ssh(f"cat /var/lib/mailtls/cert-watch/{daemon}.status").stdout
     # the deploy neither serves it nor retries it: it warns and changes nothing
     res = run_pyinfra(host, "deploy.py", *DATA)
-    assert "refused by mailtls-cert-watch" in res.stderr and grand_total(res)[3] == "-", res.stderr[-3000:]
+    assert "refused by mailtls-cert-watch" in res.stderr and grand_total(res)[3] == "-", res.stderr[
+        -3000:
+    ]
     assert all_ports(host) == dict.fromkeys(PORTS, second)
 
     # Fixed by the next renewal; then switched off: the timer goes, the daemons name the files.
@@ -113,9 +131,13 @@ def test_renewals_are_served_and_broken_ones_never(fresh_host, suite):
     host.ssh("systemctl start mailtls-cert-watch.service")
     assert until_all_serve(host, fourth) == dict.fromkeys(PORTS, fourth)
     run_pyinfra(host, "deploy.py", *DATA, "--data", "mailtls_cert_watch=false")
-    gone = host.ssh(f"systemctl is-enabled {TIMER}; ls /usr/local/sbin /etc/systemd/system",
-                    check=False).stdout
+    gone = host.ssh(
+        f"systemctl is-enabled {TIMER}; ls /usr/local/sbin /etc/systemd/system", check=False
+    ).stdout
     assert "enabled" not in gone and "mailtls-cert-watch" not in gone, gone
     assert host.ssh("postconf -h smtpd_tls_cert_file").stdout.strip() == f"{LIVE}/fullchain.pem"
     assert all_ports(host) == dict.fromkeys(PORTS, fourth)
-    assert grand_total(run_pyinfra(host, "deploy.py", *DATA, "--data", "mailtls_cert_watch=false"))[3] == "-"
+    assert (
+        grand_total(run_pyinfra(host, "deploy.py", *DATA, "--data", "mailtls_cert_watch=false"))[3]
+        == "-"
+    )

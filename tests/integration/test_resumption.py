@@ -19,9 +19,13 @@ STARTTLS = {25: "-starttls smtp", 587: "-starttls smtp", 143: "-starttls imap"}
 def s_client(host, port: int, version: str, *extra: str) -> str:
     """One s_client connection that stays up 1.5 s (a TLS 1.3 server sends its tickets after the
     handshake) and then hangs up; its whole output."""
-    cmd = (f"sleep 1.5 | timeout 20 openssl s_client -connect {host.address}:{port} {STARTTLS.get(port, '')} "
-           f"-{version} {' '.join(extra)}")
-    return subprocess.run(cmd, shell=True, capture_output=True, text=True, errors="replace", timeout=60).stdout
+    cmd = (
+        f"sleep 1.5 | timeout 20 openssl s_client -connect {host.address}:{port} {STARTTLS.get(port, '')} "
+        f"-{version} {' '.join(extra)}"
+    )
+    return subprocess.run(
+        cmd, shell=True, capture_output=True, text=True, errors="replace", timeout=60
+    ).stdout
 
 
 def resumption(host, port: int, version: str, tmp_path, *extra: str) -> dict:
@@ -31,10 +35,14 @@ def resumption(host, port: int, version: str, tmp_path, *extra: str) -> dict:
     assert re.search(r"^(New|Reused), TLSv1", first, re.M), first[-2000:]
     second = s_client(host, port, version, "-sess_in", str(sess), *extra)
     hints = [int(h) for h in re.findall(r"lifetime hint: (\d+)", first)]
-    return {"resumed": bool(re.search(r"^Reused, TLSv1", second, re.M)), "hints": hints,
-            "tls13_tickets": first.count("Post-Handshake New Session Ticket arrived"),
-            "temp_key": m.group(1).rstrip(",") if (m := re.search(r"Server Temp Key: (\S+)", second))
-            else None}
+    return {
+        "resumed": bool(re.search(r"^Reused, TLSv1", second, re.M)),
+        "hints": hints,
+        "tls13_tickets": first.count("Post-Handshake New Session Ticket arrived"),
+        "temp_key": m.group(1).rstrip(",")
+        if (m := re.search(r"Server Temp Key: (\S+)", second))
+        else None,
+    }
 
 
 def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
@@ -50,7 +58,9 @@ def test_deployed_host_resumes_as_the_policy_says(deployed, suite, tmp_path):
         assert t12["resumed"] and t12["hints"] == [4800], (port, t12)  # 2 T with T = 2400 s
         # TLS 1.3 resumes, and with a fresh ECDHE (psk_dhe_ke): the server still sends a key share
         assert t13["resumed"] and t13["hints"] == [4800] and t13["temp_key"], (port, t13)
-        assert not seen[port, "id"]["resumed"]  # no session cache: no master secrets kept server-side
+        assert not seen[port, "id"][
+            "resumed"
+        ]  # no session cache: no master secrets kept server-side
     for port in DOVECOT:
         t12, t13 = seen[port, "tls1_2"], seen[port, "tls1_3"]
         assert not t12["resumed"] and t12["hints"] == [], (port, t12)  # no TLS 1.2 ticket at all
@@ -66,10 +76,17 @@ def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
     host = deployed[suite]
     for port in POSTFIX + DOVECOT:
         service = {25: "smtp", 587: "smtp", 143: "imap"}.get(port)
-        result = probe_psk_modes(host.address, port, (lambda s, service=service: _starttls(s, service)) if service else None)
+        result = probe_psk_modes(
+            host.address,
+            port,
+            (lambda s, service=service: _starttls(s, service)) if service else None,
+        )
         print(port, result)
         assert result["ticket"] and result["psk_ke"] == "full handshake", (port, result)
-        assert result["psk_dhe_ke"] == ("resumed" if port in POSTFIX else "full handshake"), (port, result)
+        assert result["psk_dhe_ke"] == ("resumed" if port in POSTFIX else "full handshake"), (
+            port,
+            result,
+        )
 
 
 def test_resumption_off_resumes_nothing(fresh_host, suite, tmp_path):

@@ -19,25 +19,41 @@ LEGACY = ("--data", "tls_profile=legacy-dhe")
 # A pair the daemon itself must reject: without the certificate watcher, which would refuse it
 # before any daemon saw it (tests/integration/test_renewals.py covers that path).
 NO_WATCH = ("--data", "mailtls_cert_watch=false")
-MISSING_POSTFIX_CERT = ("--data", "postfix_cert_file=/etc/ssl/certs/missing.pem",
-                        "--data", "postfix_key_file=/etc/ssl/private/missing.key", *NO_WATCH)
-MISSING_DOVECOT_CERT = ("--data", "dovecot_cert_file=/etc/ssl/certs/missing.pem",
-                        "--data", "dovecot_key_file=/etc/ssl/private/missing.key", *NO_WATCH)
+MISSING_POSTFIX_CERT = (
+    "--data",
+    "postfix_cert_file=/etc/ssl/certs/missing.pem",
+    "--data",
+    "postfix_key_file=/etc/ssl/private/missing.key",
+    *NO_WATCH,
+)
+MISSING_DOVECOT_CERT = (
+    "--data",
+    "dovecot_cert_file=/etc/ssl/certs/missing.pem",
+    "--data",
+    "dovecot_key_file=/etc/ssl/private/missing.key",
+    *NO_WATCH,
+)
 
 
 def rejected(res, daemon: str) -> str:
     """The one line in which mailtls-apply says `daemon` rejected its new configuration."""
     out = output(res)
     assert res.returncode != 0, out[-3000:]
-    said = [line for line in out.splitlines() if f"mailtls: {daemon} rejected the new configuration" in line]
+    said = [
+        line
+        for line in out.splitlines()
+        if f"mailtls: {daemon} rejected the new configuration" in line
+    ]
     assert len(said) == 1, out[-3000:]
     return said[0]
 
 
 def dovecot_starts_afresh(host) -> None:
     """What the next boot or `systemctl restart dovecot` does: read the config as it is on disk."""
-    out = host.ssh("doveconf -x -n >/dev/null && systemctl restart dovecot && systemctl is-active dovecot",
-                   check=False)
+    out = host.ssh(
+        "doveconf -x -n >/dev/null && systemctl restart dovecot && systemctl is-active dovecot",
+        check=False,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "active", out.stdout + out.stderr
 
 
@@ -50,9 +66,14 @@ def test_a_shared_dh_file_stays_under_the_daemon_that_committed_with_it(fresh_ho
     postfix_files = host.ssh("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf").stdout
     assert host.ssh(f"test -e {DH_FILE}", check=False).returncode == 1
     for attempt in (1, 2):
-        line = rejected(run_pyinfra(host, "deploy.py", *LEGACY, *MISSING_POSTFIX_CERT, check=False), "postfix")
+        line = rejected(
+            run_pyinfra(host, "deploy.py", *LEGACY, *MISSING_POSTFIX_CERT, check=False), "postfix"
+        )
         assert "rolled back" in line, (attempt, line)
-        assert host.ssh("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf").stdout == postfix_files
+        assert (
+            host.ssh("sha256sum /etc/postfix/main.cf /etc/postfix/master.cf").stdout
+            == postfix_files
+        )
         assert pending(host) == "", attempt
         dovecot_starts_afresh(host)
         assert dhe_bits(host.address, 993) == 3072, attempt  # Dovecot: the new profile, DHE
@@ -69,8 +90,14 @@ def _run_and_kill(host, at: str, *args: str, timeout: float = 300) -> None:
     operation `at` starts: a run that died between begin and commit."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE")}
     env["MAILTLS_TESTHOSTS"] = host.name
-    proc = subprocess.Popen([PYINFRA, "-y", "inventory.py", "deploy.py", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYINFRA, "-y", "inventory.py", "deploy.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     deadline = time.monotonic() + timeout
     try:
@@ -113,7 +140,10 @@ def test_a_stale_backup_never_undoes_an_admin_edit(fresh_host, suite):
     host.ssh("postconf -e 'relayhost=[other.example.net]:587'")
     edited = host.ssh("sha256sum < /etc/postfix/main.cf").stdout
     line = rejected(run_pyinfra(host, "deploy.py", *MISSING_POSTFIX_CERT, check=False), "postfix")
-    assert "NOT rolled back" in line and "/etc/postfix/main.cf changed since the deploy wrote it" in line, line
+    assert (
+        "NOT rolled back" in line
+        and "/etc/postfix/main.cf changed since the deploy wrote it" in line
+    ), line
     assert relayhost(host) == "[other.example.net]:587"
     assert host.ssh("sha256sum < /etc/postfix/main.cf").stdout == edited
     assert "postfix" in pending(host).split()  # still to be committed once the admin fixes it
@@ -125,7 +155,9 @@ def test_rollback_of_a_symlinked_config_keeps_the_link(fresh_host, suite):
     host = fresh_host(suite)
     run_pyinfra(host)
     conf = "/etc/dovecot/conf.d/99-mailtls.conf"
-    host.ssh(f"mkdir -p /srv/dovecot && mv {conf} /srv/dovecot/tls.conf && ln -s /srv/dovecot/tls.conf {conf}")
+    host.ssh(
+        f"mkdir -p /srv/dovecot && mv {conf} /srv/dovecot/tls.conf && ln -s /srv/dovecot/tls.conf {conf}"
+    )
     before = host.ssh("sha256sum < /srv/dovecot/tls.conf").stdout
     line = rejected(run_pyinfra(host, "deploy.py", *MISSING_DOVECOT_CERT, check=False), "dovecot")
     assert "rolled back" in line, line
@@ -151,8 +183,12 @@ def test_locks_no_other_user_can_hold(fresh_host):
     assert host.ssh("pgrep -u nobody -c flock").stdout.strip() == "2"
     # The script from this tree, where the deploy (which installs it only for generated
     # parameters) leaves it alone.
-    subprocess.run(host.ssh_argv("cat > /root/mailtls-dh-rotate && chmod 0755 /root/mailtls-dh-rotate"),
-                   input=(ROOT / "files" / "mailtls-dh-rotate").read_bytes(), check=True, timeout=60)
+    subprocess.run(
+        host.ssh_argv("cat > /root/mailtls-dh-rotate && chmod 0755 /root/mailtls-dh-rotate"),
+        input=(ROOT / "files" / "mailtls-dh-rotate").read_bytes(),
+        check=True,
+        timeout=60,
+    )
     rotate = f"/root/mailtls-dh-rotate -f {DH_FILE} -b 2048"
     out = host.ssh(f"{rotate}; echo rc=$?", timeout=600, check=False).stdout
     assert out.strip().endswith("rc=0"), out
@@ -170,6 +206,9 @@ def test_locks_no_other_user_can_hold(fresh_host):
     assert res.returncode == 75 and not res.stderr, (res.returncode, res.stderr)
     host.ssh(f"echo $(( $(date +%s) - 13 * 3600 )) > {lock}.since")
     res = host.ssh(f"{rotate}", check=False)
-    assert res.returncode == 1 and "another rotation has held" in res.stderr, (res.returncode, res.stderr)
+    assert res.returncode == 1 and "another rotation has held" in res.stderr, (
+        res.returncode,
+        res.stderr,
+    )
     log = host.ssh("journalctl -q --no-pager -t mailtls-dh-rotate -p warning -o cat").stdout
     assert "another rotation has held" in log, log

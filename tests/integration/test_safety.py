@@ -30,7 +30,8 @@ def snapshot(host) -> str:
     return host.ssh(
         f"sha256sum {CONFIG}; for p in {APPLY} {STATE} /etc/ssl/mailtls; do "
         "[ -e $p ] && echo present $p; done; ls -A /var/lib/mailtls/pending 2>/dev/null; "
-        "ls -A /etc/dovecot/conf.d /etc/postfix | grep -i mailtls-; true").stdout
+        "ls -A /etc/dovecot/conf.d /etc/postfix | grep -i mailtls-; true"
+    ).stdout
 
 
 def pending(host) -> str:
@@ -57,7 +58,10 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
                 smtp.starttls(context=ctx)
                 assert isinstance(smtp.sock, ssl.SSLSocket)
                 return _session(smtp.sock)
-        with socket.create_connection((address, port), timeout=20) as raw, ctx.wrap_socket(raw) as sock:
+        with (
+            socket.create_connection((address, port), timeout=20) as raw,
+            ctx.wrap_socket(raw) as sock,
+        ):
             return _session(sock)
     except (ssl.SSLError, smtplib.SMTPException, OSError):
         return None
@@ -65,8 +69,10 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
 
 def served(host) -> dict:
     """What ports 25 and 993 serve now: default handshake, TLS 1.2-capped handshake."""
-    return {port: (tls(host.address, port), tls(host.address, port, ssl.TLSVersion.TLSv1_2))
-            for port in (25, 993)}
+    return {
+        port: (tls(host.address, port), tls(host.address, port, ssl.TLSVersion.TLSv1_2))
+        for port in (25, 993)
+    }
 
 
 def _eventually(check, timeout: float = 15) -> bool:
@@ -93,16 +99,27 @@ BAD_DATA = [
     (["dh_bits=1024"], "dh_bits=1024: 1024-bit DH is breakable"),
     (["dh_source=generated", "dh_bits=512"], "dh_bits=512"),
     (["tls_profile=old"], "tls_profile='old': expected one of intermediate, modern, legacy-dhe"),
-    (["mailtls_tls_profle=modern"], "unknown setting 'mailtls_tls_profle' (did you mean mailtls_tls_profile?)"),
+    (
+        ["mailtls_tls_profle=modern"],
+        "unknown setting 'mailtls_tls_profle' (did you mean mailtls_tls_profile?)",
+    ),
     (["MAILTLS_DH_BITS=4096"], "unknown setting 'MAILTLS_DH_BITS' (did you mean mailtls_dh_bits?)"),
-    (["tls_profile=modern", "mailtls_tls_profile=intermediate"],
-     "mailtls_tls_profile='intermediate' and its old name tls_profile='modern' disagree"),
-    (["postfix_cert_file=/etc/ssl/c.pem;reboot", "postfix_key_file=/etc/ssl/k.pem"],
-     "postfix_cert_file='/etc/ssl/c.pem;reboot': expected an absolute path"),
-    (["dovecot_cert_file=/etc/ssl/$(touch /tmp/pwned).pem", "dovecot_key_file=/etc/ssl/k.pem"],
-     "dovecot_cert_file='/etc/ssl/$(touch /tmp/pwned).pem'"),
-    (["dovecot_key_file=/etc/ssl/k.pem ssl = no", "dovecot_cert_file=/etc/ssl/c.pem"],
-     "dovecot_key_file='/etc/ssl/k.pem ssl = no'"),
+    (
+        ["tls_profile=modern", "mailtls_tls_profile=intermediate"],
+        "mailtls_tls_profile='intermediate' and its old name tls_profile='modern' disagree",
+    ),
+    (
+        ["postfix_cert_file=/etc/ssl/c.pem;reboot", "postfix_key_file=/etc/ssl/k.pem"],
+        "postfix_cert_file='/etc/ssl/c.pem;reboot': expected an absolute path",
+    ),
+    (
+        ["dovecot_cert_file=/etc/ssl/$(touch /tmp/pwned).pem", "dovecot_key_file=/etc/ssl/k.pem"],
+        "dovecot_cert_file='/etc/ssl/$(touch /tmp/pwned).pem'",
+    ),
+    (
+        ["dovecot_key_file=/etc/ssl/k.pem ssl = no", "dovecot_cert_file=/etc/ssl/c.pem"],
+        "dovecot_key_file='/etc/ssl/k.pem ssl = no'",
+    ),
     (["dh_file=/etc/ssl/mailtls/../../passwd.pem"], "dh_file='/etc/ssl/mailtls/../../passwd.pem'"),
     (["dh_file=/etc/postfix/main.cf"], "dh_file='/etc/postfix/main.cf': expected a .pem file"),
     (["dh_rotation_schedule=61 4 * * 0"], "dh_rotation_schedule='61 4 * * 0': minute field"),
@@ -131,24 +148,43 @@ def test_bad_input_is_refused_and_changes_nothing(fresh_host, suite, tmp_path):
     for args, expected in BAD_DATA:
         env = dict(os.environ, MAILTLS_TESTHOSTS=host.name)
         env.pop("MAILTLS_HOSTS", None), env.pop("MAILTLS_HOSTS_FILE", None)
-        runs.append((" ".join(args), f"invalid settings: {host.name}: {expected}",
-                     [a for arg in args for a in ("--data", arg)], env))
+        runs.append(
+            (
+                " ".join(args),
+                f"invalid settings: {host.name}: {expected}",
+                [a for arg in args for a in ("--data", arg)],
+                env,
+            )
+        )
     # A hosts file (MAILTLS_HOSTS_FILE) with bad key=value data: the host is named by its address.
-    for n, (extra, expected) in enumerate((
+    for n, (extra, expected) in enumerate(
+        (
             ("dh_bits=512", "dh_bits=512: 512-bit DH is breakable"),
             ("tls_profile=legacy", "tls_profile='legacy'"),
-            ("mailtls_dovecot_cert_fil=/etc/ssl/c.pem",
-             "unknown setting 'mailtls_dovecot_cert_fil' (did you mean mailtls_dovecot_cert_file?)"))):
+            (
+                "mailtls_dovecot_cert_fil=/etc/ssl/c.pem",
+                "unknown setting 'mailtls_dovecot_cert_fil' (did you mean mailtls_dovecot_cert_file?)",
+            ),
+        )
+    ):
         hosts = tmp_path / f"hosts{n}.txt"
         hosts.write_text("# test\n" + hosts_file_line(host, extra))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
         env["MAILTLS_HOSTS_FILE"] = str(hosts)
-        runs.append((f"hosts file: {extra}", f"invalid settings: {host.address}: {expected}", [], env))
+        runs.append(
+            (f"hosts file: {extra}", f"invalid settings: {host.address}: {expected}", [], env)
+        )
 
     def run(case) -> str | None:
         what, expected, args, env = case
-        res = subprocess.run([PYINFRA, "-y", "inventory.py", "deploy.py", *args], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=180)
+        res = subprocess.run(
+            [PYINFRA, "-y", "inventory.py", "deploy.py", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         out = output(res)
         lines = [line for line in out.splitlines() if "invalid settings:" in line]
         if res.returncode == 0:
@@ -173,11 +209,19 @@ def test_one_bad_host_stops_the_whole_run(fresh_host, tmp_path):
     good, bad = fresh_host("bookworm"), fresh_host("trixie")
     before = {h.name: snapshot(h) for h in (good, bad)}
     hosts = tmp_path / "hosts.txt"
-    hosts.write_text(hosts_file_line(good, "tls_profile=modern") + hosts_file_line(bad, "dh_bits=1024"))
+    hosts.write_text(
+        hosts_file_line(good, "tls_profile=modern") + hosts_file_line(bad, "dh_bits=1024")
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILTLS_")}
     env["MAILTLS_HOSTS_FILE"] = str(hosts)
-    res = subprocess.run([PYINFRA, "-y", "inventory.py", "deploy.py"], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [PYINFRA, "-y", "inventory.py", "deploy.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode != 0, output(res)[-3000:]
     assert f"invalid settings: {bad.address}: dh_bits=1024" in output(res), output(res)[-3000:]
     for h in (good, bad):
@@ -186,39 +230,86 @@ def test_one_bad_host_stops_the_whole_run(fresh_host, tmp_path):
 
 # --- rollback ---------------------------------------------------------------------------------------
 
+
 def _put(host, path: str, data: bytes, mode: str) -> None:
-    subprocess.run(host.ssh_argv(f"umask 077; cat > {path} && chmod {mode} {path}"), input=data,
-                   check=True, timeout=60)
+    subprocess.run(
+        host.ssh_argv(f"umask 077; cat > {path} && chmod {mode} {path}"),
+        input=data,
+        check=True,
+        timeout=60,
+    )
 
 
 def _new_pair(tmp_path: Path, name: str) -> tuple[bytes, bytes]:
     key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "3", "-subj", f"/CN={name}.mailtls.test"],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "3",
+            "-subj",
+            f"/CN={name}.mailtls.test",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return cert.read_bytes(), key.read_bytes()
 
 
-def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(fresh_host, suite, tmp_path):
+def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(
+    fresh_host, suite, tmp_path
+):
     host = fresh_host(suite)
     run_pyinfra(host)
     before_files, before_tls = snapshot(host), served(host)
     for port, (default, tls12) in before_tls.items():
-        assert default and default[0] == "TLSv1.3" and tls12 and "ECDHE" in tls12[1], (port, default, tls12)
+        assert default and default[0] == "TLSv1.3" and tls12 and "ECDHE" in tls12[1], (
+            port,
+            default,
+            tls12,
+        )
 
     # A key that belongs to another certificate, and a certificate that is not there.
     _, other_key = _new_pair(tmp_path, "other")
     _put(host, "/etc/ssl/private/other.key", other_key, "0600")
     snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem"
     cases = [
-        ("postfix", {"postfix_cert_file": "/etc/ssl/certs/missing.pem",
-                     "postfix_key_file": "/etc/ssl/private/missing.key"}, "failed after reload"),
-        ("postfix", {"postfix_cert_file": snakeoil, "postfix_key_file": "/etc/ssl/private/other.key"},
-         "key values mismatch"),
-        ("dovecot", {"dovecot_cert_file": "/etc/ssl/certs/missing.pem",
-                     "dovecot_key_file": "/etc/ssl/private/missing.key"}, "doveconf -x -n failed"),
-        ("dovecot", {"dovecot_cert_file": snakeoil, "dovecot_key_file": "/etc/ssl/private/other.key"},
-         "failed after reload"),
+        (
+            "postfix",
+            {
+                "postfix_cert_file": "/etc/ssl/certs/missing.pem",
+                "postfix_key_file": "/etc/ssl/private/missing.key",
+            },
+            "failed after reload",
+        ),
+        (
+            "postfix",
+            {"postfix_cert_file": snakeoil, "postfix_key_file": "/etc/ssl/private/other.key"},
+            "key values mismatch",
+        ),
+        (
+            "dovecot",
+            {
+                "dovecot_cert_file": "/etc/ssl/certs/missing.pem",
+                "dovecot_key_file": "/etc/ssl/private/missing.key",
+            },
+            "doveconf -x -n failed",
+        ),
+        (
+            "dovecot",
+            {"dovecot_cert_file": snakeoil, "dovecot_key_file": "/etc/ssl/private/other.key"},
+            "failed after reload",
+        ),
     ]
     for daemon, data, why in cases:
         # Without the certificate watcher, which would refuse these pairs before any config
@@ -228,7 +319,11 @@ def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(fresh
         res = run_pyinfra(host, "deploy.py", *args, check=False)
         out = output(res)
         assert res.returncode != 0, (data, out[-3000:])
-        said = [line for line in out.splitlines() if f"mailtls: {daemon} rejected the new configuration" in line]
+        said = [
+            line
+            for line in out.splitlines()
+            if f"mailtls: {daemon} rejected the new configuration" in line
+        ]
         assert said and why in said[0] and "rolled back" in said[0], (data, out[-3000:])
         assert snapshot(host) == before_files, data
         assert served(host) == before_tls, data
@@ -241,8 +336,16 @@ def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(fresh
     cert, key = _new_pair(tmp_path, "mx")
     _put(host, "/etc/ssl/certs/mx.pem", cert, "0644")
     _put(host, "/etc/ssl/private/mx.key", key, "0600")
-    good = ["--data", "postfix_cert_file=/etc/ssl/certs/mx.pem", "--data", "postfix_key_file=/etc/ssl/private/mx.key",
-            "--data", "dovecot_cert_file=/etc/ssl/certs/mx.pem", "--data", "dovecot_key_file=/etc/ssl/private/mx.key"]
+    good = [
+        "--data",
+        "postfix_cert_file=/etc/ssl/certs/mx.pem",
+        "--data",
+        "postfix_key_file=/etc/ssl/private/mx.key",
+        "--data",
+        "dovecot_cert_file=/etc/ssl/certs/mx.pem",
+        "--data",
+        "dovecot_key_file=/etc/ssl/private/mx.key",
+    ]
     run_pyinfra(host, "deploy.py", *good)
     fingerprint = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.decode())).hexdigest()
     for port in (25, 993):
@@ -254,19 +357,34 @@ def test_rejected_changes_are_rolled_back_and_the_old_config_keeps_serving(fresh
 
 
 @pytest.mark.parametrize("variant", [None, "rsyslog"], ids=["journal", "rsyslog"])
-def test_reload_errors_are_read_from_the_log_journald_only_or_with_rsyslog(fresh_host, suite, tmp_path, variant):
+def test_reload_errors_are_read_from_the_log_journald_only_or_with_rsyslog(
+    fresh_host, suite, tmp_path, variant
+):
     """mailtls-apply reads what a reload logged: on a journald-only host (Debian 12/13 as
     installed) and where rsyslog also writes /var/log/mail.log. Dovecot accepts a key of another
     certificate at reload; only its log says why the probe then fails."""
     host = fresh_host(suite, variant)
-    assert host.ssh("test -e /var/log/mail.log && echo yes || echo no").stdout.strip() == \
-        ("yes" if variant else "no")
+    assert host.ssh("test -e /var/log/mail.log && echo yes || echo no").stdout.strip() == (
+        "yes" if variant else "no"
+    )
     _, other_key = _new_pair(tmp_path, "other")
     _put(host, "/etc/ssl/private/other.key", other_key, "0600")
-    res = run_pyinfra(host, "deploy.py", "--data", "dovecot_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
-                      "--data", "dovecot_key_file=/etc/ssl/private/other.key",
-                      "--data", "mailtls_cert_watch=false", check=False)  # the daemon must see it
-    said = [line for line in output(res).splitlines() if "mailtls: dovecot rejected the new configuration" in line]
+    res = run_pyinfra(
+        host,
+        "deploy.py",
+        "--data",
+        "dovecot_cert_file=/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "--data",
+        "dovecot_key_file=/etc/ssl/private/other.key",
+        "--data",
+        "mailtls_cert_watch=false",
+        check=False,
+    )  # the daemon must see it
+    said = [
+        line
+        for line in output(res).splitlines()
+        if "mailtls: dovecot rejected the new configuration" in line
+    ]
     assert res.returncode != 0 and said, output(res)[-3000:]
     # the hint in parentheses comes from since_log: Dovecot's own words about the key
     assert re.search(r"failed after reload \(.*(key|certificate).*\)", said[0], re.I), said[0]
@@ -274,6 +392,7 @@ def test_reload_errors_are_read_from_the_log_journald_only_or_with_rsyslog(fresh
 
 
 # --- pending reload -----------------------------------------------------------------------------
+
 
 def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host, suite):
     """Reproduce a run that died between `mailtls-apply begin` + the change and `commit`: the
@@ -285,17 +404,23 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     assert "ssl_min_protocol = TLSv1.2" in host.ssh(f"cat {conf}").stdout
     # The "previous" config, loaded: TLS 1.3 only on 25 and 993. Postfix: in master.cf, which
     # only a reload makes the master read again (every new smtpd reads main.cf by itself).
-    host.ssh("postconf -P 'smtp/inet/smtpd_tls_protocols=>=TLSv1.3' && postfix reload && "
-             f"sed -i 's/^ssl_min_protocol = TLSv1.2$/ssl_min_protocol = TLSv1.3/' {conf} && doveadm reload")
+    host.ssh(
+        "postconf -P 'smtp/inet/smtpd_tls_protocols=>=TLSv1.3' && postfix reload && "
+        f"sed -i 's/^ssl_min_protocol = TLSv1.2$/ssl_min_protocol = TLSv1.3/' {conf} && doveadm reload"
+    )
     # Login/smtpd processes forked before a reload may take a connection or two more: wait
     # until the TLS 1.3-only config is the one that answers.
     for port in (25, 993):
-        assert _eventually(lambda port=port: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None), port
+        assert _eventually(
+            lambda port=port: tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None
+        ), port
     # The dead run: begin (backup + mark), then the change on disk, then nothing.
-    host.ssh(f"{APPLY} begin postfix /etc/postfix/main.cf /etc/postfix/master.cf && "
-             "postconf -PX smtp/inet/smtpd_tls_protocols && "
-             f"{APPLY} begin dovecot {conf} && "
-             f"sed -i 's/^ssl_min_protocol = TLSv1.3$/ssl_min_protocol = TLSv1.2/' {conf}")
+    host.ssh(
+        f"{APPLY} begin postfix /etc/postfix/main.cf /etc/postfix/master.cf && "
+        "postconf -PX smtp/inet/smtpd_tls_protocols && "
+        f"{APPLY} begin dovecot {conf} && "
+        f"sed -i 's/^ssl_min_protocol = TLSv1.3$/ssl_min_protocol = TLSv1.2/' {conf}"
+    )
     assert pending(host).split() == ["dovecot", "postfix"]
     time.sleep(2)
     for port in (25, 993):  # still the old config: TLS 1.2 refused
@@ -307,7 +432,9 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     lines = res.stderr.splitlines()
 
     def result(op: str) -> str:
-        start = next(i for i, line in enumerate(lines) if "Starting operation" in line and op in line)
+        start = next(
+            i for i, line in enumerate(lines) if "Starting operation" in line and op in line
+        )
         return lines[start + 1]
 
     # Nothing to change on disk, yet both daemons were committed: the mark did it.
@@ -323,14 +450,21 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
 
 # --- connection cut mid-run; unreachable host ----------------------------------------------------
 
+
 def _run_and_kill(host, at: str, timeout: float = 300) -> str:
     """Start a deploy, SIGKILL pyinfra (its SSH connection dies with it) as soon as the
     operation `at` starts; return what pyinfra printed."""
     env = dict(os.environ, MAILTLS_TESTHOSTS=host.name)
     for key in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE"):
         env.pop(key, None)
-    proc = subprocess.Popen([PYINFRA, "-y", "inventory.py", "deploy.py"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PYINFRA, "-y", "inventory.py", "deploy.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     deadline = time.monotonic() + timeout
     try:
@@ -358,7 +492,10 @@ def test_connection_cut_mid_run_then_rerun_converges(fresh_host, deployed, suite
     res = run_pyinfra(host)
     assert pending(host) == "", res.stderr[-3000:]
     reference = deployed[suite]  # a clean, uninterrupted run of the same deploy
-    assert host.ssh(f"cd / && sha256sum {CONFIG}").stdout == reference.ssh(f"cd / && sha256sum {CONFIG}").stdout
+    assert (
+        host.ssh(f"cd / && sha256sum {CONFIG}").stdout
+        == reference.ssh(f"cd / && sha256sum {CONFIG}").stdout
+    )
     assert snapshot(host).replace(host.name, "") == snapshot(reference).replace(reference.name, "")
     for port in (25, 993):
         assert tls(host.address, port)[:2] == tls(reference.address, port)[:2], port
@@ -382,7 +519,9 @@ def test_unreachable_host_fails_alone_and_the_other_converges(fresh_host):
         subprocess.run(["ip", "route", "del", "unreachable", f"{gone.address}/32"], check=True)
     out = output(res)
     assert res.returncode != 0, out[-3000:]
-    assert re.search(rf"\[{gone.name}\] Could not connect .*{re.escape(gone.address)}", out), out[-3000:]
+    assert re.search(rf"\[{gone.name}\] Could not connect .*{re.escape(gone.address)}", out), out[
+        -3000:
+    ]
     assert f"[{good.name}] Success" in out, out[-3000:]
     assert took < 120, took
     assert pending(good) == ""

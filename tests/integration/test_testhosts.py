@@ -25,16 +25,21 @@ def _handshake(address: str, port: int, starttls: str | None = None) -> str:
 
 def test_versions_and_system_state(stock, suite):
     host = stock[suite]
-    out = host.ssh("systemctl is-system-running; postconf -h mail_version; dovecot --version; "
-                   "openssl version; hostname -f; test -e /var/log/mail.log && echo maillog || echo journal-only; "
-                   "systemctl is-active rsyslog || true").stdout
+    out = host.ssh(
+        "systemctl is-system-running; postconf -h mail_version; dovecot --version; "
+        "openssl version; hostname -f; test -e /var/log/mail.log && echo maillog || echo journal-only; "
+        "systemctl is-active rsyslog || true"
+    ).stdout
     state, postfix, dovecot, openssl, fqdn, maillog, rsyslog = out.splitlines()
     assert state == "running"
     assert postfix.startswith(EXPECTED[suite]["postfix"])
     assert dovecot.startswith(EXPECTED[suite]["dovecot"])
     assert openssl.startswith(EXPECTED[suite]["openssl"])
     assert fqdn == host.fqdn
-    assert (maillog, rsyslog) == ("journal-only", "inactive")  # as Debian 12/13 install: no syslog daemon
+    assert (maillog, rsyslog) == (
+        "journal-only",
+        "inactive",
+    )  # as Debian 12/13 install: no syslog daemon
 
 
 def test_tls_from_controller(stock, suite):
@@ -52,10 +57,15 @@ def test_reloads_succeed(stock, suite):
 
 def _leftovers(name: str, index: int) -> list[str]:
     found = []
-    if f"mailtls-{name}" in subprocess.run(["ip", "netns", "list"], capture_output=True,
-                                           text=True).stdout:
+    if (
+        f"mailtls-{name}"
+        in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    ):
         found.append("netns")
-    if f"mtls{index}" in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout:
+    if (
+        f"mtls{index}"
+        in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    ):
         found.append("veth")
     if os.path.ismount(th.ROOTS_DIR / name):
         found.append("mount")

@@ -41,43 +41,78 @@ def trace(exc: BaseException):
 
 
 def ecdhe(proto="TLSv1.2"):
-    name = "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" if proto == "TLSv1.2" else "TLS_AES_128_GCM_SHA256"
-    return NS(cipher_suite=NS(name=name, openssl_name="ECDHE-RSA-AES128-GCM-SHA256" if proto == "TLSv1.2" else name),
-              ephemeral_key=NS(type_name="ECDH", curve_name="X25519", size=253))
+    name = (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" if proto == "TLSv1.2" else "TLS_AES_128_GCM_SHA256"
+    )
+    return NS(
+        cipher_suite=NS(
+            name=name, openssl_name="ECDHE-RSA-AES128-GCM-SHA256" if proto == "TLSv1.2" else name
+        ),
+        ephemeral_key=NS(type_name="ECDH", curve_name="X25519", size=253),
+    )
 
 
 def good_results(port: int = 25) -> dict:
     """Results of every command, as a deployed host's port gives them (Postfix resumes by ticket)."""
     r = {}
     for command, proto in SUITE_COMMANDS.items():
-        r[command.value] = NS(accepted_cipher_suites=[ecdhe(proto)] if proto in ("TLSv1.2", "TLSv1.3") else [])
-    r[ScanCommand.SESSION_RENEGOTIATION.value] = NS(supports_secure_renegotiation=True,
-                                                    is_vulnerable_to_client_renegotiation_dos=False)
-    r[ScanCommand.ELLIPTIC_CURVES.value] = NS(supported_curves=[NS(name=n) for n in ("X25519", "secp256r1", "secp384r1")])
+        r[command.value] = NS(
+            accepted_cipher_suites=[ecdhe(proto)] if proto in ("TLSv1.2", "TLSv1.3") else []
+        )
+    r[ScanCommand.SESSION_RENEGOTIATION.value] = NS(
+        supports_secure_renegotiation=True, is_vulnerable_to_client_renegotiation_dos=False
+    )
+    r[ScanCommand.ELLIPTIC_CURVES.value] = NS(
+        supported_curves=[NS(name=n) for n in ("X25519", "secp256r1", "secp384r1")]
+    )
     r[ScanCommand.TLS_COMPRESSION.value] = NS(supports_compression=False)
     r[ScanCommand.TLS_EXTENDED_MASTER_SECRET.value] = NS(supports_ems_extension=True)
-    r[ScanCommand.SESSION_RESUMPTION.value] = NS(session_id_resumption_result=TlsResumptionSupportEnum.NOT_SUPPORTED,
-                                                 tls_ticket_resumption_result=TlsResumptionSupportEnum.FULLY_SUPPORTED
-                                                 if port in (25, 587, 465) else TlsResumptionSupportEnum.NOT_SUPPORTED)
+    r[ScanCommand.SESSION_RESUMPTION.value] = NS(
+        session_id_resumption_result=TlsResumptionSupportEnum.NOT_SUPPORTED,
+        tls_ticket_resumption_result=TlsResumptionSupportEnum.FULLY_SUPPORTED
+        if port in (25, 587, 465)
+        else TlsResumptionSupportEnum.NOT_SUPPORTED,
+    )
     return r
 
 
 def attempt(result=None, error: BaseException | None = None):
     if error is not None:
-        return NS(status=ScanCommandAttemptStatusEnum.ERROR, error_reason=ScanCommandErrorReasonEnum.CONNECTIVITY_ISSUE,
-                  error_trace=trace(error), result=None)
-    return NS(status=ScanCommandAttemptStatusEnum.COMPLETED, error_reason=None, error_trace=None, result=result)
+        return NS(
+            status=ScanCommandAttemptStatusEnum.ERROR,
+            error_reason=ScanCommandErrorReasonEnum.CONNECTIVITY_ISSUE,
+            error_trace=trace(error),
+            result=None,
+        )
+    return NS(
+        status=ScanCommandAttemptStatusEnum.COMPLETED,
+        error_reason=None,
+        error_trace=None,
+        result=result,
+    )
 
 
-def server_result(ip, port, failing: dict | None = None, commands=COMMANDS, connectivity: BaseException | None = None):
+def server_result(
+    ip,
+    port,
+    failing: dict | None = None,
+    commands=COMMANDS,
+    connectivity: BaseException | None = None,
+):
     """A fake sslyze ServerScanResult: `failing` maps command value -> exception."""
     failing = failing or {}
     location = NS(ip_address=ip, port=port)
     if connectivity is not None:
-        return NS(scan_result=None, connectivity_error_trace=trace(connectivity), server_location=location)
+        return NS(
+            scan_result=None, connectivity_error_trace=trace(connectivity), server_location=location
+        )
     results = good_results(port)
-    attempts = {c.value: (attempt(error=failing[c.value]) if c.value in failing else attempt(results.get(c.value)))
-                for c in commands}
+    attempts = {
+        c.value: (
+            attempt(error=failing[c.value]) if c.value in failing else attempt(results.get(c.value))
+        )
+        for c in commands
+    }
     return NS(scan_result=NS(**attempts), connectivity_error_trace=None, server_location=location)
 
 
@@ -87,13 +122,23 @@ def judged(scan, profile=INTERMEDIATE, **expect):
 
 # --- issue 12 item 1: an unfinished scan never passes -------------------------------------------
 
+
 def test_a_command_that_ended_in_error_fails_the_port_and_names_the_check():
     g = _Gathered()
-    absorb(g, server_result("10.0.0.2", 25, {"tls_1_0_cipher_suites": ConnectionResetError("reset by peer")}), COMMANDS)
+    absorb(
+        g,
+        server_result(
+            "10.0.0.2", 25, {"tls_1_0_cipher_suites": ConnectionResetError("reset by peer")}
+        ),
+        COMMANDS,
+    )
     scan = port_scan(25, "10.0.0.2", g)
     v = judged(scan)
     assert not v.ok
-    assert any("tls_1_0_cipher_suites did not complete" in f and "ConnectionResetError" in f for f in v.failures), v.failures
+    assert any(
+        "tls_1_0_cipher_suites did not complete" in f and "ConnectionResetError" in f
+        for f in v.failures
+    ), v.failures
 
 
 def test_the_same_port_with_every_command_complete_passes():
@@ -105,7 +150,11 @@ def test_the_same_port_with_every_command_complete_passes():
 
 def test_an_open_port_where_every_command_failed_fails():
     g = _Gathered()
-    absorb(g, server_result("10.0.0.2", 993, {c.value: TimeoutError("timed out") for c in COMMANDS}), COMMANDS)
+    absorb(
+        g,
+        server_result("10.0.0.2", 993, {c.value: TimeoutError("timed out") for c in COMMANDS}),
+        COMMANDS,
+    )
     scan = port_scan(993, "10.0.0.2", g)
     assert scan.state == "open" and not scan.protocols
     v = judge_port(scan, INTERMEDIATE)
@@ -117,21 +166,37 @@ def test_an_open_port_with_no_protocol_at_all_fails():
     assert "no TLS protocol accepted" in v.failures
 
 
-@pytest.mark.parametrize("key", [None, NS(type_name="DH", size=None), NS(type_name="ECDH", size=None)])
+@pytest.mark.parametrize(
+    "key", [None, NS(type_name="DH", size=None), NS(type_name="ECDH", size=None)]
+)
 def test_dhe_suite_with_unreadable_key_size_does_not_escape_the_2048_bit_rule(key):
-    suite = AcceptedSuite("TLSv1.2", "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "DHE-RSA-AES128-GCM-SHA256",
-                          getattr(key, "type_name", None), None, getattr(key, "size", None))
+    suite = AcceptedSuite(
+        "TLSv1.2",
+        "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+        getattr(key, "type_name", None),
+        None,
+        getattr(key, "size", None),
+    )
     v = judge_port(PortScan(25, "smtp", "open", protocols=["TLSv1.2"], suites=[suite]), LEGACY)
     assert any("DH group size could not be read" in f for f in v.failures), v.failures
 
 
 def test_dhe_suite_with_3072_bits_passes_the_rule():
-    suite = AcceptedSuite("TLSv1.2", "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "DHE-RSA-AES128-GCM-SHA256", "DH", None, 3072)
+    suite = AcceptedSuite(
+        "TLSv1.2",
+        "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DH",
+        None,
+        3072,
+    )
     v = judge_port(PortScan(25, "smtp", "open", protocols=["TLSv1.2"], suites=[suite]), LEGACY)
     assert v.ok, v.failures
 
 
 # --- retries: a transient error is retried with fewer connections before anything is judged ----
+
 
 class FakeScanner:
     """Plays back scripted results; records the limits each run was made with."""
@@ -156,21 +221,30 @@ class FakeScanner:
 def run(script, expected=None):
     FakeScanner.runs, FakeScanner.script = [], script
     slept = []
-    gathered = run_sslyze("mx.test", [("10.0.0.2", 993), ("10.0.0.2", 25)], scanner_factory=FakeScanner,
-                          sleep=slept.append, expected=expected)
+    gathered = run_sslyze(
+        "mx.test",
+        [("10.0.0.2", 993), ("10.0.0.2", 25)],
+        scanner_factory=FakeScanner,
+        sleep=slept.append,
+        expected=expected,
+    )
     return gathered, slept
 
 
 def test_a_transient_timeout_is_retried_alone_with_one_connection_and_then_passes():
     flaky = {"tls_1_2_cipher_suites": TimeoutError("TlsHandshakeTimedOut")}
-    gathered, slept = run([
-        lambda ip, port, cmds: server_result(ip, port, flaky if port == 993 else None, cmds),
-        lambda ip, port, cmds: server_result(ip, port, None, cmds),
-    ])
+    gathered, slept = run(
+        [
+            lambda ip, port, cmds: server_result(ip, port, flaky if port == 993 else None, cmds),
+            lambda ip, port, cmds: server_result(ip, port, None, cmds),
+        ]
+    )
     assert len(FakeScanner.runs) == 2 and slept == [scanmod.RETRY_DELAYS[0]]
     retry = FakeScanner.runs[1]
     assert retry.limits["per_server_concurrent_connections_limit"] == 1
-    assert [(r.server_location.port, r.scan_commands) for r in retry.requests] == [(993, {ScanCommand.TLS_1_2_CIPHER_SUITES})]
+    assert [(r.server_location.port, r.scan_commands) for r in retry.requests] == [
+        (993, {ScanCommand.TLS_1_2_CIPHER_SUITES})
+    ]
     scan = port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)])
     assert scan.retries == 1 and not scan.incomplete and "TLSv1.2" in scan.protocols
     assert judged(scan).ok
@@ -178,7 +252,9 @@ def test_a_transient_timeout_is_retried_alone_with_one_connection_and_then_passe
 
 def test_a_check_that_never_completes_is_incomplete_after_every_retry():
     stuck = {"tls_1_3_cipher_suites": ConnectionResetError("reset")}
-    gathered, slept = run([lambda ip, port, cmds: server_result(ip, port, stuck if port == 993 else None, cmds)] * 3)
+    gathered, slept = run(
+        [lambda ip, port, cmds: server_result(ip, port, stuck if port == 993 else None, cmds)] * 3
+    )
     assert slept == list(scanmod.RETRY_DELAYS)
     scan = port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)])
     assert scan.incomplete and "tls_1_3_cipher_suites did not complete" in scan.incomplete[0]
@@ -189,7 +265,13 @@ def test_a_refused_connection_is_final_a_timeout_is_retried():
     class ServerRejectedConnection(Exception):  # noqa: N818  (sslyze's name: the name is what counts)
         pass
 
-    gathered, _ = run([lambda ip, port, cmds: server_result(ip, port, connectivity=ServerRejectedConnection("RST"))])
+    gathered, _ = run(
+        [
+            lambda ip, port, cmds: server_result(
+                ip, port, connectivity=ServerRejectedConnection("RST")
+            )
+        ]
+    )
     assert len(FakeScanner.runs) == 1
     assert port_scan(25, "10.0.0.2", gathered[("10.0.0.2", 25)]).state == "closed"
 
@@ -202,23 +284,53 @@ def test_a_refused_connection_is_final_a_timeout_is_retried():
         return server_result(ip, port, None, cmds)
 
     gathered, _ = run([flaky_993] * 3, expected=(25, 993))
-    assert len(FakeScanner.runs) == 2 and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "open"
-    gathered, _ = run([flaky_993] * 3, expected=(25,))  # 993 not expected: a timeout is taken as filtered
-    assert len(FakeScanner.runs) == 1 and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "closed"
+    assert (
+        len(FakeScanner.runs) == 2
+        and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "open"
+    )
+    gathered, _ = run(
+        [flaky_993] * 3, expected=(25,)
+    )  # 993 not expected: a timeout is taken as filtered
+    assert (
+        len(FakeScanner.runs) == 1
+        and port_scan(993, "10.0.0.2", gathered[("10.0.0.2", 993)]).state == "closed"
+    )
 
 
 # --- resumption judged against tls_resumption --------------------------------------------------
 
+
 def postfix_resumption(hint=4800, **kw):
-    return Resumed(tls12_session_id=False, tls12_ticket=True, tls12_ticket_issued=True, tls12_lifetime_hint=hint,
-                   tls13=True, tls13_lifetime_hint=hint, **kw)
+    return Resumed(
+        tls12_session_id=False,
+        tls12_ticket=True,
+        tls12_ticket_issued=True,
+        tls12_lifetime_hint=hint,
+        tls13=True,
+        tls13_lifetime_hint=hint,
+        **kw,
+    )
 
 
 def port(number, res, **kw):
-    return PortScan(number, "x", "open", protocols=["TLSv1.2", "TLSv1.3"],
-                    suites=[AcceptedSuite("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
-                                          "ECDHE-RSA-AES128-GCM-SHA256", "ECDH", "X25519", 253)],
-                    resumption=res, **kw)
+    return PortScan(
+        number,
+        "x",
+        "open",
+        protocols=["TLSv1.2", "TLSv1.3"],
+        suites=[
+            AcceptedSuite(
+                "TLSv1.2",
+                "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                "ECDHE-RSA-AES128-GCM-SHA256",
+                "ECDH",
+                "X25519",
+                253,
+            )
+        ],
+        resumption=res,
+        **kw,
+    )
 
 
 def test_postfix_bounded_resumption_passes_and_its_window_is_three_quarters_of_the_hint():
@@ -239,8 +351,14 @@ def test_resumption_off_fails_any_ticket_or_resumption():
 
 
 def test_dovecot_issuing_tls12_tickets_fails():
-    res = Resumed(tls12_session_id=False, tls12_ticket=False, tls12_ticket_issued=True, tls12_lifetime_hint=7200,
-                  tls13=False, tls13_lifetime_hint=7200)
+    res = Resumed(
+        tls12_session_id=False,
+        tls12_ticket=False,
+        tls12_ticket_issued=True,
+        tls12_lifetime_hint=7200,
+        tls13=False,
+        tls13_lifetime_hint=7200,
+    )
     v = judged(port(993, res), resumption=BOUNDED)
     assert any("can never honour" in f for f in v.failures), v.failures
     res.tls12_ticket_issued, res.tls12_lifetime_hint = False, None
@@ -261,22 +379,47 @@ def test_session_id_resumption_fails():
 
 # --- certificate -------------------------------------------------------------------------------
 
+
 def cert(**kw):
-    base = dict(subject="CN=mx.example.org", names=["mx.example.org"], key_type="RSA", key_bits=2048,
-                signature_hash="sha256", not_after=(NOW + timedelta(days=300)).isoformat(), chain_length=1)
+    base = dict(
+        subject="CN=mx.example.org",
+        names=["mx.example.org"],
+        key_type="RSA",
+        key_bits=2048,
+        signature_hash="sha256",
+        not_after=(NOW + timedelta(days=300)).isoformat(),
+        chain_length=1,
+    )
     return Certificate(**(base | kw))
 
 
 def test_expired_certificate_fails_close_one_warns():
-    v = judged(port(25, postfix_resumption(), certificate=cert(not_after=(NOW - timedelta(days=1)).isoformat())))
+    v = judged(
+        port(
+            25,
+            postfix_resumption(),
+            certificate=cert(not_after=(NOW - timedelta(days=1)).isoformat()),
+        )
+    )
     assert any("certificate expired" in f for f in v.failures)
-    v = judged(port(25, postfix_resumption(), certificate=cert(not_after=(NOW + timedelta(days=5)).isoformat())))
+    v = judged(
+        port(
+            25,
+            postfix_resumption(),
+            certificate=cert(not_after=(NOW + timedelta(days=5)).isoformat()),
+        )
+    )
     assert v.ok and any("expires in 5 days" in w for w in v.warnings)
 
 
-@pytest.mark.parametrize("kw,msg", [({"key_bits": 1024}, "RSA key of 1024 bits"),
-                                    ({"key_type": "EllipticCurve", "key_bits": 192}, "EC key of 192 bits"),
-                                    ({"signature_hash": "sha1"}, "signed with SHA1")])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"key_bits": 1024}, "RSA key of 1024 bits"),
+        ({"key_type": "EllipticCurve", "key_bits": 192}, "EC key of 192 bits"),
+        ({"signature_hash": "sha1"}, "signed with SHA1"),
+    ],
+)
 def test_weak_certificates_fail(kw, msg):
     v = judged(port(25, postfix_resumption(), certificate=cert(**kw)))
     assert any(msg in f for f in v.failures), v.failures
@@ -287,31 +430,52 @@ def test_certificate_name_mismatch_warns():
     assert v.ok and any("do not match other.example.org" in w for w in v.warnings)
 
 
-@pytest.mark.parametrize("name,patterns,ok", [
-    ("mx.example.org", ["mx.example.org"], True), ("MX.example.org.", ["mx.example.org"], True),
-    ("mx.example.org", ["*.example.org"], True), ("a.mx.example.org", ["*.example.org"], False),
-    ("example.org", ["*.example.org"], False), ("mx.example.org", ["mx.example.com"], False)])
+@pytest.mark.parametrize(
+    "name,patterns,ok",
+    [
+        ("mx.example.org", ["mx.example.org"], True),
+        ("MX.example.org.", ["mx.example.org"], True),
+        ("mx.example.org", ["*.example.org"], True),
+        ("a.mx.example.org", ["*.example.org"], False),
+        ("example.org", ["*.example.org"], False),
+        ("mx.example.org", ["mx.example.com"], False),
+    ],
+)
 def test_name_matches(name, patterns, ok):
     assert name_matches(name, patterns) is ok
 
 
 # --- compression, EMS, renegotiation, server order, groups, PQ ----------------------------------
 
+
 def test_compression_missing_ems_and_insecure_renegotiation_fail():
-    scan = port(25, postfix_resumption(), compression=True, extended_master_secret=False, secure_renegotiation=False)
+    scan = port(
+        25,
+        postfix_resumption(),
+        compression=True,
+        extended_master_secret=False,
+        secure_renegotiation=False,
+    )
     f = judged(scan).failures
     assert "TLS compression on (CRIME)" in f and "no extended master secret (RFC 7627)" in f
     assert "no secure renegotiation (RFC 5746)" in f
 
 
 def test_legacy_dhe_server_order_not_enforced_fails_only_where_the_profile_says_so():
-    scan = port(25, postfix_resumption(), server_order=False, server_order_note="client preferring DHE got DHE-RSA-AES256-GCM-SHA384")
+    scan = port(
+        25,
+        postfix_resumption(),
+        server_order=False,
+        server_order_note="client preferring DHE got DHE-RSA-AES256-GCM-SHA384",
+    )
     assert any("server cipher order not enforced" in f for f in judged(scan, LEGACY).failures)
     assert judged(scan, INTERMEDIATE).ok
 
 
 def test_pq_hybrid_missing_where_promised_fails_and_offered_where_not_fails():
-    scan = port(25, postfix_resumption(), pq_hybrid=False, pq_note="HelloRetryRequest selected group 0x001d")
+    scan = port(
+        25, postfix_resumption(), pq_hybrid=False, pq_note="HelloRetryRequest selected group 0x001d"
+    )
     assert any("X25519MLKEM768 not offered" in f for f in judged(scan, pq_hybrid=True).failures)
     assert judged(scan, pq_hybrid=False).ok
     scan.pq_hybrid = True
@@ -320,22 +484,29 @@ def test_pq_hybrid_missing_where_promised_fails_and_offered_where_not_fails():
 
 
 def test_groups_outside_the_policy_fail():
-    scan = port(25, postfix_resumption(), curves=["X25519", "secp256r1", "secp384r1", "X448", "secp521r1"])
+    scan = port(
+        25, postfix_resumption(), curves=["X25519", "secp256r1", "secp384r1", "X448", "secp521r1"]
+    )
     assert "offers groups outside the policy: X448, secp521r1" in judged(scan).failures
 
 
 # --- every address ------------------------------------------------------------------------------
 
+
 def test_every_address_is_resolved_once(monkeypatch):
-    infos = [(socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0)), (socket.AF_INET, 1, 6, "", ("192.0.2.25", 0)),
-             (socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0))]
+    infos = [
+        (socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0)),
+        (socket.AF_INET, 1, 6, "", ("192.0.2.25", 0)),
+        (socket.AF_INET6, 1, 6, "", ("2001:db8::25", 0, 0, 0)),
+    ]
     monkeypatch.setattr(scanmod.socket, "getaddrinfo", lambda *a, **k: infos)
     assert scanmod.addresses_of("mx.example.org") == ["2001:db8::25", "192.0.2.25"]
 
 
 def test_an_expected_port_missing_on_one_address_fails_there():
-    scans = [port(p, postfix_resumption(), ip="192.0.2.25") for p in (25, 587)] + \
-            [port(25, postfix_resumption(), ip="2001:db8::25")]
+    scans = [port(p, postfix_resumption(), ip="192.0.2.25") for p in (25, 587)] + [
+        port(25, postfix_resumption(), ip="2001:db8::25")
+    ]
     verdicts = judge_host(scans, INTERMEDIATE, (25, 587), Expect(now=NOW))
     failures = [(v.ip, f) for v in verdicts for f in v.failures]
     assert failures == [("2001:db8::25", "port 587 was not scanned on 2001:db8::25")]
@@ -347,6 +518,8 @@ def test_readme_lists_every_json_key_of_a_port():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     scan = PortScan(25, "smtp", "open", certificate=cert())
-    keys = set(scan.to_dict()) | set(scan.to_dict()["resumption"]) | set(scan.to_dict()["certificate"])
+    keys = (
+        set(scan.to_dict()) | set(scan.to_dict()["resumption"]) | set(scan.to_dict()["certificate"])
+    )
     keys |= {"window_seconds", "ok", "failures", "warnings"}
     assert sorted(k for k in keys if f"`{k}`" not in readme) == []

@@ -20,11 +20,16 @@ from tasks.settings import validate
 
 WATCH = FILES / "mailtls-cert-watch"
 LE = "/etc/letsencrypt/live/mx.example.org"
-PAIR = {"postfix_cert_file": f"{LE}/fullchain.pem", "postfix_key_file": f"{LE}/privkey.pem",
-        "dovecot_cert_file": f"{LE}/fullchain.pem", "dovecot_key_file": f"{LE}/privkey.pem"}
+PAIR = {
+    "postfix_cert_file": f"{LE}/fullchain.pem",
+    "postfix_key_file": f"{LE}/privkey.pem",
+    "dovecot_cert_file": f"{LE}/fullchain.pem",
+    "dovecot_key_file": f"{LE}/privkey.pem",
+}
 
 
 # --- plan -----------------------------------------------------------------------------------------
+
 
 def settings(**extra):
     return validate({**PAIR, **extra}, "mx1")
@@ -40,7 +45,9 @@ def on_host(cert="c1", key="k1", good=True, copies=True, rejected=False) -> dict
         if good:
             files[f"{certs.STATE_DIR}/{daemon}.good"] = line
         if rejected:
-            files[f"{certs.STATE_DIR}/{daemon}.rejected"] = sha256(certs.state_line(cert, key).encode())
+            files[f"{certs.STATE_DIR}/{daemon}.rejected"] = sha256(
+                certs.state_line(cert, key).encode()
+            )
     return files
 
 
@@ -57,14 +64,19 @@ def test_nothing_to_do_when_the_copies_are_of_the_current_pair():
 
 
 def test_a_renewal_the_timer_has_not_seen_yet_is_copied_by_the_deploy():
-    assert certs.plan(settings(), True, on_host(cert="c2", key="k2")).refresh == ("postfix", "dovecot")
+    assert certs.plan(settings(), True, on_host(cert="c2", key="k2")).refresh == (
+        "postfix",
+        "dovecot",
+    )
 
 
 def test_a_rejected_pair_is_not_retried_while_good_copies_serve():
     p = certs.plan(settings(), True, on_host(cert="c2", key="k2", rejected=True))
     assert p.refresh == () and p.rejected == ("postfix", "dovecot")
     # without copies there is nothing good to serve: the deploy runs the watcher, which fails
-    assert certs.plan(settings(), True, on_host(cert="c2", key="k2", rejected=True, copies=False)).refresh
+    assert certs.plan(
+        settings(), True, on_host(cert="c2", key="k2", rejected=True, copies=False)
+    ).refresh
 
 
 def test_missing_source_files_go_to_the_watcher_to_be_refused():
@@ -87,10 +99,17 @@ def test_no_dovecot_no_dovecot_watch():
 def test_conf_and_fact_files():
     s = settings()
     assert certs.watch_conf(certs.sources(s)).splitlines()[1:] == [
-        f"postfix {LE}/fullchain.pem {LE}/privkey.pem", f"dovecot {LE}/fullchain.pem {LE}/privkey.pem"]
+        f"postfix {LE}/fullchain.pem {LE}/privkey.pem",
+        f"dovecot {LE}/fullchain.pem {LE}/privkey.pem",
+    ]
     files = certs.fact_files(s)
     assert len(files) == len(set(files))
-    assert {certs.TIMER_LINK, certs.WATCH_BIN, f"{LE}/privkey.pem", *certs.COPIES["dovecot"]} <= set(files)
+    assert {
+        certs.TIMER_LINK,
+        certs.WATCH_BIN,
+        f"{LE}/privkey.pem",
+        *certs.COPIES["dovecot"],
+    } <= set(files)
 
 
 def test_the_watcher_script_and_the_module_name_the_same_copies():
@@ -103,27 +122,39 @@ def test_the_watcher_script_and_the_module_name_the_same_copies():
 
 # --- the watcher's check of a pair ------------------------------------------------------------------
 
+
 def _pair(tmp_path, name, days=(-1, 30), key=None):
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now + datetime.timedelta(days=days[0]))
-            .not_valid_after(now + datetime.timedelta(days=days[1]))
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(days=days[0]))
+        .not_valid_after(now + datetime.timedelta(days=days[1]))
+        .sign(key, hashes.SHA256())
+    )
     c, k = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
     c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     c.chmod(0o644)
     k.chmod(0o600)
     return c, k
 
 
 def check(cert, key) -> tuple[int, str]:
-    res = subprocess.run(["sh", str(WATCH), "check", str(cert), str(key)], capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        ["sh", str(WATCH), "check", str(cert), str(key)], capture_output=True, text=True, timeout=60
+    )
     return res.returncode, res.stdout.strip()
 
 
@@ -148,7 +179,9 @@ def test_a_certificate_not_yet_valid_is_refused(tmp_path):
     assert rc == 1 and "not valid before" in why, why
 
 
-@pytest.mark.parametrize("mode,why", [(0o644, "every user"), (0o604, "every user"), (0o620, "writable by its group")])
+@pytest.mark.parametrize(
+    "mode,why", [(0o644, "every user"), (0o604, "every user"), (0o620, "writable by its group")]
+)
 def test_a_key_others_can_read_is_refused(tmp_path, mode, why):
     cert, key = _pair(tmp_path, "perm")
     key.chmod(mode)
@@ -177,11 +210,19 @@ def test_missing_unparsable_or_unreadable_files_are_refused(tmp_path):
 
 # --- the audit's view ----------------------------------------------------------------------------
 
+
 def test_the_audit_fact_reads_the_watchers_status():
-    out = MailTlsLog().process(["@@now 1764547200 +0000", "@@client 10.213.0.1",
-                                "@@cert postfix 2026-12-01T00:00:00Z rejected /x/fullchain.pem: the key does not match",
-                                "@@cert dovecot 2026-12-01T00:00:00Z serving /x/fullchain.pem sha256=AB",
-                                "Dec  1 00:00:00 mx postfix/smtpd[1]: TLS connection established from x"])
-    assert out["certs"] == {"postfix": "2026-12-01T00:00:00Z rejected /x/fullchain.pem: the key does not match",
-                            "dovecot": "2026-12-01T00:00:00Z serving /x/fullchain.pem sha256=AB"}
+    out = MailTlsLog().process(
+        [
+            "@@now 1764547200 +0000",
+            "@@client 10.213.0.1",
+            "@@cert postfix 2026-12-01T00:00:00Z rejected /x/fullchain.pem: the key does not match",
+            "@@cert dovecot 2026-12-01T00:00:00Z serving /x/fullchain.pem sha256=AB",
+            "Dec  1 00:00:00 mx postfix/smtpd[1]: TLS connection established from x",
+        ]
+    )
+    assert out["certs"] == {
+        "postfix": "2026-12-01T00:00:00Z rejected /x/fullchain.pem: the key does not match",
+        "dovecot": "2026-12-01T00:00:00Z serving /x/fullchain.pem sha256=AB",
+    }
     assert len(out["lines"]) == 1

@@ -33,6 +33,7 @@ def stamp_sha(bits: int, dh_sha: str) -> str:
 
 # --- plan -------------------------------------------------------------------------------------
 
+
 def test_fixed_group_installs_the_shipped_file_and_no_rotation():
     s, p = setup()
     plan = dh.plan(s, p, {})
@@ -105,8 +106,13 @@ def test_weak_sizes_are_refused_before_any_plan():
 
 def test_fact_files_cover_every_path_the_plan_reads():
     s, _ = setup(dh_source="generated")
-    assert set(dh.dh_fact_files(s)) == {DH_FILE, dh.ROTATE_BIN, dh.ROTATE_CONF, dh.ROTATE_STAMP,
-                                        dh.ROTATE_RUNNING}
+    assert set(dh.dh_fact_files(s)) == {
+        DH_FILE,
+        dh.ROTATE_BIN,
+        dh.ROTATE_CONF,
+        dh.ROTATE_STAMP,
+        dh.ROTATE_RUNNING,
+    }
     other = validate({"dh_file": "/etc/postfix/dh.pem"}, "mx1")
     assert "/etc/postfix/dh.pem" in dh.dh_fact_files(other)
 
@@ -139,8 +145,11 @@ def test_shipped_files_are_the_rfc7919_groups_in_pkcs3(bits):
 
 
 def check(path: Path, bits) -> subprocess.CompletedProcess:
-    return subprocess.run(["sh", str(dh.ROTATE_SCRIPT), "--check", str(path), str(bits)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["sh", str(dh.ROTATE_SCRIPT), "--check", str(path), str(bits)],
+        capture_output=True,
+        text=True,
+    )
 
 
 @needs_openssl
@@ -169,7 +178,9 @@ def test_script_check_refuses_wrong_size_dsaparam_unsafe_prime_and_junk(tmp_path
     der = tmp_path / "unsafe.der"
     assert openssl("asn1parse", "-genconf", str(cnf), "-out", str(der), "-noout").returncode == 0
     unsafe = tmp_path / "unsafe.pem"
-    assert openssl("dhparam", "-inform", "DER", "-in", str(der), "-out", str(unsafe)).returncode == 0
+    assert (
+        openssl("dhparam", "-inform", "DER", "-in", str(der), "-out", str(unsafe)).returncode == 0
+    )
     assert unsafe.read_text().startswith("-----BEGIN DH PARAMETERS-----")
     res = check(unsafe, 2048)
     assert res.returncode == 1 and "not safe prime" in res.stderr
@@ -183,7 +194,9 @@ def test_script_check_refuses_wrong_size_dsaparam_unsafe_prime_and_junk(tmp_path
 def test_script_is_posix_sh():
     for shell in ("sh", "dash", "bash"):
         if shutil.which(shell):
-            res = subprocess.run([shell, "-n", str(dh.ROTATE_SCRIPT)], capture_output=True, text=True)
+            res = subprocess.run(
+                [shell, "-n", str(dh.ROTATE_SCRIPT)], capture_output=True, text=True
+            )
             assert res.returncode == 0, (shell, res.stderr)
     assert dh.ROTATE_SCRIPT.stat().st_mode & 0o111, "the script should be executable in git"
 
@@ -192,40 +205,64 @@ def test_script_is_posix_sh():
 
 from tasks.mail_tls import unsupported  # noqa: E402
 
-STOCK_GUARD = ["real /etc/ssl/mailtls/dh.pem", "dir 0 0 755 /etc/ssl", "dir 0 0 755 /etc", "dir 0 0 755 /",
-               "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/ssl/certs/ssl-cert-snakeoil.pem",
-               "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/dovecot/private/dovecot.pem",
-               "tls /srv/tls/key.pem /srv/tls/key.pem"]
+STOCK_GUARD = [
+    "real /etc/ssl/mailtls/dh.pem",
+    "dir 0 0 755 /etc/ssl",
+    "dir 0 0 755 /etc",
+    "dir 0 0 755 /",
+    "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "tls /etc/ssl/certs/ssl-cert-snakeoil.pem /etc/dovecot/private/dovecot.pem",
+    "tls /srv/tls/key.pem /srv/tls/key.pem",
+]
 
 
 def test_host_refusal_accepts_a_plain_root_path():
     assert dh.host_refusal("/etc/ssl/mailtls/dh.pem", STOCK_GUARD) is None
 
 
-@pytest.mark.parametrize("dh_file,guard,why", [
-    ("/srv/tls/key.pem", ["real /srv/tls/key.pem"], "uses now (/srv/tls/key.pem)"),
-    # the current certificate under another name (Dovecot's link to it)
-    ("/srv/cert.pem", ["real /etc/ssl/certs/ssl-cert-snakeoil.pem"], "uses now"),
-    ("/etc/letsencrypt/live/mx/dh.pem", ["link ../../archive/mx/dh1.pem",
-                                         "real /etc/letsencrypt/archive/mx/dh1.pem"], "symlink"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 1777 /srv/x"], "writable by others or sticky"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 1755 /srv/x"], "sticky"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 757 /srv/x"], "writable by others"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 8 2775 /srv/x"], "writable by others"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 1000 1000 755 /srv/x"], "uid 1000"),
-    ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 755 /srv/x", "dir 0 0 777 /srv"], "/srv is"),
-])
+@pytest.mark.parametrize(
+    "dh_file,guard,why",
+    [
+        ("/srv/tls/key.pem", ["real /srv/tls/key.pem"], "uses now (/srv/tls/key.pem)"),
+        # the current certificate under another name (Dovecot's link to it)
+        ("/srv/cert.pem", ["real /etc/ssl/certs/ssl-cert-snakeoil.pem"], "uses now"),
+        (
+            "/etc/letsencrypt/live/mx/dh.pem",
+            ["link ../../archive/mx/dh1.pem", "real /etc/letsencrypt/archive/mx/dh1.pem"],
+            "symlink",
+        ),
+        (
+            "/srv/x/dh.pem",
+            ["real /srv/x/dh.pem", "dir 0 0 1777 /srv/x"],
+            "writable by others or sticky",
+        ),
+        ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 1755 /srv/x"], "sticky"),
+        ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 0 757 /srv/x"], "writable by others"),
+        ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 0 8 2775 /srv/x"], "writable by others"),
+        ("/srv/x/dh.pem", ["real /srv/x/dh.pem", "dir 1000 1000 755 /srv/x"], "uid 1000"),
+        (
+            "/srv/x/dh.pem",
+            ["real /srv/x/dh.pem", "dir 0 0 755 /srv/x", "dir 0 0 777 /srv"],
+            "/srv is",
+        ),
+    ],
+)
 def test_host_refusal(dh_file, guard, why):
-    got = dh.host_refusal(dh_file, STOCK_GUARD[3:] + guard if guard[0].startswith("link") else guard + STOCK_GUARD[3:])
+    got = dh.host_refusal(
+        dh_file, STOCK_GUARD[3:] + guard if guard[0].startswith("link") else guard + STOCK_GUARD[3:]
+    )
     assert got and why in got and dh_file in got and "\n" not in got, got
 
 
-@pytest.mark.parametrize("caps,why", [
-    (HostCaps(None, (2, 3, 19), (3, 0)), "Postfix is not installed"),
-    (HostCaps((3, 5, 18), (2, 3, 19), (3, 0)), "Postfix 3.5.18 is not supported"),
-    (HostCaps((2, 11, 0), None, (3, 0)), "Postfix 2.11.0 is not supported"),
-    (HostCaps((3, 7, 11), (2, 2, 36), (3, 0)), "Dovecot 2.2 is not supported"),
-])
+@pytest.mark.parametrize(
+    "caps,why",
+    [
+        (HostCaps(None, (2, 3, 19), (3, 0)), "Postfix is not installed"),
+        (HostCaps((3, 5, 18), (2, 3, 19), (3, 0)), "Postfix 3.5.18 is not supported"),
+        (HostCaps((2, 11, 0), None, (3, 0)), "Postfix 2.11.0 is not supported"),
+        (HostCaps((3, 7, 11), (2, 2, 36), (3, 0)), "Dovecot 2.2 is not supported"),
+    ],
+)
 def test_unsupported_hosts_named_in_one_line(caps, why):
     assert why in unsupported(caps)
 

@@ -16,8 +16,15 @@ def test_readme_settings_table_is_generated_from_settings():
 ROOT = README.parent
 # Directories the Layout section names as a whole (it says what is in them).
 LISTED_DIRS = ("files/", "docs/", "testhosts/", "tests/unit/", "tests/integration/")
-NOT_SOURCE = {".venv", ".git", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-              "audit-results"}
+NOT_SOURCE = {
+    ".venv",
+    ".git",
+    "__pycache__",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    "audit-results",
+}
 
 
 def test_readme_layout_lists_every_file():

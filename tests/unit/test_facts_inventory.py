@@ -67,8 +67,11 @@ def test_fact_command_keeps_quotes_in_paths(tmp_path):
     odd.write_bytes(b"x")
     guard = tmp_path / "dh'.pem"
     fact = MailHost()
-    out = subprocess.run(["sh", "-c", fact.command(files=(str(odd),), guard=str(guard))],
-                         capture_output=True, text=True).stdout.splitlines()
+    out = subprocess.run(
+        ["sh", "-c", fact.command(files=(str(odd),), guard=str(guard))],
+        capture_output=True,
+        text=True,
+    ).stdout.splitlines()
     info = fact.process(out)
     assert info["asked"] == {str(odd)} and str(odd) in info["files"]
     assert f"real {guard}" in info["guard"]
@@ -76,7 +79,9 @@ def test_fact_command_keeps_quotes_in_paths(tmp_path):
 
 def test_hosts_list():
     assert parse_hosts_list("mx1.example.org, root@mx2.example.org:2222") == [
-        ("mx1.example.org", {}), ("mx2.example.org", {"ssh_user": "root", "ssh_port": 2222})]
+        ("mx1.example.org", {}),
+        ("mx2.example.org", {"ssh_user": "root", "ssh_port": 2222}),
+    ]
 
 
 @pytest.mark.parametrize("bad", ["mx1:99999", "@mx1", "mx1;reboot", "mx1:port"])
@@ -87,8 +92,10 @@ def test_hosts_list_refuses_bad_targets(bad):
 
 def test_hosts_file(tmp_path):
     f = tmp_path / "hosts.txt"
-    f.write_text("# mail servers\nmx1.example.org tls_profile=modern dh_rotation=false\n\n"
-                 "admin@mx2.example.org:22  # second\n")
+    f.write_text(
+        "# mail servers\nmx1.example.org tls_profile=modern dh_rotation=false\n\n"
+        "admin@mx2.example.org:22  # second\n"
+    )
     assert parse_hosts_file(f) == [
         ("mx1.example.org", {"tls_profile": "modern", "dh_rotation": False}),
         ("mx2.example.org", {"ssh_user": "admin", "ssh_port": 22}),
@@ -105,32 +112,56 @@ def test_hosts_file_bad_pair(tmp_path):
 def test_env_precedence(tmp_path):
     f = tmp_path / "hosts.txt"
     f.write_text("from-file\n")
-    assert hosts_from_env({"MAILTLS_HOSTS": "from-env", "MAILTLS_HOSTS_FILE": str(f)}) == [("from-env", {})]
+    assert hosts_from_env({"MAILTLS_HOSTS": "from-env", "MAILTLS_HOSTS_FILE": str(f)}) == [
+        ("from-env", {})
+    ]
     assert hosts_from_env({"MAILTLS_HOSTS_FILE": str(f)}) == [("from-file", {})]
 
 
 # --- issue 12 item 9: IPv6 targets ----------------------------------------------------------------
 
+
 def test_hosts_list_ipv6():
     assert parse_hosts_list("2001:db8::1, [2001:db8::1]:2222,root@[2001:db8::2],admin@fe80::1") == [
-        ("2001:db8::1", {}), ("2001:db8::1", {"ssh_port": 2222}),
-        ("2001:db8::2", {"ssh_user": "root"}), ("fe80::1", {"ssh_user": "admin"})]
+        ("2001:db8::1", {}),
+        ("2001:db8::1", {"ssh_port": 2222}),
+        ("2001:db8::2", {"ssh_user": "root"}),
+        ("fe80::1", {"ssh_user": "admin"}),
+    ]
 
 
-@pytest.mark.parametrize("bad,why", [("[2001:db8::1", "IPv6 with a port"), ("[2001:db8::1]2222", "IPv6 with a port"),
-                                     ("[2001:db8::1]:0", "bad port"), ("[mx.example.org]:22", "bad IPv6"),
-                                     ("2001:db8::zz", "bad IPv6"), ("[2001:db8::1]:２２", "bad port")])
+@pytest.mark.parametrize(
+    "bad,why",
+    [
+        ("[2001:db8::1", "IPv6 with a port"),
+        ("[2001:db8::1]2222", "IPv6 with a port"),
+        ("[2001:db8::1]:0", "bad port"),
+        ("[mx.example.org]:22", "bad IPv6"),
+        ("2001:db8::zz", "bad IPv6"),
+        ("[2001:db8::1]:２２", "bad port"),
+    ],
+)
 def test_hosts_list_bad_ipv6(bad, why):
     with pytest.raises(InventoryError, match=why):
         parse_hosts_list(bad)
 
 
 def test_mailhost_fact_dovecot_tree_section():
-    out = FACT_OUTPUT[:-1] + ["@@dovecot_tree", "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
-                              "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL", "@@end"]
+    out = FACT_OUTPUT[:-1] + [
+        "@@dovecot_tree",
+        "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+        "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL",
+        "@@end",
+    ]
     info = MailHost().process(out)
-    assert info["dovecot_tree"] == ["/etc/dovecot/dovecot.conf:87:!include_try local.conf",
-                                    "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL"]
+    assert info["dovecot_tree"] == [
+        "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
+        "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL",
+    ]
     assert MailHost().process(FACT_OUTPUT)["dovecot_tree"] == []  # stock host: nothing printed
     command = MailHost().command()
-    assert "{keys}" not in command and "ssl_cipher_list|" in command and "--exclude=99-mailtls.conf" in command
+    assert (
+        "{keys}" not in command
+        and "ssl_cipher_list|" in command
+        and "--exclude=99-mailtls.conf" in command
+    )

@@ -15,13 +15,23 @@ def lines(name: str) -> list[str]:
 
 def test_rfc3339_file_counts():
     r = summarize(lines("mail-rfc3339.log"), NOW)
-    smtpd, imap, pop3 = (r.services[s] for s in ("postfix/smtpd", "dovecot/imap-login", "dovecot/pop3-login"))
+    smtpd, imap, pop3 = (
+        r.services[s] for s in ("postfix/smtpd", "dovecot/imap-login", "dovecot/pop3-login")
+    )
     assert (smtpd.sessions, smtpd.forward_secret, smtpd.failed_handshakes) == (3, 2, 1)
     assert smtpd.protocols == {"TLSv1.2": 1, "TLSv1.3": 1, "TLSv1": 1}
-    assert smtpd.ciphers["AES128-SHA"] == 1 and smtpd.groups == {"X25519": 1, "not logged": 2}  # 3.10's 'x25519'
+    assert smtpd.ciphers["AES128-SHA"] == 1 and smtpd.groups == {
+        "X25519": 1,
+        "not logged": 2,
+    }  # 3.10's 'x25519'
     assert abs(smtpd.share_forward_secret - 2 / 3) < 1e-9
     # 2.4 ssl_security lines, a 2.3 line with only "TLS", one with ssl_security after session=, one plaintext
-    assert (imap.sessions, imap.details_unknown, imap.plaintext, imap.forward_secret) == (5, 1, 1, 4)
+    assert (imap.sessions, imap.details_unknown, imap.plaintext, imap.forward_secret) == (
+        5,
+        1,
+        1,
+        4,
+    )
     assert (pop3.sessions, pop3.failed_handshakes) == (1, 1)  # "TLS handshaking" = failed
     assert r.services["postfix/submission/smtpd"].failed_handshakes == 1
 
@@ -49,12 +59,25 @@ def test_traditional_timestamp_year_rollover():
 
 
 def test_rfc3339_offsets_and_other_lines():
-    e = parse_line("2026-11-28T18:30:00.1+01:00 mx postfix/submissions/smtpd[9]: Trusted TLS connection "
-                   "established from a[192.0.2.7]: TLSv1.2 with cipher DHE-RSA-AES256-GCM-SHA384 (256/256 bits)", NOW)
+    e = parse_line(
+        "2026-11-28T18:30:00.1+01:00 mx postfix/submissions/smtpd[9]: Trusted TLS connection "
+        "established from a[192.0.2.7]: TLSv1.2 with cipher DHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
+        NOW,
+    )
     assert e.time == datetime(2026, 11, 28, 17, 30, 0, 100000, tzinfo=UTC)
-    assert (e.service, e.client, e.protocol, e.cipher) == ("postfix/submissions/smtpd", "192.0.2.7", "TLSv1.2",
-                                                          "DHE-RSA-AES256-GCM-SHA384")
-    assert parse_line("2026-11-28T18:30:00+00:00 mx postfix/smtp[9]: Verified TLS connection established to x", NOW) is None
+    assert (e.service, e.client, e.protocol, e.cipher) == (
+        "postfix/submissions/smtpd",
+        "192.0.2.7",
+        "TLSv1.2",
+        "DHE-RSA-AES256-GCM-SHA384",
+    )
+    assert (
+        parse_line(
+            "2026-11-28T18:30:00+00:00 mx postfix/smtp[9]: Verified TLS connection established to x",
+            NOW,
+        )
+        is None
+    )
     assert parse_line("garbage", NOW) is None
 
 
@@ -76,7 +99,13 @@ def test_mail_log_fact_reports_its_source():
     from tasks.audit.facts import MailTlsLog
 
     fact = MailTlsLog()
-    out = fact.process(["@@now 1795000000 +0000", "@@client 10.213.5.1", "@@source journal", "a line"])
+    out = fact.process(
+        ["@@now 1795000000 +0000", "@@client 10.213.5.1", "@@source journal", "a line"]
+    )
     assert (out["source"], out["ssh_client"], out["lines"]) == ("journal", "10.213.5.1", ["a line"])
     command = fact.command(hours=2)
-    assert "SYSLOG_FACILITY=2" in command and "now - 10800" in command and "/var/log/mail.log" in command
+    assert (
+        "SYSLOG_FACILITY=2" in command
+        and "now - 10800" in command
+        and "/var/log/mail.log" in command
+    )

@@ -20,7 +20,9 @@ cleanup   unix  n       -       y       -       0       cleanup
 """
 
 # What Debian <= 10 shipped and release upgrades keep: the pre-3.5 name of 465.
-LEGACY_SMTPS = HEAD + """\
+LEGACY_SMTPS = (
+    HEAD
+    + """\
 submission inet n       -       y       -       -       smtpd
   -o syslog_name=postfix/submission
   -o smtpd_tls_security_level=encrypt
@@ -37,6 +39,7 @@ smtps     inet  n       -       y       -       -       smtpd
 #submissions     inet  n       -       y       -       -       smtpd
 #  -o syslog_name=postfix/submissions
 """
+)
 
 
 def postconf(master_cf: str) -> tuple[dict, dict]:
@@ -68,10 +71,20 @@ def plan(master_cf: str, **kw):
     return postfix_conf.render(POLICY, DEB12, MAIN, services, params, **kw), services, params
 
 
-@pytest.mark.parametrize("name,port", [("smtps", 465), ("submissions", 465), ("465", 465),
-                                       ("[::1]:465", 465), ("192.0.2.7:465", 465),
-                                       ("submission", 587), ("587", 587), ("smtp", 25),
-                                       ("127.0.0.1:10025", 10025)])
+@pytest.mark.parametrize(
+    "name,port",
+    [
+        ("smtps", 465),
+        ("submissions", 465),
+        ("465", 465),
+        ("[::1]:465", 465),
+        ("192.0.2.7:465", 465),
+        ("submission", 587),
+        ("587", 587),
+        ("smtp", 25),
+        ("127.0.0.1:10025", 10025),
+    ],
+)
 def test_port_of_a_service_name(name, port):
     svc = postfix_conf.parse_service(f"{name}/inet", f"{name} inet n - y - - smtpd")
     assert svc.port == port
@@ -87,8 +100,10 @@ def test_legacy_smtps_is_reused_not_doubled_and_keeps_sasl():
     # the admin's own options are never named: they stay as they are
     touched = set(conf.params) | set(conf.unset)
     for key in params:
-        if key.rsplit("/", 1)[1] not in postfix_conf.POLICY_PARAMS | {"smtpd_tls_security_level",
-                                                                      "smtpd_tls_wrappermode"}:
+        if key.rsplit("/", 1)[1] not in postfix_conf.POLICY_PARAMS | {
+            "smtpd_tls_security_level",
+            "smtpd_tls_wrappermode",
+        }:
             assert key not in touched, key
     assert "smtps/inet/syslog_name" not in conf.params
     # a TLS-policy override that would beat main.cf's cipher list goes
@@ -99,13 +114,20 @@ def test_legacy_smtps_is_reused_not_doubled_and_keeps_sasl():
 
 
 def test_stock_master_cf_gets_both_services_created():
-    conf, _, _ = plan(HEAD + "#submission inet n - y - - smtpd\n#  -o syslog_name=postfix/submission\n")
+    conf, _, _ = plan(
+        HEAD + "#submission inet n - y - - smtpd\n#  -o syslog_name=postfix/submission\n"
+    )
     assert set(conf.services) == {"submission/inet", "submissions/inet"}  # a comment does not count
     assert conf.params["submissions/inet/syslog_name"] == "postfix/submissions"
 
 
-@pytest.mark.parametrize("extra", ["465 inet n - y - - smtpd -o smtpd_sasl_auth_enable=yes\n",
-                                   "[::1]:465 inet n - y - - smtpd\n"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "465 inet n - y - - smtpd -o smtpd_sasl_auth_enable=yes\n",
+        "[::1]:465 inet n - y - - smtpd\n",
+    ],
+)
 def test_numeric_and_addressed_465_reused(extra):
     conf, services, _ = plan(HEAD + extra)
     key = extra.split()[0] + "/inet"
@@ -122,26 +144,32 @@ def test_two_services_on_one_port_are_refused_naming_both():
 
 
 def test_distinct_addresses_on_one_port_are_both_hardened():
-    conf, _, _ = plan(HEAD + "192.0.2.1:465 inet n - y - - smtpd\n192.0.2.2:465 inet n - y - - smtpd\n")
+    conf, _, _ = plan(
+        HEAD + "192.0.2.1:465 inet n - y - - smtpd\n192.0.2.2:465 inet n - y - - smtpd\n"
+    )
     assert conf.params["192.0.2.1:465/inet/smtpd_tls_wrappermode"] == "yes"
     assert conf.params["192.0.2.2:465/inet/smtpd_tls_wrappermode"] == "yes"
     assert "submissions/inet" not in conf.services
 
 
 def test_other_services_left_exactly_as_they_are():
-    text = HEAD + ("127.0.0.1:10025 inet n - n - - smtpd -o smtpd_tls_ciphers=medium "
-                   "-o smtpd_tls_security_level=none\n"
-                   "amavis unix - - - - 2 smtp -o smtp_tls_security_level=none\n")
+    text = HEAD + (
+        "127.0.0.1:10025 inet n - n - - smtpd -o smtpd_tls_ciphers=medium "
+        "-o smtpd_tls_security_level=none\n"
+        "amavis unix - - - - 2 smtp -o smtp_tls_security_level=none\n"
+    )
     conf, _, _ = plan(text)
     assert not any(k.startswith(("127.0.0.1:10025/", "amavis/")) for k in conf.params)
     assert not any(k.startswith(("127.0.0.1:10025/", "amavis/")) for k in conf.unset)
 
 
 def test_port_25_and_postscreen_pass_overrides_of_the_policy_go():
-    text = HEAD.replace("smtp      inet  n       -       y       -       -       smtpd",
-                        "smtp inet n - y - 1 postscreen\nsmtpd pass - - y - - smtpd "
-                        "-o smtpd_tls_ciphers=medium -o smtpd_tls_protocols=!SSLv2\n"
-                        "2525 inet n - y - - smtpd -o smtpd_tls_eecdh_grade=ultra")
+    text = HEAD.replace(
+        "smtp      inet  n       -       y       -       -       smtpd",
+        "smtp inet n - y - 1 postscreen\nsmtpd pass - - y - - smtpd "
+        "-o smtpd_tls_ciphers=medium -o smtpd_tls_protocols=!SSLv2\n"
+        "2525 inet n - y - - smtpd -o smtpd_tls_eecdh_grade=ultra",
+    )
     conf, _, _ = plan(text)
     assert set(conf.unset) == {"smtpd/pass/smtpd_tls_ciphers", "smtpd/pass/smtpd_tls_protocols"}
     # an override equal to the policy is harmless and stays

@@ -10,7 +10,9 @@ from pyinfra.api import FileUploadCommand, StringCommand
 from tasks import nodelay, ops
 
 
-@pytest.mark.parametrize("data", [b"", b"x = 1\n", bytes(range(256)) * 64, b"'quotes' \"and\" $HOME `x`\n"])
+@pytest.mark.parametrize(
+    "data", [b"", b"x = 1\n", bytes(range(256)) * 64, b"'quotes' \"and\" $HOME `x`\n"]
+)
 def test_inline_upload_writes_exact_bytes_and_mode(tmp_path, data):
     dest = tmp_path / "sub dir" / "file.conf"
     commands = ops._upload(data, str(dest), "0640", before=f"touch {tmp_path}/before-ran")
@@ -59,7 +61,9 @@ def test_nodelay_on_an_open_ssh_connection():
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
         transport = SimpleNamespace(sock=client)
         ssh_client = SimpleNamespace(get_transport=lambda: transport)
-        assert nodelay.for_host(SimpleNamespace(connector=SimpleNamespace(client=ssh_client))) is True
+        assert (
+            nodelay.for_host(SimpleNamespace(connector=SimpleNamespace(client=ssh_client))) is True
+        )
         assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
@@ -81,22 +85,41 @@ def test_transport_factory_sets_nodelay_before_the_handshake():
 
 
 def test_commit_is_one_command_for_every_daemon_due():
-    assert list(ops.commit._inner(daemons=("postfix", "dovecot"))) == [f"{ops.APPLY} commit postfix dovecot"]
+    assert list(ops.commit._inner(daemons=("postfix", "dovecot"))) == [
+        f"{ops.APPLY} commit postfix dovecot"
+    ]
     with pytest.raises(ValueError, match="unknown daemons"):
         list(ops.commit._inner(daemons=("postfix", "nginx")))
 
 
 def test_postfix_settings_batches_what_postconf_keeps_in_order():
     from tasks.postfix_conf import PostfixConf
-    conf = PostfixConf(main={"smtpd_tls_security_level": "may", "smtpd_tls_loglevel": "1",
-                             "tls_preempt_cipherlist": "no", "smtpd_tls_protocols": ">=TLSv1.2"},
-                       remove=("smtpd_tls_eecdh_grade",),
-                       services={"submission/inet": "submission inet n - y - - smtpd",
-                                 "submissions/inet": "submissions inet n - y - - smtpd"},
-                       params={"submission/inet/syslog_name": "postfix/submission",
-                               "submissions/inet/syslog_name": "postfix/submissions"})
-    current = {"smtpd_tls_security_level": "none", "smtpd_tls_loglevel": "0", "smtpd_tls_eecdh_grade": "strong"}
-    (command,) = ops.postfix_settings._inner(conf=conf, postconf=current, services={}, master_params={})
+
+    conf = PostfixConf(
+        main={
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_loglevel": "1",
+            "tls_preempt_cipherlist": "no",
+            "smtpd_tls_protocols": ">=TLSv1.2",
+        },
+        remove=("smtpd_tls_eecdh_grade",),
+        services={
+            "submission/inet": "submission inet n - y - - smtpd",
+            "submissions/inet": "submissions inet n - y - - smtpd",
+        },
+        params={
+            "submission/inet/syslog_name": "postfix/submission",
+            "submissions/inet/syslog_name": "postfix/submissions",
+        },
+    )
+    current = {
+        "smtpd_tls_security_level": "none",
+        "smtpd_tls_loglevel": "0",
+        "smtpd_tls_eecdh_grade": "strong",
+    }
+    (command,) = ops.postfix_settings._inner(
+        conf=conf, postconf=current, services={}, master_params={}
+    )
     parts = command.split(" && ")
     assert parts[0].startswith(f"{ops.APPLY} begin postfix ")
     assert parts[-1] == f"{ops.APPLY} written postfix {' '.join(ops.POSTFIX_FILES)}"
@@ -114,9 +137,16 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
 
 def test_postfix_conf_missing_from_a_converged_host_is_empty():
     from tasks.postfix_conf import PostfixConf
-    conf = PostfixConf(main={"a": "1"}, remove=("old",), services={"s/inet": "s inet n - y - - smtpd"},
-                       params={"s/inet/x": "1"})
-    assert not conf.missing_from({"a": "1"}, {"s/inet": "s inet n - y - - smtpd"}, {"s/inet/x": "1"})
+
+    conf = PostfixConf(
+        main={"a": "1"},
+        remove=("old",),
+        services={"s/inet": "s inet n - y - - smtpd"},
+        params={"s/inet/x": "1"},
+    )
+    assert not conf.missing_from(
+        {"a": "1"}, {"s/inet": "s inet n - y - - smtpd"}, {"s/inet/x": "1"}
+    )
     todo = conf.missing_from({"a": "2", "old": "y"}, {}, {})
     assert todo == conf
 
@@ -139,13 +169,20 @@ def test_put_bytes_repairs_a_mode_the_fact_read(tmp_path, monkeypatch):
     dest.write_bytes(data)
     dest.chmod(0o644)
     fact = MailHost()
-    out = subprocess.run(["sh", "-c", fact.command(files=(str(dest),))], capture_output=True, text=True)
+    out = subprocess.run(
+        ["sh", "-c", fact.command(files=(str(dest),))], capture_output=True, text=True
+    )
     info = fact.process(out.stdout.splitlines())
     assert info["files"][str(dest)] == ops.sha256(data) and info["modes"][str(dest)] == "644"
 
-    commands, said = _put_bytes(monkeypatch, data=data, dest=str(dest), mode="0755",
-                                current_sha256=info["files"][str(dest)],
-                                current_mode=info["modes"][str(dest)])
+    commands, said = _put_bytes(
+        monkeypatch,
+        data=data,
+        dest=str(dest),
+        mode="0755",
+        current_sha256=info["files"][str(dest)],
+        current_mode=info["modes"][str(dest)],
+    )
     assert len(commands) == 1 and not said
     subprocess.run(["sh", "-c", commands[0].get_raw_value()], check=True)
     assert dest.stat().st_mode & 0o777 == 0o755 and dest.read_bytes() == data
@@ -154,12 +191,26 @@ def test_put_bytes_repairs_a_mode_the_fact_read(tmp_path, monkeypatch):
 @pytest.mark.parametrize("current_mode", ["755", None])  # None: mode not read, not compared
 def test_put_bytes_same_bytes_and_mode_is_a_noop(monkeypatch, current_mode):
     data = b"x\n"
-    commands, said = _put_bytes(monkeypatch, data=data, dest="/usr/local/sbin/x", mode="0755",
-                                current_sha256=ops.sha256(data), current_mode=current_mode)
+    commands, said = _put_bytes(
+        monkeypatch,
+        data=data,
+        dest="/usr/local/sbin/x",
+        mode="0755",
+        current_sha256=ops.sha256(data),
+        current_mode=current_mode,
+    )
     assert commands == [] and said == ["/usr/local/sbin/x is up to date"]
 
 
 def test_put_bytes_other_bytes_upload_whatever_the_mode(monkeypatch):
-    commands, _ = _put_bytes(monkeypatch, data=b"new\n", dest="/etc/x", mode="0644",
-                             current_sha256=ops.sha256(b"old\n"), current_mode="644")
-    assert "chmod 0644" in commands[0].get_raw_value() and "base64 -d" in commands[0].get_raw_value()
+    commands, _ = _put_bytes(
+        monkeypatch,
+        data=b"new\n",
+        dest="/etc/x",
+        mode="0644",
+        current_sha256=ops.sha256(b"old\n"),
+        current_mode="644",
+    )
+    assert (
+        "chmod 0644" in commands[0].get_raw_value() and "base64 -d" in commands[0].get_raw_value()
+    )

@@ -18,12 +18,15 @@ DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("3.7.11", (3, 7, 11)),
-    ("2.3.19.1 (9b53102964)", (2, 3, 19, 1)),
-    ("2.4.1-4 (7d8c0e5759)", (2, 4, 1)),
-    ("OpenSSL 3.5.9 29 Sep 2026 (Library: OpenSSL 3.5.9 29 Sep 2026)", (3, 5, 9)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3.7.11", (3, 7, 11)),
+        ("2.3.19.1 (9b53102964)", (2, 3, 19, 1)),
+        ("2.4.1-4 (7d8c0e5759)", (2, 4, 1)),
+        ("OpenSSL 3.5.9 29 Sep 2026 (Library: OpenSSL 3.5.9 29 Sep 2026)", (3, 5, 9)),
+    ],
+)
 def test_parse_version(text, expected):
     assert parse_version(text) == expected
 

@@ -29,8 +29,12 @@ def test_every_tls_port_of_both_daemons_is_probed():
 def test_intermediate_forbids_old_protocols_rsa_kx_cbc_and_dhe():
     for port, found in by_port("intermediate").items():
         refused = {w for w, p in found.items() if p.expect == "refuse"}
-        assert refused == {"TLS 1.1", "TLS 1.2 with RSA key exchange only",
-                           "TLS 1.2 with non-AEAD suites only", "TLS 1.2 with DHE suites only"}, port
+        assert refused == {
+            "TLS 1.1",
+            "TLS 1.2 with RSA key exchange only",
+            "TLS 1.2 with non-AEAD suites only",
+            "TLS 1.2 with DHE suites only",
+        }, port
         accepted = {w for w, p in found.items() if p.expect == "accept"}
         assert accepted == {"TLS 1.2 with the profile's suites", "TLS 1.3"}, port
         # a refusal must be the server's: the client offers what OpenSSL would not by default
@@ -55,13 +59,19 @@ def test_modern_refuses_tls12_where_tls_is_mandatory_not_on_25():
 
 def test_verify_file_lines_parse_as_mailtls_apply_reads_them():
     policy = resolve("intermediate", DEB12)
-    text = probes.render(policy, {"tls_ffdhe_auto_groups": "", "smtpd_tls_ciphers": "high"},
-                         {"smtps/inet/smtpd_tls_security_level": "encrypt"}, ("smtpd_tls_eecdh_grade",),
-                         {"ssl_min_protocol": "TLSv1.2"})
+    text = probes.render(
+        policy,
+        {"tls_ffdhe_auto_groups": "", "smtpd_tls_ciphers": "high"},
+        {"smtps/inet/smtpd_tls_security_level": "encrypt"},
+        ("smtpd_tls_eecdh_grade",),
+        {"ssl_min_protocol": "TLSv1.2"},
+    )
     lines = text.splitlines()
     assert "postconf tls_ffdhe_auto_groups=" in lines
     assert "postconf-P smtps/inet/smtpd_tls_security_level=encrypt" in lines
-    assert "postconf-X smtpd_tls_eecdh_grade" in lines and "doveconf ssl_min_protocol=TLSv1.2" in lines
+    assert (
+        "postconf-X smtpd_tls_eecdh_grade" in lines and "doveconf ssl_min_protocol=TLSv1.2" in lines
+    )
     for line in lines:
         if line.startswith("probe "):
             kind, daemon, port, starttls, expect, rest = line.split(" ", 5)
@@ -95,26 +105,34 @@ def test_local_conf_after_ours_is_named_with_its_line():
     tree = TREE_HEAD + ["/etc/dovecot/local.conf:3:ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT"]
     found = dovecot_conf.overrides(ours(), tree)
     assert len(found) == 1
-    assert found[0].startswith("/etc/dovecot/local.conf:3: ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT "
-                               "(read after /etc/dovecot/conf.d/99-mailtls.conf)")
+    assert found[0].startswith(
+        "/etc/dovecot/local.conf:3: ssl_cipher_list = ALL:!aNULL:!eNULL:!EXPORT "
+        "(read after /etc/dovecot/conf.d/99-mailtls.conf)"
+    )
     assert "remove this line" in found[0]
 
 
 def test_settings_above_the_include_in_dovecot_conf_do_not_win():
     """iRedMail keeps ssl_* in dovecot.conf above `!include conf.d/*.conf`: ours is read later.
     The fact lists a file's !include lines before its settings (two greps): order is by line."""
-    tree = ["/etc/dovecot/dovecot.conf:107:!include conf.d/*.conf",
-            "/etc/dovecot/dovecot.conf:111:!include_try local.conf",
-            "/etc/dovecot/dovecot.conf:103:ssl_prefer_server_ciphers = yes",
-            "/etc/dovecot/dovecot.conf:106:ssl_cipher_list = EECDH+CHACHA20:EECDH+AESGCM"]
+    tree = [
+        "/etc/dovecot/dovecot.conf:107:!include conf.d/*.conf",
+        "/etc/dovecot/dovecot.conf:111:!include_try local.conf",
+        "/etc/dovecot/dovecot.conf:103:ssl_prefer_server_ciphers = yes",
+        "/etc/dovecot/dovecot.conf:106:ssl_cipher_list = EECDH+CHACHA20:EECDH+AESGCM",
+    ]
     assert dovecot_conf.overrides(ours(), tree) == []
     below = tree[:1] + ["/etc/dovecot/dovecot.conf:120:ssl_cipher_list = ALL"]
-    assert [f.split(": ")[0] for f in dovecot_conf.overrides(ours(), below)] == ["/etc/dovecot/dovecot.conf:120"]
+    assert [f.split(": ")[0] for f in dovecot_conf.overrides(ours(), below)] == [
+        "/etc/dovecot/dovecot.conf:120"
+    ]
 
 
 def test_a_later_conf_d_file_wins_an_earlier_one_does_not():
-    tree = TREE_HEAD + ["/etc/dovecot/conf.d/10-ssl.conf:50:ssl_cipher_list = ALL",
-                        "/etc/dovecot/conf.d/99-zz-site.conf:1:ssl_min_protocol = TLSv1"]
+    tree = TREE_HEAD + [
+        "/etc/dovecot/conf.d/10-ssl.conf:50:ssl_cipher_list = ALL",
+        "/etc/dovecot/conf.d/99-zz-site.conf:1:ssl_min_protocol = TLSv1",
+    ]
     found = dovecot_conf.overrides(ours(), tree)
     assert [f.split(":")[0] for f in found] == ["/etc/dovecot/conf.d/99-zz-site.conf"]
 
@@ -132,13 +150,18 @@ def test_block_override_wins_wherever_it_is():
     found = dovecot_conf.overrides(ours(), tree)
     assert len(found) == 2
     assert "20-imap.conf:4: ssl_cipher_list = ALL (inside 'protocol imap {')" in found[0]
-    assert "20-imap.conf:8: ssl_min_protocol = TLSv1.1 (inside 'local_name mail.example.org {')" in found[1]
+    assert (
+        "20-imap.conf:8: ssl_min_protocol = TLSv1.1 (inside 'local_name mail.example.org {')"
+        in found[1]
+    )
 
 
 def test_same_value_elsewhere_is_no_override():
     policy = resolve("intermediate", DEB12)
-    tree = TREE_HEAD + [f"/etc/dovecot/local.conf:1:ssl_cipher_list = {':'.join(policy.tls12_suites)}",
-                        "/etc/dovecot/local.conf:2:ssl_prefer_server_ciphers = no  # as ours"]
+    tree = TREE_HEAD + [
+        f"/etc/dovecot/local.conf:1:ssl_cipher_list = {':'.join(policy.tls12_suites)}",
+        "/etc/dovecot/local.conf:2:ssl_prefer_server_ciphers = no  # as ours",
+    ]
     assert dovecot_conf.overrides(ours(), tree) == []
 
 
@@ -161,6 +184,7 @@ def test_preference_key_of_each_version(key):
 def test_verify_file_is_the_same_before_and_after_the_first_run():
     """The verify file must not rewrite itself on the second run (a no-op run changes nothing)."""
     from tasks import postfix_conf
+
     policy = resolve("intermediate", DEB12)
     stock = {"smtp/inet": "smtp inet n - y - - smtpd"}
     first = postfix_conf.render(policy, DEB12, {}, stock, {})
@@ -168,6 +192,7 @@ def test_verify_file_is_the_same_before_and_after_the_first_run():
     main = dict(first.main)
     second = postfix_conf.render(policy, DEB12, main, services, dict(first.params))
     assert first.params != second.params  # syslog_name only on the services it creates
+
     def render(conf):
         return probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
 

@@ -18,8 +18,26 @@ pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the o
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     d = tmp_path_factory.mktemp("psk")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", d / "k.pem",
-                    "-out", d / "c.pem", "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            d / "k.pem",
+            "-out",
+            d / "c.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return d / "c.pem", d / "k.pem"
 
 
@@ -27,9 +45,24 @@ def s_server(pair, *options):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen(["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3", "-quiet",
-                             "-cert", pair[0], "-key", pair[1], *options],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "openssl",
+            "s_server",
+            "-accept",
+            f"127.0.0.1:{port}",
+            "-tls1_3",
+            "-quiet",
+            "-cert",
+            pair[0],
+            "-key",
+            pair[1],
+            *options,
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(100):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -39,8 +72,9 @@ def s_server(pair, *options):
     return proc, port
 
 
-@pytest.mark.parametrize("options,psk_ke", [((), "full handshake"),
-                                            (("-allow_no_dhe_kex",), "resumed without (EC)DHE")])
+@pytest.mark.parametrize(
+    "options,psk_ke", [((), "full handshake"), (("-allow_no_dhe_kex",), "resumed without (EC)DHE")]
+)
 def test_probe_tells_psk_ke_resumption_apart(pair, options, psk_ke):
     proc, port = s_server(pair, *options)
     try:

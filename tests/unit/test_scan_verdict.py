@@ -7,27 +7,54 @@ from tasks.audit.verdict import AcceptedSuite, PortScan, classify_suite, judge_h
 from tasks.policy import PROFILES
 
 INTERMEDIATE = PROFILES["intermediate"]
-GOOD = [AcceptedSuite("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDH", "X25519", 253),
-        AcceptedSuite("TLSv1.3", "TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384", "ECDH", "X25519", 253)]
+GOOD = [
+    AcceptedSuite(
+        "TLSv1.2",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDH",
+        "X25519",
+        253,
+    ),
+    AcceptedSuite(
+        "TLSv1.3", "TLS_AES_256_GCM_SHA384", "TLS_AES_256_GCM_SHA384", "ECDH", "X25519", 253
+    ),
+]
 
 
 def open_port(port=25, protocols=("TLSv1.2", "TLSv1.3"), suites=GOOD, **kw) -> PortScan:
-    return PortScan(port=port, service="x", state="open", protocols=list(protocols), suites=list(suites), **kw)
+    return PortScan(
+        port=port, service="x", state="open", protocols=list(protocols), suites=list(suites), **kw
+    )
 
 
-@pytest.mark.parametrize("name,fs,kex", [
-    ("ECDHE-RSA-AES128-GCM-SHA256", True, "ECDHE"), ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", True, "ECDHE"),
-    ("DHE-RSA-AES256-GCM-SHA384", True, "DHE"), ("TLS_DHE_RSA_WITH_AES_128_CBC_SHA", True, "DHE"),
-    ("TLS_AES_128_GCM_SHA256", True, "TLS1.3"), ("TLS_CHACHA20_POLY1305_SHA256", True, "TLS1.3"),
-    ("AES128-SHA", False, "RSA"), ("TLS_RSA_WITH_AES_256_GCM_SHA384", False, "RSA"),
-    ("ADH-AES128-SHA", False, "anonymous"), ("AECDH-AES256-SHA", False, "anonymous"),
-    ("TLS_DH_anon_WITH_AES_128_CBC_SHA", False, "anonymous"), ("TLS_ECDH_anon_WITH_AES_256_CBC_SHA", False, "anonymous"),
-    ("EXP-RC4-MD5", False, "export"), ("TLS_RSA_EXPORT_WITH_RC4_40_MD5", False, "export"),
-    ("NULL-SHA", False, "NULL"), ("TLS_ECDHE_RSA_WITH_NULL_SHA", False, "NULL"), ("ECDHE-RSA-NULL-SHA", False, "NULL"),
-    ("PSK-AES128-GCM-SHA256", False, "PSK"), ("ECDHE-PSK-AES128-CBC-SHA256", False, "PSK"),
-    ("TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256", False, "PSK"), ("ECDH-RSA-AES128-SHA", False, "static-ECDH"),
-    ("DES-CBC3-SHA", False, "RSA"),
-])
+@pytest.mark.parametrize(
+    "name,fs,kex",
+    [
+        ("ECDHE-RSA-AES128-GCM-SHA256", True, "ECDHE"),
+        ("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256", True, "ECDHE"),
+        ("DHE-RSA-AES256-GCM-SHA384", True, "DHE"),
+        ("TLS_DHE_RSA_WITH_AES_128_CBC_SHA", True, "DHE"),
+        ("TLS_AES_128_GCM_SHA256", True, "TLS1.3"),
+        ("TLS_CHACHA20_POLY1305_SHA256", True, "TLS1.3"),
+        ("AES128-SHA", False, "RSA"),
+        ("TLS_RSA_WITH_AES_256_GCM_SHA384", False, "RSA"),
+        ("ADH-AES128-SHA", False, "anonymous"),
+        ("AECDH-AES256-SHA", False, "anonymous"),
+        ("TLS_DH_anon_WITH_AES_128_CBC_SHA", False, "anonymous"),
+        ("TLS_ECDH_anon_WITH_AES_256_CBC_SHA", False, "anonymous"),
+        ("EXP-RC4-MD5", False, "export"),
+        ("TLS_RSA_EXPORT_WITH_RC4_40_MD5", False, "export"),
+        ("NULL-SHA", False, "NULL"),
+        ("TLS_ECDHE_RSA_WITH_NULL_SHA", False, "NULL"),
+        ("ECDHE-RSA-NULL-SHA", False, "NULL"),
+        ("PSK-AES128-GCM-SHA256", False, "PSK"),
+        ("ECDHE-PSK-AES128-CBC-SHA256", False, "PSK"),
+        ("TLS_ECDHE_PSK_WITH_AES_128_CBC_SHA256", False, "PSK"),
+        ("ECDH-RSA-AES128-SHA", False, "static-ECDH"),
+        ("DES-CBC3-SHA", False, "RSA"),
+    ],
+)
 def test_classify_suite(name, fs, kex):
     c = classify_suite(name)
     assert (c.forward_secret, c.kex) == (fs, kex)
@@ -43,12 +70,22 @@ def test_stock_port25_fails_and_names_protocols_and_suites():
     suites = GOOD + [
         AcceptedSuite("TLSv1", "TLS_RSA_WITH_AES_128_CBC_SHA", "AES128-SHA"),
         AcceptedSuite("TLSv1.2", "TLS_RSA_WITH_AES_128_CBC_SHA", "AES128-SHA"),
-        AcceptedSuite("TLSv1.2", "TLS_DH_anon_WITH_AES_128_CBC_SHA", "ADH-AES128-SHA", "DH", None, 1024),
+        AcceptedSuite(
+            "TLSv1.2", "TLS_DH_anon_WITH_AES_128_CBC_SHA", "ADH-AES128-SHA", "DH", None, 1024
+        ),
     ]
-    v = judge_port(open_port(protocols=("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"), suites=suites), INTERMEDIATE)
+    v = judge_port(
+        open_port(protocols=("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"), suites=suites), INTERMEDIATE
+    )
     text = "\n".join(v.failures)
-    assert "accepts TLSv1 (floor TLSv1.2)" in v.failures and "accepts TLSv1.1 (floor TLSv1.2)" in v.failures
-    assert "TLS_RSA_WITH_AES_128_CBC_SHA (RSA key exchange, not forward-secret) on TLSv1, TLSv1.2" in text
+    assert (
+        "accepts TLSv1 (floor TLSv1.2)" in v.failures
+        and "accepts TLSv1.1 (floor TLSv1.2)" in v.failures
+    )
+    assert (
+        "TLS_RSA_WITH_AES_128_CBC_SHA (RSA key exchange, not forward-secret) on TLSv1, TLSv1.2"
+        in text
+    )
     assert "TLS_DH_anon_WITH_AES_128_CBC_SHA (anonymous, no authentication)" in text
     assert "1024-bit DH group" in text
 
@@ -61,7 +98,14 @@ def test_port25_floor_is_opportunistic_and_others_mandatory():
 
 
 def test_dh_2048_ok_smaller_fails():
-    dhe = AcceptedSuite("TLSv1.2", "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256", "DHE-RSA-AES128-GCM-SHA256", "DH", None, 2048)
+    dhe = AcceptedSuite(
+        "TLSv1.2",
+        "TLS_DHE_RSA_WITH_AES_128_GCM_SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+        "DH",
+        None,
+        2048,
+    )
     assert judge_port(open_port(suites=GOOD + [dhe]), PROFILES["legacy-dhe"]).ok
     small = AcceptedSuite(**{**vars(dhe), "key_bits": 1536})
     assert not judge_port(open_port(suites=[small]), PROFILES["legacy-dhe"]).ok
@@ -93,13 +137,24 @@ def test_pq_probe_hello_offers_only_the_hybrid_group():
 
 def _server_hello(random: bytes, group: int) -> bytes:
     exts = b"\x00\x2b\x00\x02\x03\x04" + b"\x00\x33\x00\x02" + group.to_bytes(2, "big")
-    body = b"\x03\x03" + random + b"\x20" + bytes(32) + b"\x13\x01\x00" + len(exts).to_bytes(2, "big") + exts
+    body = (
+        b"\x03\x03"
+        + random
+        + b"\x20"
+        + bytes(32)
+        + b"\x13\x01\x00"
+        + len(exts).to_bytes(2, "big")
+        + exts
+    )
     hs = b"\x02" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x03" + len(hs).to_bytes(2, "big") + hs
 
 
 def test_pq_answer_parsing():
     assert parse_pq_answer(_server_hello(HRR_RANDOM, X25519MLKEM768))[0] is True
-    assert parse_pq_answer(_server_hello(HRR_RANDOM, 0x001D)) == (False, "HelloRetryRequest selected group 0x001d")
+    assert parse_pq_answer(_server_hello(HRR_RANDOM, 0x001D)) == (
+        False,
+        "HelloRetryRequest selected group 0x001d",
+    )
     assert parse_pq_answer(_server_hello(bytes(32), X25519MLKEM768))[0] is False
     assert parse_pq_answer(b"\x15\x03\x03\x00\x02\x02\x28")[0] is False

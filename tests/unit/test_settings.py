@@ -46,6 +46,7 @@ def test_other_host_data_is_ignored():
 
 # --- types and allowed values -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", ["intermediate", "modern", "legacy-dhe"])
 def test_tls_profile_allowed(value):
     assert validate({"tls_profile": value}, HOST).tls_profile == value
@@ -57,11 +58,22 @@ def test_tls_profile_refused(value):
     assert "intermediate, modern, legacy-dhe" in msg
 
 
-@pytest.mark.parametrize("key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions",
-                                 "dh_rotation"])
-@pytest.mark.parametrize("value,expected", [(True, True), (False, False), ("on", True), ("off", False),
-                                            ("yes", True), ("NO", False), ("true", True),
-                                            ("False", False)])
+@pytest.mark.parametrize(
+    "key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions", "dh_rotation"]
+)
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        (True, True),
+        (False, False),
+        ("on", True),
+        ("off", False),
+        ("yes", True),
+        ("NO", False),
+        ("true", True),
+        ("False", False),
+    ],
+)
 def test_booleans_accepted(key, value, expected):
     data = {key: value}
     if key == "dh_rotation" and expected:
@@ -69,8 +81,9 @@ def test_booleans_accepted(key, value, expected):
     assert getattr(validate(data, HOST), key) is expected
 
 
-@pytest.mark.parametrize("key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions",
-                                 "dh_rotation"])
+@pytest.mark.parametrize(
+    "key", ["tls_pq_hybrid", "postfix_submission", "postfix_submissions", "dh_rotation"]
+)
 @pytest.mark.parametrize("value", [1, 0, "1", "enabled", "", None, [True]])
 def test_booleans_refused(key, value):
     msg = refused({key: value}, key)
@@ -89,7 +102,10 @@ def test_dh_source_refused(value):
 
 # --- ranges -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value,expected", [(2048, 2048), (3072, 3072), (4096, 4096), ("2048", 2048)])
+
+@pytest.mark.parametrize(
+    "value,expected", [(2048, 2048), (3072, 3072), (4096, 4096), ("2048", 2048)]
+)
 def test_dh_bits_allowed(value, expected):
     assert validate({"dh_source": "generated", "dh_bits": value}, HOST).dh_bits == expected
 
@@ -111,16 +127,20 @@ def test_dh_bits_wrong_type_refused(value):
 
 # --- our namespace: typos refused, other deploys' keys left alone ------------------------------
 
-@pytest.mark.parametrize("key,hint", [
-    ("mailtls_tls_profil", "did you mean mailtls_tls_profile?"),
-    ("mailtls_dh_bit", "did you mean mailtls_dh_bits?"),
-    ("mailtls_postfix_cert", "did you mean mailtls_postfix_cert_file?"),
-    ("mailtls_audit_port", "did you mean mailtls_audit_ports?"),
-    ("mailtls_debug", None),
-    ("MailTLS_TLS_Profile", "did you mean mailtls_tls_profile?"),
-    ("mailtls-tls-profile", "did you mean mailtls_tls_profile?"),
-    ("MAILTLS_DH_BITS", "did you mean mailtls_dh_bits?"),
-])
+
+@pytest.mark.parametrize(
+    "key,hint",
+    [
+        ("mailtls_tls_profil", "did you mean mailtls_tls_profile?"),
+        ("mailtls_dh_bit", "did you mean mailtls_dh_bits?"),
+        ("mailtls_postfix_cert", "did you mean mailtls_postfix_cert_file?"),
+        ("mailtls_audit_port", "did you mean mailtls_audit_ports?"),
+        ("mailtls_debug", None),
+        ("MailTLS_TLS_Profile", "did you mean mailtls_tls_profile?"),
+        ("mailtls-tls-profile", "did you mean mailtls_tls_profile?"),
+        ("MAILTLS_DH_BITS", "did you mean mailtls_dh_bits?"),
+    ],
+)
 def test_unknown_keys_in_our_namespace_refused(key, hint):
     msg = refused({key: "x"}, repr(key), "unknown setting")
     if hint:
@@ -134,10 +154,19 @@ def test_every_setting_has_a_namespaced_name_and_old_names_alias_exactly():
 
 
 # Another deploy's host data: never ours to refuse, whatever it holds.
-OTHERS = {"postfix_relayhost": "[smtp.example.org]:587", "postfix_myhostname": "mx.example.org",
-          "dovecot_mail_location": "maildir:~/Maildir", "dovecot_protocols": ["imap", "lmtp"],
-          "tls_something_else": {"x": 1}, "dh_group": None, "audit_log": "/var/log/audit",
-          "tls_profil": "???", "TLS_Profile": 7, "tls-profile": "x", "DH_BITS": 1}
+OTHERS = {
+    "postfix_relayhost": "[smtp.example.org]:587",
+    "postfix_myhostname": "mx.example.org",
+    "dovecot_mail_location": "maildir:~/Maildir",
+    "dovecot_protocols": ["imap", "lmtp"],
+    "tls_something_else": {"x": 1},
+    "dh_group": None,
+    "audit_log": "/var/log/audit",
+    "tls_profil": "???",
+    "TLS_Profile": 7,
+    "tls-profile": "x",
+    "DH_BITS": 1,
+}
 
 
 def test_other_deploys_keys_are_not_refused():
@@ -146,27 +175,47 @@ def test_other_deploys_keys_are_not_refused():
 
 def test_near_misses_of_old_names_are_only_noted():
     said = "\n".join(notes(OTHERS))
-    assert "'tls_profil' is not a mailtls setting, ignored (did you mean mailtls_tls_profile?)" in said
+    assert (
+        "'tls_profil' is not a mailtls setting, ignored (did you mean mailtls_tls_profile?)" in said
+    )
     assert "postfix_relayhost" not in said and "dovecot_mail_location" not in said
     assert notes({"tls_profile": "modern", "mailtls_dh_bits": 2048}) == []
 
 
-@pytest.mark.parametrize("old,new,value", [
-    ("tls_profile", "mailtls_tls_profile", "modern"),
-    ("dh_rotation_schedule", "mailtls_dh_rotation_schedule", "*/30 3 * * 1"),
-    ("audit_ports", "mailtls_audit_ports", "25,993"),
-])
+@pytest.mark.parametrize(
+    "old,new,value",
+    [
+        ("tls_profile", "mailtls_tls_profile", "modern"),
+        ("dh_rotation_schedule", "mailtls_dh_rotation_schedule", "*/30 3 * * 1"),
+        ("audit_ports", "mailtls_audit_ports", "25,993"),
+    ],
+)
 def test_old_and_new_names_mean_the_same(old, new, value):
-    assert validate({old: value}, HOST) == validate({new: value}, HOST) == validate({old: value, new: value}, HOST)
+    assert (
+        validate({old: value}, HOST)
+        == validate({new: value}, HOST)
+        == validate({old: value, new: value}, HOST)
+    )
 
 
 def test_old_and_new_names_must_agree():
-    msg = refused({"tls_profile": "modern", "mailtls_tls_profile": "intermediate"},
-                  "mailtls_tls_profile='intermediate'", "tls_profile='modern'", "disagree")
+    msg = refused(
+        {"tls_profile": "modern", "mailtls_tls_profile": "intermediate"},
+        "mailtls_tls_profile='intermediate'",
+        "tls_profile='modern'",
+        "disagree",
+    )
     assert "set one of them" in msg
     # agreeing after normalisation is agreeing
-    assert validate({"dh_rotation": "yes", "mailtls_dh_rotation": True, "dh_source": "generated"}, HOST).dh_rotation
-    assert validate({"dh_bits": "4096", "mailtls_dh_bits": 4096, "dh_source": "generated"}, HOST).dh_bits == 4096
+    assert validate(
+        {"dh_rotation": "yes", "mailtls_dh_rotation": True, "dh_source": "generated"}, HOST
+    ).dh_rotation
+    assert (
+        validate(
+            {"dh_bits": "4096", "mailtls_dh_bits": 4096, "dh_source": "generated"}, HOST
+        ).dh_bits
+        == 4096
+    )
 
 
 def test_a_bad_value_is_named_as_given():
@@ -181,9 +230,18 @@ def test_data_defaults_are_the_namespaced_defaults():
 
 # --- audit keys ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value,expected", [("25,587", (25, 587)), ("993", (993,)), ([25, "465"], (25, 465)),
-                                            (" 25 , 143 ,", (25, 143)), ("25,25", (25,)),
-                                            (25, (25,))])  # --data audit_ports=25 arrives as an int
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("25,587", (25, 587)),
+        ("993", (993,)),
+        ([25, "465"], (25, 465)),
+        (" 25 , 143 ,", (25, 143)),
+        ("25,25", (25,)),
+        (25, (25,)),
+    ],
+)  # --data audit_ports=25 arrives as an int
 def test_audit_ports_accepted(value, expected):
     assert validate({"audit_ports": value}, HOST).audit_ports == expected
 
@@ -223,31 +281,37 @@ def test_unknown_key_reported_before_a_bad_value():
 
 # --- paths: shell and config metacharacters ------------------------------------------------------
 
-PATH_KEYS = ("postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file", "dh_file")
+PATH_KEYS = (
+    "postfix_cert_file",
+    "postfix_key_file",
+    "dovecot_cert_file",
+    "dovecot_key_file",
+    "dh_file",
+)
 BAD_PATHS = [
-    "etc/ssl/x.pem",                  # relative
+    "etc/ssl/x.pem",  # relative
     "~/x.pem",
-    "/etc/ssl/x.pem; reboot",        # shell
+    "/etc/ssl/x.pem; reboot",  # shell
     "/etc/ssl/$(reboot).pem",
     "/etc/ssl/`id`.pem",
     "/etc/ssl/x.pem|cat",
     "/etc/ssl/x.pem&",
-    "/etc/ssl/x y.pem",               # space splits a postconf/doveconf value
-    "/etc/ssl/x.pem\n",               # a trailing newline would end the config line
+    "/etc/ssl/x y.pem",  # space splits a postconf/doveconf value
+    "/etc/ssl/x.pem\n",  # a trailing newline would end the config line
     "/etc/ssl/x.pem\nssl = no",
     "/etc/ssl/x.pem\tx",
-    "/etc/ssl/x.pem#c",               # comment in main.cf / dovecot.conf
+    "/etc/ssl/x.pem#c",  # comment in main.cf / dovecot.conf
     "/etc/ssl/x=.pem",
     "/etc/ssl/{x}.pem",
-    "/etc/ssl/x.pem,/y",               # list separator in postconf
-    "</etc/ssl/x.pem",                # Dovecot 2.3 include syntax
+    "/etc/ssl/x.pem,/y",  # list separator in postconf
+    "</etc/ssl/x.pem",  # Dovecot 2.3 include syntax
     "/etc/ssl/'x'.pem",
     '/etc/ssl/"x".pem',
     "/etc/ssl/x\\.pem",
     "/etc/ssl/*.pem",
-    "/etc/ssl/../shadow.pem",         # traversal
+    "/etc/ssl/../shadow.pem",  # traversal
     "/etc/ssl/..",
-    "/etc/ssl/dir/",                  # a directory
+    "/etc/ssl/dir/",  # a directory
     "/etc/ssl/é.pem",
     "/" + "a" * 4095,
     5,
@@ -258,16 +322,26 @@ BAD_PATHS = [
 @pytest.mark.parametrize("key", PATH_KEYS)
 @pytest.mark.parametrize("value", BAD_PATHS, ids=range(len(BAD_PATHS)))
 def test_unsafe_paths_refused(key, value):
-    pair = {"postfix_cert_file": "postfix_key_file", "postfix_key_file": "postfix_cert_file",
-            "dovecot_cert_file": "dovecot_key_file", "dovecot_key_file": "dovecot_cert_file"}
+    pair = {
+        "postfix_cert_file": "postfix_key_file",
+        "postfix_key_file": "postfix_cert_file",
+        "dovecot_cert_file": "dovecot_key_file",
+        "dovecot_key_file": "dovecot_cert_file",
+    }
     data = {key: value}
     if key in pair:
         data[pair[key]] = "/etc/ssl/ok.pem"
     refused(data, key)
 
 
-@pytest.mark.parametrize("value", ["/etc/ssl/mailtls/cert+chain.pem", "/etc/letsencrypt/live/mx-1.example.org/fullchain.pem",
-                                   "/srv/tls/MX_1.crt"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/etc/ssl/mailtls/cert+chain.pem",
+        "/etc/letsencrypt/live/mx-1.example.org/fullchain.pem",
+        "/srv/tls/MX_1.crt",
+    ],
+)
 def test_plain_paths_accepted(value):
     s = validate({"postfix_cert_file": value, "postfix_key_file": "/etc/ssl/private/k.key"}, HOST)
     assert s.postfix_cert_file == value
@@ -275,7 +349,10 @@ def test_plain_paths_accepted(value):
 
 @pytest.mark.parametrize("value", [None, ""])
 def test_cert_paths_may_be_unset(value):
-    assert validate({"dovecot_cert_file": value, "dovecot_key_file": value}, HOST).dovecot_cert_file is None
+    assert (
+        validate({"dovecot_cert_file": value, "dovecot_key_file": value}, HOST).dovecot_cert_file
+        is None
+    )
 
 
 @pytest.mark.parametrize("value", [None, ""])
@@ -285,41 +362,48 @@ def test_dh_file_is_required(value):
 
 # --- cron fields --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value,expected", [
-    ("17 4 * * 0", "17 4 * * 0"),
-    ("  */30  3 * *   1 ", "*/30 3 * * 1"),
-    ("0 0 1 1 7", "0 0 1 1 7"),
-    ("0,30 1-5/2 1-31 */3 1-5", "0,30 1-5/2 1-31 */3 1-5"),
-    ("59 23 31 12 6", "59 23 31 12 6"),
-])
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [
+        ("17 4 * * 0", "17 4 * * 0"),
+        ("  */30  3 * *   1 ", "*/30 3 * * 1"),
+        ("0 0 1 1 7", "0 0 1 1 7"),
+        ("0,30 1-5/2 1-31 */3 1-5", "0,30 1-5/2 1-31 */3 1-5"),
+        ("59 23 31 12 6", "59 23 31 12 6"),
+    ],
+)
 def test_cron_schedules_accepted(value, expected):
     assert validate({"dh_rotation_schedule": value}, HOST).dh_rotation_schedule == expected
 
 
-@pytest.mark.parametrize("value,why", [
-    ("17 4 * *", "five cron fields"),
-    ("17 4 * * 0 root", "five cron fields"),
-    ("@weekly", "five cron fields"),
-    ("", "five cron fields"),
-    ("60 4 * * 0", "minute"),
-    ("17 24 * * 0", "hour"),
-    ("17 4 0 * *", "day of month"),
-    ("17 4 32 * *", "day of month"),
-    ("17 4 * 13 *", "month"),
-    ("17 4 * 0 *", "month"),
-    ("17 4 * * 8", "day of week"),
-    ("*/0 4 * * 0", "step"),
-    ("5-1 4 * * 0", "backwards"),
-    ("17 4 * jan sun", "month"),
-    ("17 4 * * 0;reboot", "day of week"),
-    ("17 4 * * $(id)", "day of week"),
-    ("17 4 * * %", "day of week"),        # % is a newline to cron
-    ("1,,2 4 * * 0", "minute"),
-    ("- 4 * * 0", "minute"),
-    ("17 4 * * 1-", "day of week"),
-    (17, "five cron fields"),
-    (None, "five cron fields"),
-])
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("17 4 * *", "five cron fields"),
+        ("17 4 * * 0 root", "five cron fields"),
+        ("@weekly", "five cron fields"),
+        ("", "five cron fields"),
+        ("60 4 * * 0", "minute"),
+        ("17 24 * * 0", "hour"),
+        ("17 4 0 * *", "day of month"),
+        ("17 4 32 * *", "day of month"),
+        ("17 4 * 13 *", "month"),
+        ("17 4 * 0 *", "month"),
+        ("17 4 * * 8", "day of week"),
+        ("*/0 4 * * 0", "step"),
+        ("5-1 4 * * 0", "backwards"),
+        ("17 4 * jan sun", "month"),
+        ("17 4 * * 0;reboot", "day of week"),
+        ("17 4 * * $(id)", "day of week"),
+        ("17 4 * * %", "day of week"),  # % is a newline to cron
+        ("1,,2 4 * * 0", "minute"),
+        ("- 4 * * 0", "minute"),
+        ("17 4 * * 1-", "day of week"),
+        (17, "five cron fields"),
+        (None, "five cron fields"),
+    ],
+)
 def test_cron_schedules_refused(value, why):
     refused({"dh_rotation_schedule": value}, "dh_rotation_schedule", why)
 
@@ -330,6 +414,7 @@ def test_cron_schedule_newline_cannot_add_a_job():
 
 
 # --- combinations -------------------------------------------------------------------------------
+
 
 def test_rotation_needs_generated_parameters():
     refused({"dh_rotation": True}, "dh_rotation", "dh_source=generated")
@@ -351,8 +436,9 @@ def test_cert_and_key_go_together(daemon):
     refused({f"{daemon}_key_file": "/etc/ssl/k.pem"}, f"{daemon}_cert_file", f"{daemon}_key_file")
 
 
-@pytest.mark.parametrize("key", ["postfix_cert_file", "postfix_key_file", "dovecot_cert_file",
-                                 "dovecot_key_file"])
+@pytest.mark.parametrize(
+    "key", ["postfix_cert_file", "postfix_key_file", "dovecot_cert_file", "dovecot_key_file"]
+)
 def test_dh_file_must_not_overwrite_a_certificate_or_key(key):
     daemon = key.split("_")[0]
     data = {f"{daemon}_cert_file": "/srv/tls/c.pem", f"{daemon}_key_file": "/srv/tls/k.pem"}
@@ -360,8 +446,16 @@ def test_dh_file_must_not_overwrite_a_certificate_or_key(key):
     refused(data, "dh_file", key, "overwrite")
 
 
-@pytest.mark.parametrize("value", ["/etc/ssl/certs/ssl-cert-snakeoil.pem", "/etc/ssl/private/dh.pem",
-                                   "/etc/passwd", "/etc/postfix/main.cf", "/etc/ssl/mailtls/dh"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/etc/ssl/certs/ssl-cert-snakeoil.pem",
+        "/etc/ssl/private/dh.pem",
+        "/etc/passwd",
+        "/etc/postfix/main.cf",
+        "/etc/ssl/mailtls/dh",
+    ],
+)
 def test_dh_file_must_be_a_pem_file_outside_the_certificate_stores(value):
     refused({"dh_file": value}, "dh_file", ".pem")
 
@@ -378,12 +472,29 @@ def test_resumption_choices():
 
 # --- every setting has at least one refused value here ------------------------------------------
 
+
 def test_every_setting_is_covered():
-    bad = {"tls_profile": "x", "tls_pq_hybrid": "x", "tls_resumption": "x", "postfix_cert_file": "x", "postfix_key_file": "x",
-           "dovecot_cert_file": "x", "dovecot_key_file": "x", "postfix_submission": "x",
-           "postfix_submissions": "x", "dh_source": "x", "dh_bits": "x", "dh_file": "x",
-           "dh_rotation": "x", "dh_rotation_schedule": "x", "audit_ports": "x", "audit_log_hours": "x",
-           "audit_json": 5, "audit_exclude_self": "x", "cert_watch": "x"}
+    bad = {
+        "tls_profile": "x",
+        "tls_pq_hybrid": "x",
+        "tls_resumption": "x",
+        "postfix_cert_file": "x",
+        "postfix_key_file": "x",
+        "dovecot_cert_file": "x",
+        "dovecot_key_file": "x",
+        "postfix_submission": "x",
+        "postfix_submissions": "x",
+        "dh_source": "x",
+        "dh_bits": "x",
+        "dh_file": "x",
+        "dh_rotation": "x",
+        "dh_rotation_schedule": "x",
+        "audit_ports": "x",
+        "audit_log_hours": "x",
+        "audit_json": 5,
+        "audit_exclude_self": "x",
+        "cert_watch": "x",
+    }
     assert set(bad) == {s.key for s in SETTINGS}, "a new setting needs its validation tests"
     for key, value in bad.items():
         refused({NAMESPACE + key: value}, NAMESPACE + key)
@@ -402,8 +513,12 @@ def test_cert_watch_has_no_old_name():
 
 @pytest.mark.parametrize("key", ["dh_file", "postfix_cert_file", "dovecot_key_file"])
 def test_no_setting_may_name_the_watchers_copies(key):
-    data = {"postfix_cert_file": "/etc/ssl/c.pem", "postfix_key_file": "/etc/ssl/k.pem",
-            "dovecot_cert_file": "/etc/ssl/c.pem", "dovecot_key_file": "/etc/ssl/k.pem"}
+    data = {
+        "postfix_cert_file": "/etc/ssl/c.pem",
+        "postfix_key_file": "/etc/ssl/k.pem",
+        "dovecot_cert_file": "/etc/ssl/c.pem",
+        "dovecot_key_file": "/etc/ssl/k.pem",
+    }
     data[key] = "/etc/ssl/mailtls/served/postfix.pem"
     refused(data, key, "certificate watcher")
 
@@ -427,7 +542,10 @@ def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
 
     # an old name in the inventory beats the namespaced default pyinfra merged in
     assert settings_for(_Host({"tls_profile": "modern"})).tls_profile == "modern"
-    assert settings_for(_Host({"dh_rotation_schedule": "1 2 * * *"})).dh_rotation_schedule == "1 2 * * *"
+    assert (
+        settings_for(_Host({"dh_rotation_schedule": "1 2 * * *"})).dh_rotation_schedule
+        == "1 2 * * *"
+    )
     assert settings_for(_Host({})) == validate({}, HOST)
     # values the user gave are still checked, namespaced or not
     with pytest.raises(SettingsError, match="mailtls_tls_profile='x'"):
@@ -436,30 +554,63 @@ def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
 
 # --- issue 12: paths are normalised before they are compared; no shared directories; ASCII cron --
 
-@pytest.mark.parametrize("value", ["/etc/ssl//certs/ssl-cert-snakeoil.pem", "/etc/ssl/./private/x.pem",
-                                   "//etc/ssl/certs/x.pem", "/etc/ssl/certs/./././x.pem",
-                                   "/etc/ssl/private//./dh.pem"])
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/etc/ssl//certs/ssl-cert-snakeoil.pem",
+        "/etc/ssl/./private/x.pem",
+        "//etc/ssl/certs/x.pem",
+        "/etc/ssl/certs/./././x.pem",
+        "/etc/ssl/private//./dh.pem",
+    ],
+)
 def test_dh_file_cannot_reach_the_certificate_stores_by_spelling(value):
     refused({"dh_file": value}, "dh_file", "outside /etc/ssl/certs/")
 
 
-@pytest.mark.parametrize("value", ["/tmp/dh.pem", "/var/mail/dh.pem", "/var/tmp/x/dh.pem", "/dev/shm/dh.pem",
-                                   "/run/lock/dh.pem", "//tmp/dh.pem", "/./tmp/dh.pem"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/tmp/dh.pem",
+        "/var/mail/dh.pem",
+        "/var/tmp/x/dh.pem",
+        "/dev/shm/dh.pem",
+        "/run/lock/dh.pem",
+        "//tmp/dh.pem",
+        "/./tmp/dh.pem",
+    ],
+)
 def test_dh_file_in_a_directory_others_write_to_refused(value):
     refused({"dh_file": value}, "dh_file", "other users can write")
 
 
 def test_paths_are_normalised():
-    s = validate({"dh_file": "/etc/ssl//mailtls/./dh.pem", "postfix_cert_file": "/srv//tls/./c.pem",
-                  "postfix_key_file": "/srv/tls/k.pem"}, HOST)
+    s = validate(
+        {
+            "dh_file": "/etc/ssl//mailtls/./dh.pem",
+            "postfix_cert_file": "/srv//tls/./c.pem",
+            "postfix_key_file": "/srv/tls/k.pem",
+        },
+        HOST,
+    )
     assert (s.dh_file, s.postfix_cert_file) == ("/etc/ssl/mailtls/dh.pem", "/srv/tls/c.pem")
     # the same file under two spellings is still the same file
-    refused({"dh_file": "/srv/tls//c.pem", "postfix_cert_file": "/srv/./tls/c.pem",
-             "postfix_key_file": "/srv/tls/k.pem"}, "dh_file", "overwrite")
+    refused(
+        {
+            "dh_file": "/srv/tls//c.pem",
+            "postfix_cert_file": "/srv/./tls/c.pem",
+            "postfix_key_file": "/srv/tls/k.pem",
+        },
+        "dh_file",
+        "overwrite",
+    )
     refused({"dh_file": "/etc/ssl/mailtls/."}, "dh_file")
 
 
-@pytest.mark.parametrize("value", ["١٧ 4 * * 0", "１７ 4 * * 0", "17 ४ * * 0", "17 4 * * ０", "*/３ 4 * * 0",
-                                   "1-５ 4 * * 0"])
+@pytest.mark.parametrize(
+    "value",
+    ["١٧ 4 * * 0", "１７ 4 * * 0", "17 ४ * * 0", "17 4 * * ０", "*/３ 4 * * 0", "1-５ 4 * * 0"],
+)
 def test_cron_schedule_ascii_digits_only(value):
     refused({"dh_rotation_schedule": value}, "dh_rotation_schedule")

@@ -6,7 +6,10 @@ from testhosts import variants
 
 
 def test_parse_splits_variants_off_the_host_spec():
-    assert variants.parse("web1:trixie+legacy465+rsyslog") == ("web1:trixie", ("legacy465", "rsyslog"))
+    assert variants.parse("web1:trixie+legacy465+rsyslog") == (
+        "web1:trixie",
+        ("legacy465", "rsyslog"),
+    )
     assert variants.parse("bookworm") == ("bookworm", ())
     with pytest.raises(ValueError, match="unknown variant"):
         variants.parse("web1+nosuch")

@@ -8,8 +8,11 @@ from tasks.policy import HostCaps, resolve
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
 DH = "/etc/ssl/mailtls/dh.pem"
-STOCK_MAIN = {"smtpd_tls_security_level": "may", "smtp_tls_security_level": "may",
-              "smtpd_tls_eecdh_grade": "strong"}
+STOCK_MAIN = {
+    "smtpd_tls_security_level": "may",
+    "smtp_tls_security_level": "may",
+    "smtpd_tls_eecdh_grade": "strong",
+}
 STOCK_SERVICES = {"smtp/inet": "smtp inet n - y - - smtpd"}
 
 
@@ -59,8 +62,9 @@ def test_postfix_submission_services_created_and_hardened():
 def test_postfix_existing_service_hardened_even_when_not_enabled():
     services = dict(STOCK_SERVICES, **{"submission/inet": "submission inet n - y - - smtpd"})
     policy = resolve("intermediate", DEB12)
-    conf = postfix_conf.render(policy, DEB12, STOCK_MAIN, services, submission=False,
-                               submissions=False)
+    conf = postfix_conf.render(
+        policy, DEB12, STOCK_MAIN, services, submission=False, submissions=False
+    )
     assert conf.services == {}
     assert conf.params["submission/inet/smtpd_tls_security_level"] == "encrypt"
     assert not any(k.startswith("submissions/") for k in conf.params)
@@ -78,7 +82,11 @@ def test_postfix_certificate_from_settings():
 
 
 def lines(text):
-    return dict(line.split(" = ", 1) for line in text.splitlines() if " = " in line and not line.startswith("#"))
+    return dict(
+        line.split(" = ", 1)
+        for line in text.splitlines()
+        if " = " in line and not line.startswith("#")
+    )
 
 
 def test_dovecot_23():
@@ -91,7 +99,9 @@ def test_dovecot_23():
 
 
 def test_dovecot_24_modern_with_cert():
-    text = dovecot_conf.render(resolve("modern", DEB13), DEB13, "/etc/ssl/imap.pem", "/etc/ssl/imap.key")
+    text = dovecot_conf.render(
+        resolve("modern", DEB13), DEB13, "/etc/ssl/imap.pem", "/etc/ssl/imap.key"
+    )
     conf = lines(text)
     assert conf["ssl_min_protocol"] == "TLSv1.3"
     assert conf["ssl_server_prefer_ciphers"] == "client"
@@ -103,7 +113,9 @@ def test_dovecot_24_modern_with_cert():
 
 def test_dovecot_dh_file_per_version():
     assert "ssl_dh = <" + DH in dovecot_conf.render(resolve("legacy-dhe", DEB12, dh_file=DH), DEB12)
-    assert "ssl_server_dh_file = " + DH in dovecot_conf.render(resolve("legacy-dhe", DEB13, dh_file=DH), DEB13)
+    assert "ssl_server_dh_file = " + DH in dovecot_conf.render(
+        resolve("legacy-dhe", DEB13, dh_file=DH), DEB13
+    )
 
 
 def test_dovecot_unsupported_version():
