@@ -4,15 +4,13 @@ edit, a symlinked config stays a link, and locks no other user can hold."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
 from test_dh import dhe_bits
-from test_safety import output, pending, tls
+from test_safety import output, pending, run_and_kill, tls
 
-from conftest import PYINFRA, ROOT, run_pyinfra
+from conftest import ROOT, run_pyinfra
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 LEGACY = ("--data", "tls_profile=legacy-dhe")
@@ -85,36 +83,6 @@ def test_a_shared_dh_file_stays_under_the_daemon_that_committed_with_it(fresh_ho
     assert dhe_bits(host.address, 25) == 3072
 
 
-def _run_and_kill(host, at: str, *args: str, timeout: float = 300) -> None:
-    """Start a deploy and SIGKILL pyinfra (its SSH connection dies with it) as soon as the
-    operation `at` starts: a run that died between begin and commit."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE")}
-    env["MAILTLS_TESTHOSTS"] = host.name
-    proc = subprocess.Popen(
-        [PYINFRA, "-y", "inventory.py", "deploy.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
-    deadline = time.monotonic() + timeout
-    try:
-        assert proc.stderr is not None  # stderr=PIPE
-        for line in proc.stderr:
-            seen.append(line)
-            if "Starting operation" in line and at in line:
-                proc.send_signal(signal.SIGKILL)
-                break
-            assert time.monotonic() < deadline, "".join(seen)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, f"the run ended before {at!r}:\n{''.join(seen)}"
-
-
 def relayhost(host) -> str:
     return host.ssh("postconf -h relayhost").stdout.strip()
 
@@ -124,7 +92,7 @@ def test_a_stale_backup_never_undoes_an_admin_edit(fresh_host, suite):
     # 1. A run dies right after changing main.cf (its backup and pending mark stay); the admin
     #    then sets relayhost by hand; the next run changes main.cf again and is rejected: the
     #    rollback goes back to the admin's main.cf, not to the copy from before the dead run.
-    _run_and_kill(host, "Dovecot TLS settings")
+    run_and_kill(host, "Dovecot TLS settings")
     host.ssh("postconf -e 'relayhost=[smarthost.example.net]'")
     admin = host.ssh("sha256sum < /etc/postfix/main.cf").stdout
     line = rejected(run_pyinfra(host, "deploy.py", *MISSING_POSTFIX_CERT, check=False), "postfix")
@@ -136,7 +104,7 @@ def test_a_stale_backup_never_undoes_an_admin_edit(fresh_host, suite):
     # 2. A run dies after writing a change Postfix will reject; the admin edits main.cf; the next
     #    run has nothing to write, commits what is pending and Postfix rejects it: main.cf no
     #    longer holds what the deploy wrote, so no old copy goes over it. The run says so.
-    _run_and_kill(host, "Dovecot TLS settings", *MISSING_POSTFIX_CERT)
+    run_and_kill(host, "Dovecot TLS settings", *MISSING_POSTFIX_CERT)
     host.ssh("postconf -e 'relayhost=[other.example.net]:587'")
     edited = host.ssh("sha256sum < /etc/postfix/main.cf").stdout
     line = rejected(run_pyinfra(host, "deploy.py", *MISSING_POSTFIX_CERT, check=False), "postfix")

@@ -451,14 +451,15 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
 # --- connection cut mid-run; unreachable host ----------------------------------------------------
 
 
-def _run_and_kill(host, at: str, timeout: float = 300) -> str:
-    """Start a deploy, SIGKILL pyinfra (its SSH connection dies with it) as soon as the
-    operation `at` starts; return what pyinfra printed."""
+def run_and_kill(host, at: str, *args: str, timeout: float = 300) -> str:
+    """Start a deploy (with `args`), SIGKILL pyinfra (its SSH connection dies with it) as soon as
+    the operation `at` starts: a run that died between begin and commit. Returns what pyinfra
+    printed."""
     env = dict(os.environ, MAILTLS_TESTHOSTS=host.name)
     for key in ("MAILTLS_HOSTS", "MAILTLS_HOSTS_FILE"):
         env.pop(key, None)
     proc = subprocess.Popen(
-        [PYINFRA, "-y", "inventory.py", "deploy.py"],
+        [PYINFRA, "-y", "inventory.py", "deploy.py", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -487,8 +488,8 @@ def test_connection_cut_mid_run_then_rerun_converges(fresh_host, deployed, suite
     host = fresh_host(suite)
     # Killed right after the Postfix config changed (a commit is due), then in a second run
     # right after Dovecot's changed too: each time mid-change, with the connection gone.
-    _run_and_kill(host, "Dovecot TLS settings")
-    _run_and_kill(host, "Postfix, Dovecot: check, reload, probe")
+    run_and_kill(host, "Dovecot TLS settings")
+    run_and_kill(host, "Postfix, Dovecot: check, reload, probe")
     res = run_pyinfra(host)
     assert pending(host) == "", res.stderr[-3000:]
     reference = deployed[suite]  # a clean, uninterrupted run of the same deploy
