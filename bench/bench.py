@@ -200,10 +200,10 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
     script = (ops.FILES / "mailtls-apply").read_bytes()
     if info["files"].get(ops.APPLY) != ops.sha256(script):
         lines.append(_write_file(ops.APPLY, script, "0755"))
-    if safety_net:  # what the commit verifies (read-back, negative probes), as the deploy writes it
-        verify = conf.verify.encode()
-        if info["files"].get(probes.VERIFY_PATH) != ops.sha256(verify):
-            lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
+    # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
+    verify = conf.verify.encode()
+    if info["files"].get(probes.VERIFY_PATH) != ops.sha256(verify):
+        lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
     todo = conf.postfix.missing_from(info["postconf"], info["services"], info["master_params"])
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
