@@ -12,6 +12,10 @@ from tasks.policy import HostCaps, parse_version
 # Each section starts with a `@@name` line. Missing daemons print nothing in their section.
 # The postconf runs (a few ms each) go at the same time, into a temporary directory, and the
 # checksums in one sha256sum (their modes in one stat): this read is all a no-op run does on a host.
+# Held for their whole run by files/mailtls-dh-rotate (LOCK) and files/mailtls-cert-watch (.lock).
+DH_ROTATE_LOCK = "/var/lib/mailtls/lock/dh-rotate.lock"
+CERT_WATCH_LOCK = "/var/lib/mailtls/cert-watch/.lock"
+
 _SCRIPT = r"""
 export LC_ALL=C
 t=$(mktemp -d) || exit 1
@@ -37,7 +41,12 @@ printf '%s\n' {files} > "$t/asked"
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || { sha256sum -- "$@" > "$t/files"; stat -L -c '%a %n' -- "$@" > "$t/modes"; } 2>/dev/null
+# A certificate check takes seconds: let one that runs finish (and commit what it began).
+[ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
+# A DH rotation (minutes) commits every daemon when it installs its file: while its lock is held
+# (flock -n fails while its process lives), what is pending is left to it.
+[ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo {rotate_lock} > "$t/busy"
 g={guard}
 if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
     {
@@ -55,7 +64,7 @@ if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must no
 fi
 wait
 for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files modes \
-         pending dovecot_tree guard; do
+         pending busy dovecot_tree guard; do
     echo "@@$s"; cat "$t/$s" 2>/dev/null
 done
 echo @@end
@@ -104,7 +113,8 @@ class MailHost(FactBase):
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
     ``files`` (path -> sha256 for the paths asked for that exist), ``modes`` (path -> octal
     permission bits, of the same files), ``asked`` (every path asked for), ``pending`` (daemons
-    with a reload pending), ``dovecot_tree`` (grep lines ``file:line:text`` of Dovecot files
+    with a reload pending), ``busy`` ([DH_ROTATE_LOCK] while a DH rotation runs: it
+    commits every daemon when it installs its file), ``dovecot_tree`` (grep lines ``file:line:text`` of Dovecot files
     other than ours that set a TLS-policy setting, with their blocks and every !include; empty on
     a stock host), ``guard`` (for ``guard=PATH``: lines about PATH and the TLS certificate/key
     files the host uses now, judged by dh.host_refusal()).
@@ -120,6 +130,8 @@ class MailHost(FactBase):
             .replace("{guard}", shlex.quote(guard))
             .replace("{keys}", "|".join(POLICY_KEYS))
             .replace("{ours}", CONF_PATH.rsplit("/", 1)[1])
+            .replace("{cert_lock}", CERT_WATCH_LOCK)
+            .replace("{rotate_lock}", DH_ROTATE_LOCK)
         )
 
     def process(self, output: list[str]) -> dict:
@@ -162,6 +174,7 @@ class MailHost(FactBase):
             "modes": modes,
             "asked": {line for line in sections.get("asked", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
+            "busy": [line for line in sections.get("busy", []) if line],
             "guard": [line for line in sections.get("guard", []) if line],
             "dovecot_tree": [line for line in sections.get("dovecot_tree", []) if line],
         }

@@ -142,6 +142,14 @@ def mail_tls(settings: Settings | None = None) -> None:
         )
         reload["dovecot"] = dc_op.will_change
 
+    # While a DH rotation runs, what is pending is left to it: it commits every daemon when it
+    # installs its file (a re-run during that commit would reload a second time).
+    pending = set() if info["busy"] else info["pending"]
+    if info["busy"] and info["pending"]:
+        logger.info(
+            f"{host.name}: reload pending for {', '.join(sorted(info['pending']))}: "
+            "left to the DH rotation that is running (it commits every daemon)"
+        )
     # One commit for both, after every change: the daemons are checked, reloaded and probed at
     # the same time (Dovecot's fits in the second Postfix waits for a just-edited main.cf).
     ops.commit(
@@ -149,7 +157,7 @@ def mail_tls(settings: Settings | None = None) -> None:
         daemons=tuple(
             d
             for d, changed in reload.items()
-            if changed or dh_changed or d in cert_changed or d in info["pending"]
+            if changed or dh_changed or d in cert_changed or d in pending
         ),
     )
 

@@ -440,6 +440,36 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     assert grand_total(run_pyinfra(host))[3] == "-"
 
 
+def test_a_reload_pending_while_a_dh_rotation_runs_is_left_to_it(fresh_host, suite):
+    """A rotation marks both daemons pending, installs its file and commits them. A re-run whose
+    fact lands in that window must not commit (a second reload, a change where there is none);
+    once no rotation runs, a mark still there is committed by the deploy."""
+    host = fresh_host(suite)
+    run_pyinfra(host)
+    lock = "/var/lib/mailtls/lock/dh-rotate.lock"
+    # A rotation holding its lock (as mailtls-dh-rotate does for its whole run), between its
+    # begin and its commit.
+    host.ssh(
+        f"mkdir -p -m 0700 {lock.rsplit('/', 1)[0]} && "
+        f"{{ setsid flock {lock} sleep 600 >/dev/null 2>&1 </dev/null & echo $! >/run/holder; }} && "
+        f"{APPLY} begin dovecot /etc/dovecot/conf.d/99-mailtls.conf"
+    )
+    assert _eventually(lambda: host.ssh(f"flock -n {lock} true", check=False).returncode != 0), (
+        "lock not taken"
+    )
+    res = run_pyinfra(host)
+    assert grand_total(res)[3] == "-", res.stderr[-3000:]
+    assert "left to the DH rotation that is running" in res.stderr, res.stderr[-3000:]
+    assert pending(host) == "dovecot"
+
+    host.ssh("kill -- -$(cat /run/holder)")  # flock and its sleep (setsid: one process group)
+    assert _eventually(lambda: host.ssh(f"flock -n {lock} true", check=False).returncode == 0)
+    res = run_pyinfra(host)  # the rotation died: the mark is the deploy's to commit now
+    assert grand_total(res)[3] == "1", res.stderr[-3000:]
+    assert pending(host) == ""
+    assert grand_total(run_pyinfra(host))[3] == "-"
+
+
 # --- connection cut mid-run; unreachable host ----------------------------------------------------
 
 
