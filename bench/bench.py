@@ -212,6 +212,8 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
     lines += ops.postconf_commands(todo, info["postconf"], same_bytes=False)
     if safety_net:
         lines.append(f"{apply} written postfix {' '.join(ops.POSTFIX_FILES)}")
+    else:  # what `written` does for main.cf: date it 2 s back, or Postfix waits for it to settle
+        lines.append(f'touch -m -d "@$(($(date +%s) - 2))" {ops.POSTFIX_FILES[0]}')
     text = conf.dovecot.encode()
     begin_dovecot = f"{apply} begin dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
     written_dovecot = f"{apply} written dovecot {dovecot_conf.CONF_PATH}" if safety_net else None
