@@ -1,6 +1,6 @@
 """Benchmark the mail TLS deploy on real test hosts (systemd-nspawn Debian 12/13, real SSH).
 
-    .venv/bin/python bench/bench.py                    # 3 rounds, 10 parallel hosts, both suites
+    .venv/bin/python bench/bench.py                    # 3 rounds, 10 and 30 parallel hosts
     .venv/bin/python bench/bench.py --rev HEAD         # a clean export of a commit, not the work tree
     .venv/bin/python bench/bench.py --parallel-hosts 0 --runs 1   # quick look
     .venv/bin/python bench/bench.py --runs 0 --parallel-hosts 0 --dh --dh-4096   # DH rotation only
@@ -15,13 +15,17 @@ What is measured (per round):
 - pyinfra_version: `pyinfra --version` (Python start-up + imports: fixed overhead of any run).
 - floor: ONE ssh session running, as one shell script, the same writes the deploy performs,
   rendered by the deploy's own pure function (tasks.host_conf.render, from the host's
-  MailHost fact, read untimed beforehand), then `postfix reload` and
-  `doveadm reload`. floor_apply: the same script with the deploy's exact safety net
-  (`mailtls-apply begin` before each change, `mailtls-apply commit` = check/reload/probe).
+  MailHost fact, read untimed beforehand), then `postfix reload` and `doveadm reload`.
+  floor_checked: the same with `postfix check` and `doveconf -x -n` before the reloads.
+  floor_apply: the same writes inside the deploy's safety net (`mailtls-apply begin` before
+  each change, `mailtls-apply commit` = check, reload, read-back, probes): one SSH session
+  doing everything the deploy must do on the host. The fresh-converge target is against it.
   After the round a real `pyinfra` run on each floor host must report "No changes": proof that
   the floor did all the work the deploy does (results.json: floor_matches_deploy).
 - fresh: `pyinfra -y inventory.py deploy.py` on one stock host per suite, and on N stock hosts
-  at once (--parallel-hosts, suites alternating).
+  at once for each N of --parallel-hosts (suites alternating); --no-wait adds the same with
+  `pyinfra --no-wait` on hosts of its own. Each N-host run is judged against its CPU-bound
+  minimum: all the CPU it used (hosts + controller) spread over this machine's cores.
 - noop: the same command again on the converged hosts (1 host and N hosts); it must report
   zero changes (parsed from pyinfra's results table on stderr).
 - remote commands: counted on the hosts by sshd itself (LogLevel VERBOSE, set before the
@@ -65,7 +69,11 @@ SUITES = ("bookworm", "trixie")
 SSHD_VERBOSE = (
     "echo 'LogLevel VERBOSE' > /etc/ssh/sshd_config.d/zz-mailtls-bench.conf && systemctl reload ssh"
 )
-TARGETS = {"fresh_vs_floor": 1.5, "noop_vs_ssh": 3.0, "parallel_vs_one": 1.5}
+# fresh converge vs the floor with the deploy's checks (floor_apply), no-op vs `ssh true`, N hosts
+# vs the CPU-bound minimum of the same run.
+TARGETS = {"fresh_vs_floor": 1.5, "noop_vs_ssh": 2.5, "n_hosts_vs_cpu_bound": 1.15}
+# Parallel runs: "fresh10", "noop30", "fresh10nw" (pyinfra --no-wait), ...
+PARALLEL_KEY = re.compile(r"^(fresh|noop)(\d+)(nw)?$")
 
 
 def log(msg: str) -> None:
@@ -144,9 +152,11 @@ def results_table(stderr: str) -> dict:
     raise RuntimeError("no results table in pyinfra output:\n" + stderr[-3000:])
 
 
-def run_pyinfra(hosts: list[th.Host], label: str, expect_noop: bool) -> Sample:
+def run_pyinfra(
+    hosts: list[th.Host], label: str, expect_noop: bool, extra: tuple[str, ...] = ()
+) -> Sample:
     sample, res = timed(
-        [PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env(hosts), hosts=hosts
+        [PYINFRA, "-y", *extra, "inventory.py", "deploy.py"], env=pyinfra_env(hosts), hosts=hosts
     )
     if res.returncode != 0:
         raise RuntimeError(f"{label}: pyinfra failed ({res.returncode}):\n{res.stderr[-6000:]}")
@@ -183,10 +193,19 @@ def _write_file(
     return command.get_raw_value()
 
 
-def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
+# Each floor variant, with the prefix of its hosts' names.
+FLOORS = {"floor": "bf", "floor_checked": "bc", "floor_apply": "ba"}
+
+
+def floor_script(host: th.Host, info: dict, kind: str) -> str:
     """The shell script of the deploy's writes for this host, rendered by the deploy's own pure
     function (tasks.host_conf.render: same settings, same policy, same bytes) and diffed against
-    the fact as tasks/ops.py does."""
+    the fact as tasks/ops.py does.
+
+    kind: "floor" (writes, reloads), "floor_checked" (writes, `postfix check`, `doveconf -x -n`,
+    reloads) or "floor_apply" (writes inside the deploy's safety net: mailtls-apply begin/commit,
+    which checks, reloads, reads back and probes)."""
+    safety_net = kind == "floor_apply"
     settings = validate({}, host.name)  # bench hosts carry no host data: the defaults
     conf = host_conf.render(settings, info)
     if conf.policy.offers_dhe:
@@ -221,6 +240,8 @@ def floor_script(host: th.Host, info: dict, safety_net: bool) -> str:
     if safety_net:
         lines.append(f"{apply} commit postfix dovecot")
     else:
+        if kind == "floor_checked":
+            lines += ["postfix check", "doveconf -x -n >/dev/null"]
         lines += ["postfix reload >/dev/null 2>&1", "doveadm reload"]
     return "\n".join(lines) + "\n"
 
@@ -400,28 +421,49 @@ def rotate(items: list, n: int) -> list:
     return items[n:] + items[:n]
 
 
+HOST_MEMORY = 300 << 20  # a booted stock host: ~245 MiB of tmpfs root plus its processes
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def parallel_sets(args) -> dict[str, list[str]]:
+    """Host names of each parallel run: "10" -> bp10n1..bp10n10; "10nw" (--no-wait) -> bw10n1..."""
+    sets = {}
+    for n in args.sizes:
+        sets[str(n)] = [f"bp{n}n{i + 1}" for i in range(n)]
+        if args.no_wait:
+            sets[f"{n}nw"] = [f"bw{n}n{i + 1}" for i in range(n)]
+    return sets
+
+
 def one_round(r: int, args, suites: list[str]) -> dict:
     specs = []
     for s in suites:
         c = s[0]
-        specs += [f"bf{c}:{s}", f"ba{c}:{s}", f"bd{c}:{s}"]
-    par = [f"bp{i + 1}:{suites[i % len(suites)]}" for i in range(args.parallel_hosts)]
+        specs += [f"{prefix}{c}:{s}" for prefix in FLOORS.values()] + [f"bd{c}:{s}"]
+    sets = parallel_sets(args)
+    par = [f"{n}:{suites[i % len(suites)]}" for names in sets.values() for i, n in enumerate(names)]
+    need = (len(specs) + len(par)) * HOST_MEMORY
+    if need > mem_available() * 0.8:  # each host's root is a tmpfs: too many fill the memory
+        raise RuntimeError(
+            f"{len(specs) + len(par)} hosts need about {need >> 20} MiB of memory, "
+            f"{mem_available() >> 20} MiB available: fewer --parallel-hosts or no --no-wait"
+        )
     log(f"round {r + 1}: starting {len(specs) + len(par)} stock hosts")
     started = th.up(specs + par, log=lambda m: log(m))
     by = {h.name: h for h in started}
     for h in started:
         h.ssh(SSHD_VERBOSE)
     time.sleep(1)
-    floor_h = {s: by[f"bf{s[0]}"] for s in suites}
-    apply_h = {s: by[f"ba{s[0]}"] for s in suites}
+    floor_h = {(kind, s): by[f"{prefix}{s[0]}"] for kind, prefix in FLOORS.items() for s in suites}
     dep_h = {s: by[f"bd{s[0]}"] for s in suites}
-    par_h = [by[n.split(":")[0]] for n in par]
-    scripts = {}
-    for s in suites:
-        scripts[("floor", s)] = floor_script(floor_h[s], read_fact(floor_h[s]), safety_net=False)
-        scripts[("floor_apply", s)] = floor_script(
-            apply_h[s], read_fact(apply_h[s]), safety_net=True
-        )
+    par_h = {key: [by[n] for n in names] for key, names in sets.items()}
+    scripts = {(kind, s): floor_script(h, read_fact(h), kind) for (kind, s), h in floor_h.items()}
     out: dict[str, list[Sample]] = {}
 
     def add(key: str, sample: Sample) -> None:
@@ -429,17 +471,13 @@ def one_round(r: int, args, suites: list[str]) -> dict:
 
     # fresh phase: every variant on its own stock host, order rotated per round
     fresh: list[tuple[str, Callable[[], Sample]]] = []
+    for (kind, s), h in floor_h.items():
+        fresh.append((f"{kind}/{s}", partial(run_floor, h, scripts[(kind, s)], kind)))
     for s in suites:
-        fresh.append((f"floor/{s}", partial(run_floor, floor_h[s], scripts[("floor", s)], "floor")))
-        fresh.append(
-            (
-                f"floor_apply/{s}",
-                partial(run_floor, apply_h[s], scripts[("floor_apply", s)], "floor_apply"),
-            )
-        )
         fresh.append((f"fresh1/{s}", partial(run_pyinfra, [dep_h[s]], "fresh1", False)))
-    if par_h:
-        fresh.append(("freshN", lambda: run_pyinfra(par_h, "freshN", False)))
+    for key, hosts in par_h.items():
+        extra = ("--no-wait",) if key.endswith("nw") else ()
+        fresh.append((f"fresh{key}", partial(run_pyinfra, hosts, f"fresh{key}", False, extra)))
     fresh.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
     for s in suites:
         fresh.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
@@ -453,8 +491,9 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     for s in suites:
         noop.append((f"noop1/{s}", partial(run_pyinfra, [dep_h[s]], "noop1", True)))
         noop.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
-    if par_h:
-        noop.append(("noopN", lambda: run_pyinfra(par_h, "noopN", True)))
+    for key, hosts in par_h.items():
+        extra = ("--no-wait",) if key.endswith("nw") else ()
+        noop.append((f"noop{key}", partial(run_pyinfra, hosts, f"noop{key}", True, extra)))
     noop.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
     for rep in range(args.noop_reps):
         for key, fn in rotate(noop, r + rep):
@@ -464,15 +503,12 @@ def one_round(r: int, args, suites: list[str]) -> dict:
 
     # the floor did what the deploy does: a real deploy on the floor hosts changes nothing
     matches: dict[str, bool] = {}
-    for s in suites:
-        for kind, h in (("floor", floor_h[s]), ("floor_apply", apply_h[s])):
-            sample, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([h]))
-            ok = res.returncode == 0 and results_table(res.stderr)["success"] == 0
-            matches[f"{kind}/{s}"] = ok
-            if not ok:
-                log(
-                    f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script"
-                )
+    for (kind, s), h in floor_h.items():
+        _, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([h]))
+        ok = res.returncode == 0 and results_table(res.stderr)["success"] == 0
+        matches[f"{kind}/{s}"] = ok
+        if not ok:
+            log(f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script")
 
     events = {h.name: sshd_events(h) for h in started}
     for samples in out.values():
@@ -480,7 +516,7 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     return {"samples": out, "floor_matches_deploy": matches}
 
 
-def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
+def summarise(rounds: list[dict], suites: list[str]) -> dict:
     keys = sorted({k for rd in rounds for k in rd["samples"]})
     fig: dict[str, dict] = {}
     for k in keys:
@@ -499,7 +535,7 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
                 entry[f + "_median"] = med([x.get(f) for x in samples])
         if any("changes" in x for x in samples):
             entry["changes_median"] = med([x["changes"] for x in samples])
-        if k in ("freshN", "noopN"):
+        if PARALLEL_KEY.match(k):
             # The hosts and the controller share this machine's cores: the run cannot be shorter
             # than all the CPU it used spread over every core.
             entry["cpu_bound_median"] = med(
@@ -513,24 +549,24 @@ def summarise(rounds: list[dict], suites: list[str], n_par: int) -> dict:
     w = {k: v["wall_median"] for k, v in fig.items()}
     ratios = {}
     for s in suites:
-        ratios[f"fresh1_vs_floor/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"floor/{s}"))
-        ratios[f"fresh1_vs_floor_apply/{s}"] = ratio(
-            w.get(f"fresh1/{s}"), w.get(f"floor_apply/{s}")
-        )
-        ratios[f"floor_apply_vs_floor/{s}"] = ratio(w.get(f"floor_apply/{s}"), w.get(f"floor/{s}"))
+        for kind in FLOORS:
+            ratios[f"fresh1_vs_{kind}/{s}"] = ratio(w.get(f"fresh1/{s}"), w.get(f"{kind}/{s}"))
+        for kind in ("floor_checked", "floor_apply"):
+            ratios[f"{kind}_vs_floor/{s}"] = ratio(w.get(f"{kind}/{s}"), w.get(f"floor/{s}"))
         ratios[f"noop1_vs_ssh_true/{s}"] = ratio(w.get(f"noop1/{s}"), w.get(f"ssh_true/{s}"))
         ratios[f"pyinfra_version_share_of_noop1/{s}"] = ratio(
             w.get("pyinfra_version"), w.get(f"noop1/{s}")
         )
-    if n_par and rounds:
-        one_fresh = max(w[f"fresh1/{s}"] for s in suites)
-        one_noop = max(w[f"noop1/{s}"] for s in suites)
-        ratios["freshN_vs_fresh1"] = ratio(w.get("freshN"), one_fresh)
-        ratios["noopN_vs_noop1"] = ratio(w.get("noopN"), one_noop)
-        for k, one in (("freshN", one_fresh), ("noopN", one_noop)):
-            bound = fig.get(k, {}).get("cpu_bound_median")
-            ratios[f"{k}_cpu_bound_vs_1"] = ratio(bound, one)
-            ratios[f"{k}_vs_cpu_bound"] = ratio(w.get(k), bound)
+    for k in fig:
+        m = PARALLEL_KEY.match(k)
+        if not m:
+            continue
+        # against the slower suite's 1-host figure
+        one = max((w.get(f"{m.group(1)}1/{s}") or 0) for s in suites) or None
+        bound = fig[k].get("cpu_bound_median")
+        ratios[f"{k}_vs_1"] = ratio(w.get(k), one)
+        ratios[f"{k}_cpu_bound_vs_1"] = ratio(bound, one)
+        ratios[f"{k}_vs_cpu_bound"] = ratio(w.get(k), bound)
     loads = [x["load"] for rd in rounds for v in rd["samples"].values() for x in v] or [loadavg()]
     matches: dict[str, bool] = {}
     for rd in rounds:
@@ -550,7 +586,7 @@ def fmt(v, unit="s") -> str:
     return f"{v:.2f} {unit}".strip() if unit else f"{v:.2f}"
 
 
-def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
+def table(summary: dict, suites: list[str], dh: dict) -> str:
     """Markdown table: median wall time, remote commands, CPU on hosts and controller, ratios."""
     f, r = summary["figures"], summary["ratios"]
     head = (
@@ -572,7 +608,7 @@ def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
             f"{e['remote_commands_median']:.0f} ({e['connects_median']:.0f} conn, "
             f"{e['sftp_median']:.0f} sftp)"
         )
-        if k in ("freshN", "noopN"):
+        if PARALLEL_KEY.match(k):
             text += f", {e['remote_commands_per_host_median']:.0f}/host"
         return text
 
@@ -597,51 +633,42 @@ def table(summary: dict, suites: list[str], n_par: int, dh: dict) -> str:
         row(f"`ssh host true` [{s}]", f"ssh_true/{s}")
         row(f"floor: 1 ssh, writes + reloads [{s}]", f"floor/{s}")
         row(
-            f"floor + mailtls-apply safety net [{s}]",
+            f"floor: 1 ssh, writes + `postfix check`, `doveconf -x -n` + reloads [{s}]",
+            f"floor_checked/{s}",
+            fmt(r.get(f"floor_checked_vs_floor/{s}"), "x floor"),
+        )
+        row(
+            f"floor: 1 ssh, writes in mailtls-apply (checks, reloads, read-back, probes) [{s}]",
             f"floor_apply/{s}",
             fmt(r.get(f"floor_apply_vs_floor/{s}"), "x floor"),
         )
         row(
             f"fresh converge, 1 host [{s}]",
             f"fresh1/{s}",
-            fmt(r.get(f"fresh1_vs_floor/{s}"), "x floor"),
-            "<= 1.5x floor",
+            f"{fmt(r.get(f'fresh1_vs_floor_apply/{s}'), 'x floor_apply')}, "
+            f"{fmt(r.get(f'fresh1_vs_floor_checked/{s}'), 'x floor_checked')}",
+            f"<= {TARGETS['fresh_vs_floor']}x floor_apply",
         )
         row(
             f"no-op re-run, 1 host [{s}]",
             f"noop1/{s}",
             fmt(r.get(f"noop1_vs_ssh_true/{s}"), "x ssh"),
-            "<= 3x ssh",
+            f"<= {TARGETS['noop_vs_ssh']}x ssh",
         )
-    if n_par:
+    for k in sorted(f, key=lambda k: (len(k), k)):
+        m = PARALLEL_KEY.match(k)
+        if not m:
+            continue
+        what = "fresh converge" if m.group(1) == "fresh" else "no-op re-run"
+        how = ", pyinfra --no-wait" if m.group(3) else ""
+        bound = f[k].get("cpu_bound_median")
         row(
-            f"fresh converge, {n_par} hosts",
-            "freshN",
-            fmt(r.get("freshN_vs_fresh1"), "x 1 host"),
-            "<= 1.5x 1 host",
+            f"{what}, {m.group(2)} hosts{how} (CPU-bound minimum: {fmt(bound)})",
+            k,
+            f"{fmt(r.get(f'{k}_vs_cpu_bound'), 'x CPU-bound min')}, "
+            f"{fmt(r.get(f'{k}_vs_1'), 'x 1 host')}",
+            f"<= {TARGETS['n_hosts_vs_cpu_bound']}x CPU-bound min",
         )
-        row(
-            f"no-op re-run, {n_par} hosts",
-            "noopN",
-            fmt(r.get("noopN_vs_noop1"), "x 1 host"),
-            "<= 1.5x 1 host",
-        )
-        for k, what in (("freshN", "fresh"), ("noopN", "no-op")):
-            bound = f.get(k, {}).get("cpu_bound_median")
-            if bound is not None:
-                rows.append(
-                    (
-                        f"{what}, {n_par} hosts: CPU-bound minimum here "
-                        f"((host + controller CPU) / {os.cpu_count()} cores)",
-                        fmt(bound),
-                        "",
-                        "",
-                        "",
-                        f"{fmt(r.get(f'{k}_cpu_bound_vs_1'), 'x 1 host')}; "
-                        f"run = {fmt(r.get(f'{k}_vs_cpu_bound'), 'x this')}",
-                        "",
-                    )
-                )
     if dh.get("status"):
         rows.append(("DH rotation", dh["status"], "", "", "", "", ""))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
@@ -795,7 +822,14 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="rounds of fresh hosts (medians over them)")
     ap.add_argument("--noop-reps", type=int, default=3, help="no-op repetitions per round")
     ap.add_argument(
-        "--parallel-hosts", type=int, default=10, help="hosts for the parallel case (0: skip)"
+        "--parallel-hosts",
+        default="10,30",
+        help="host counts for the parallel runs, comma-separated (0: none)",
+    )
+    ap.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="also run each parallel case with `pyinfra --no-wait`, on hosts of its own",
     )
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument(
@@ -825,9 +859,10 @@ def main() -> int:
     if args.rev:
         return reexec_at(args.rev)
     suites = [s for s in args.suites.split(",") if s]
+    args.sizes = [int(n) for n in args.parallel_hosts.split(",") if n.strip() and int(n) > 0]
     names = (
-        [f"b{k}{s[0]}" for s in suites for k in "fad"]
-        + [f"bp{i + 1}" for i in range(args.parallel_hosts)]
+        [f"{prefix}{s[0]}" for s in suites for prefix in [*FLOORS.values(), "bd"]]
+        + [n for names in parallel_sets(args).values() for n in names]
         + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else [])
     )
     # One bench at a time: each one stops its hosts (same names) when it ends.
@@ -859,7 +894,7 @@ def main() -> int:
     finally:
         log("stopping bench hosts")
         th.down(names)
-    summary = summarise(rounds, suites, args.parallel_hosts)
+    summary = summarise(rounds, suites)
     result = {
         "command": "bench/bench.py " + " ".join(sys.argv[1:]),
         "started": started_at,
@@ -888,7 +923,7 @@ def main() -> int:
         "raw": [{k: v for k, v in rd["samples"].items()} for rd in rounds],
     }
     Path(args.output).write_text(json.dumps(result, indent=1, default=str) + "\n")
-    print(table(summary, suites, args.parallel_hosts, dh))
+    print(table(summary, suites, dh))
     ld = summary["load"]
     print(
         f"\nload average during the runs: min {ld['min']:.2f}, median {ld['median']:.2f}, "
