@@ -41,12 +41,15 @@ printf '%s\n' {files} > "$t/asked"
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || { sha256sum -- "$@" > "$t/files"; stat -L -c '%a %n' -- "$@" > "$t/modes"; } 2>/dev/null
-# A certificate check takes seconds: let one that runs finish (and commit what it began).
-[ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
 ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
-# A DH rotation (minutes) commits every daemon when it installs its file: while its lock is held
-# (flock -n fails while its process lives), what is pending is left to it.
-[ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo {rotate_lock} > "$t/busy"
+if [ -s "$t/pending" ]; then  # whose reload is it? (nothing to ask on a converged host)
+    # A certificate check takes seconds: let one that runs finish (and commit what it began).
+    [ -f {cert_lock} ] && flock -w 60 {cert_lock} ls /var/lib/mailtls/pending > "$t/p" 2>/dev/null &&
+        mv "$t/p" "$t/pending"
+    # A DH rotation (minutes) commits every daemon when it installs its file: while its lock is
+    # held (flock -n fails while its process lives), what is pending is left to it.
+    [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo {rotate_lock} > "$t/busy"
+fi
 g={guard}
 if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
     {
