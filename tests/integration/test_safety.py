@@ -550,3 +550,33 @@ def test_unreachable_host_fails_alone_and_the_other_converges(fresh_host):
     assert pending(good) == ""
     assert tls(good.address, 25)[0] == "TLSv1.3" and tls(good.address, 993)[0] == "TLSv1.3"
     assert grand_total(run_pyinfra(good))[3] == "-"
+
+
+def test_a_just_written_main_cf_is_dated_back_so_postfix_does_not_wait(fresh_host, suite):
+    """Postfix re-reads a main.cf younger than ~2 s every 0.3 s (dict_load_file_xt); our writes
+    are atomic, so `mailtls-apply written` dates a just-written main.cf 2 s back. An older one
+    keeps its time, and so does every other file."""
+    host = fresh_host(suite)
+    run_pyinfra(host)
+    main, conf = "/etc/postfix/main.cf", "/etc/dovecot/conf.d/99-mailtls.conf"
+    host.ssh(f"touch -d '2020-01-02 03:04:05' {conf}")
+    out = host.ssh(
+        f"touch {main} {conf} && now=$(date +%s) && "
+        f"{APPLY} begin postfix {main} && {APPLY} written postfix {main} && "
+        f"{APPLY} begin dovecot {conf} && {APPLY} written dovecot {conf} && "
+        f"echo $now $(stat -c %Y {main}) $(stat -c %Y {conf})"
+    ).stdout.split()
+    now, main_time, conf_time = (int(x) for x in out)
+    assert now - 3 <= main_time <= now - 2, out  # dated back (the clock may tick in between)
+    assert conf_time >= now, out  # Dovecot's file: left as written
+    old = "2020-01-02 03:04:05"
+    host.ssh(f"touch -d '{old}' {main} && {APPLY} written postfix {main}")
+    assert host.ssh(f"date -r {main} '+%F %T'").stdout.strip() == old  # not made younger
+    run_pyinfra(host)  # commits what begin marked pending
+    assert pending(host) == ""
+    # and Postfix takes it at once: no "cool down" pause in a verbose postconf
+    host.ssh(f"touch {main} && {APPLY} begin postfix {main} && {APPLY} written postfix {main}")
+    assert "cool down" not in host.ssh("postconf -vv -n 2>&1 >/dev/null").stdout
+    assert "cool down" in host.ssh(f"touch {main}; postconf -vv -n 2>&1 >/dev/null").stdout
+    run_pyinfra(host)
+    assert pending(host) == ""
