@@ -545,7 +545,9 @@ def run_ansible(host: th.Host, inventory: Path, label: str, expect_noop: bool) -
     if base is None:
         raise RuntimeError("no cgroup v2 hierarchy for the Ansible run's controller CPU")
     cg = base / f"mailtls-bench-{PREFIX}-ansible"
-    cg.mkdir(exist_ok=True)
+    if not cg.exists():
+        cg.mkdir()
+        atexit.register(lambda: cg.rmdir() if not (cg / "cgroup.procs").read_text() else None)
     run_dir = Path(tempfile.mkdtemp(prefix="ansible-", dir=inventory.parent))
     env = dict(
         os.environ,
