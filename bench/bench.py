@@ -615,6 +615,11 @@ def ansible_summary(w: dict, rounds: list[dict], suites: list[str]) -> dict:
             ratios[f"noop1_vs_ansible_noop/{s}"] = ratio(
                 w.get(f"noop1/{s}"), w.get(f"ansible_noop/{s}")
             )
+            # What any tool doing this work needs at least: the floor scripts (one ssh).
+            for floor in ("floor", "floor_apply"):
+                ratios[f"{floor}_vs_ansible_fresh/{s}"] = ratio(
+                    w.get(f"{floor}/{s}"), w[f"ansible_fresh/{s}"]
+                )
     matches: dict[str, bool] = {}
     for rd in rounds:
         for k, ok in rd.get("ansible_matches_deploy", {}).items():
