@@ -7,7 +7,8 @@
 
 Every figure is a median over rounds, and every variant is measured side by side in the same
 round (the order is rotated each round) so that the shared machine's load hits all of them
-alike. Each round starts brand-new stock hosts (names starting with "b"), and all of them are
+alike. Each round starts brand-new stock hosts (names starting with "b", or
+$MAILTLS_BENCH_PREFIX), and all of them are
 stopped at the end, also on Ctrl-C or an error.
 
 What is measured (per round):
@@ -32,6 +33,12 @@ What is measured (per round):
   round): every "Starting session: command|subsystem" line (exec or sftp channel) and every
   "Accepted publickey" (connection), bucketed by the time window of each run (containers
   share the controller's clock).
+- ansible_fresh, ansible_noop (--ansible): the same deploy as an Ansible playbook
+  (bench/ansible/mailtls.yml, fed the same rendered config as the floor), fresh on its own
+  stock host per suite and again on the converged host (must report changed=0); afterwards a
+  real `pyinfra` run on that host must report "No changes" (results.json:
+  ansible_matches_deploy). Its hosts get Debian's python3 before the round, untimed
+  (python_debs); ansible-core from bench/requirements-ansible.txt in bench/.venv-ansible.
 - dh (--dh): CPU seconds on the host of the DH rotation for each supported source/size, once
   the DH task (tasks/dh.py, files/mailtls-dh-rotate) exists in the checkout.
 """
@@ -39,16 +46,19 @@ What is measured (per round):
 from __future__ import annotations
 
 import argparse
+import atexit
 import fcntl
 import json
 import os
 import re
 import resource
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
@@ -62,6 +72,7 @@ from tasks.facts import MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
+from testhosts import image  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 RESULTS = ROOT / "bench" / "results.json"
@@ -74,6 +85,11 @@ SSHD_VERBOSE = (
 TARGETS = {"fresh_vs_floor": 1.5, "noop_vs_ssh": 2.5, "n_hosts_vs_cpu_bound": 1.15}
 # Parallel runs: "fresh10", "noop30", "fresh10nw" (pyinfra --no-wait), ...
 PARALLEL_KEY = re.compile(r"^(fresh|noop)(\d+)(nw)?$")
+# First letters of the bench's host names ("b": bfb, bp10n1, ...). Another prefix lets a bench
+# run beside the one that uses "b" (its own hosts, its own lock): MAILTLS_BENCH_PREFIX=ba.
+PREFIX = os.environ.get("MAILTLS_BENCH_PREFIX", "b")
+if not re.fullmatch(r"[a-z][a-z0-9]{0,8}", PREFIX):
+    sys.exit(f"MAILTLS_BENCH_PREFIX={PREFIX!r}: 1-9 lowercase letters or digits, a letter first")
 
 
 def log(msg: str) -> None:
@@ -193,8 +209,8 @@ def _write_file(
     return command.get_raw_value()
 
 
-# Each floor variant, with the prefix of its hosts' names.
-FLOORS = {"floor": "bf", "floor_checked": "bc", "floor_apply": "ba"}
+# Each floor variant, with the letter of its hosts' names (after PREFIX).
+FLOORS = {"floor": "f", "floor_checked": "c", "floor_apply": "a"}
 
 
 def floor_script(host: th.Host, info: dict, kind: str) -> str:
@@ -404,6 +420,264 @@ def dh_collect_background(host: th.Host, timeout: float) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the Ansible row (--ansible): the same deploy as an Ansible playbook (bench/ansible/), fed the
+# deploy's own rendered config, on hosts of its own that carry Debian's python3 for it
+
+ANSIBLE_DIR = ROOT / "bench" / "ansible"
+ANSIBLE_REQUIREMENTS = ROOT / "bench" / "requirements-ansible.txt"
+# Where bench/requirements-ansible.txt is installed (made on first use); not the project's venv.
+ANSIBLE_VENV = Path(os.environ.get("MAILTLS_ANSIBLE_VENV") or ROOT / "bench" / ".venv-ansible")
+# Debian's python3 for the Ansible row's hosts, per cached test image (see python_debs).
+PYTHON_DEBS = image.CACHE_DIR / "ansible-python3"
+ANSIBLE_TARGET = 0.25  # pyinfra's fresh converge <= 0.25 x Ansible's
+CGROUP_V2 = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+_RECAP = re.compile(
+    r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.MULTILINE
+)
+
+
+def ensure_ansible() -> Path:
+    """ansible-playbook of ANSIBLE_VENV, installing bench/requirements-ansible.txt there first if
+    it is not (PyPI, once); the project's own venv is left as it is."""
+    playbook = ANSIBLE_VENV / "bin" / "ansible-playbook"
+    if not playbook.exists():
+        log(f"installing {ANSIBLE_REQUIREMENTS.name} into {ANSIBLE_VENV}")
+        subprocess.run([sys.executable, "-m", "venv", str(ANSIBLE_VENV)], check=True)
+        subprocess.run(
+            [str(ANSIBLE_VENV / "bin" / "pip"), "install", "-q", "-r", str(ANSIBLE_REQUIREMENTS)],
+            check=True,
+        )
+    return playbook
+
+
+def python_debs(suite: str) -> list[Path]:
+    """The .debs of Debian's `python3` (no recommends) missing from the suite's cached test image.
+
+    Ansible runs its modules with Python on the host; the test images have none (pyinfra needs
+    none) and the hosts have no route out. So, once per image: unpack it in a scratch directory
+    on the controller and let its own apt (its sources, keyring and dpkg status) download what
+    `python3` needs, in a chroot that has the controller's network. The .debs are kept beside
+    the image (~6 MB); every Ansible-row host installs them from there (install_python). The
+    images every test uses stay as they are.
+    """
+    img = image.build(suite, log=log)
+    cache = PYTHON_DEBS / img.name.removesuffix(".tar.zst")
+    PYTHON_DEBS.mkdir(parents=True, exist_ok=True)
+    with open(PYTHON_DEBS / f"{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (cache / "complete").exists():
+            log(f"downloading python3 for the {suite} image's Ansible hosts (once)")
+            scratch = Path(tempfile.mkdtemp(prefix=f"{suite}-", dir=PYTHON_DEBS))
+            try:
+                root = scratch / "root"
+                root.mkdir()
+                subprocess.run(
+                    ["tar", "--numeric-owner", "-I", "zstd", "-C", str(root), "-xf", str(img)],
+                    check=True,
+                )
+                (root / "etc" / "resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+                subprocess.run(
+                    [
+                        "chroot",
+                        str(root),
+                        "/bin/sh",
+                        "-c",
+                        "apt-get -qq update && apt-get install -qq -y --download-only "
+                        "--no-install-recommends python3 >/dev/null",
+                    ],
+                    check=True,
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"},
+                )
+                shutil.rmtree(cache, ignore_errors=True)
+                cache.mkdir()
+                for deb in (root / "var" / "cache" / "apt" / "archives").glob("*.deb"):
+                    shutil.copy2(deb, cache / deb.name)
+                (cache / "complete").touch()
+            finally:
+                subprocess.run(["rm", "-rf", "--one-file-system", str(scratch)], check=False)
+    return sorted(cache.glob("*.deb"))
+
+
+def install_python(host: th.Host, debs: list[Path]) -> None:
+    """Install the .debs on a running host (untimed: before the round's runs)."""
+    inbox = host.root / "root" / "mailtls-python3"
+    inbox.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy2(deb, inbox / deb.name)
+    # python3 pre-depends on python3-minimal, which pre-depends on python3.X-minimal: in that order.
+    script = (
+        "set -e; cd /root/mailtls-python3; export DEBIAN_FRONTEND=noninteractive\n"
+        "dpkg -i $(ls *.deb | grep -v '^python3\\(-minimal\\)\\{0,1\\}_')\n"
+        "dpkg -i python3-minimal_*.deb\n"
+        "dpkg -i python3_*.deb\n"
+        "cd / && rm -rf /root/mailtls-python3 && python3 -c 'import json'\n"
+    )
+    host.ssh("sh -s >/dev/null", input=script, timeout=300)
+
+
+def ansible_inputs(host: th.Host, info: dict, workdir: Path) -> Path:
+    """The playbook's inputs for one host, from the deploy's own pure renderer (same settings,
+    same bytes as the floor and the deploy): an inventory of that host, its host_vars, its
+    files. Returns the inventory."""
+    conf = host_conf.render(validate({}, host.name), info)
+    if conf.postfix is None or conf.verify is None or conf.dovecot is None:
+        raise RuntimeError(f"{host.name}: the deploy would refuse this host: {conf.refusals}")
+    if conf.policy.offers_dhe:
+        raise RuntimeError("the playbook does not write DH files (default profile has no DHE)")
+    pf = conf.postfix
+    inventory = workdir / host.name / "inventory.ini"
+    files = inventory.parent / "files" / host.name
+    files.mkdir(parents=True)
+    (files / "verify.conf").write_text(conf.verify)
+    (files / "99-mailtls.conf").write_text(conf.dovecot)
+    (inventory.parent / "host_vars").mkdir()
+
+    def line(k: str, v: str) -> str:  # as `postconf -n` / `postconf -P` print it
+        return f"{k} = {v}" if v else f"{k} ="
+
+    host_vars = {
+        "mailtls_main": [line(k, v) for k, v in pf.main.items()],
+        "mailtls_remove": list(pf.remove),
+        "mailtls_services": {k: f"{k}={v}" for k, v in pf.services.items()},
+        "mailtls_params": [line(k, v) for k, v in pf.params.items()],
+        "mailtls_unset": list(pf.unset),
+    }
+    (inventory.parent / "host_vars" / f"{host.name}.json").write_text(json.dumps(host_vars))
+    d = host.pyinfra_data()
+    inventory.write_text(
+        f"{host.name} ansible_host={d['ssh_hostname']} ansible_user={d['ssh_user']} "
+        f"ansible_ssh_private_key_file={d['ssh_key']} "
+        "ansible_ssh_common_args='-o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=no'\n"
+    )
+    return inventory
+
+
+def _cgroup_usage(cg: Path) -> float:
+    for line in (cg / "cpu.stat").read_text().splitlines():
+        if line.startswith("usage_usec "):
+            return int(line.split()[1]) / 1e6
+    raise RuntimeError(f"no usage_usec in {cg}/cpu.stat")
+
+
+def run_ansible(host: th.Host, inventory: Path, label: str, expect_noop: bool) -> Sample:
+    """ansible-playbook on one host, as a new run (its own ControlMaster connection, like
+    pyinfra's new connection per run). Controller CPU: every process of the run, the ControlMaster
+    ssh that outlives ansible-playbook included (a cgroup of its own; rusage misses that one)."""
+    playbook = ensure_ansible()
+    base = next((Path(p) for p in CGROUP_V2 if Path(p, "cgroup.procs").exists()), None)
+    if base is None:
+        raise RuntimeError("no cgroup v2 hierarchy for the Ansible run's controller CPU")
+    cg = base / f"mailtls-bench-{PREFIX}-ansible"
+    if not cg.exists():
+        cg.mkdir()
+        atexit.register(lambda: cg.rmdir() if not (cg / "cgroup.procs").read_text() else None)
+    run_dir = Path(tempfile.mkdtemp(prefix="ansible-", dir=inventory.parent))
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ANSIBLE_DIR / "ansible.cfg"),
+        ANSIBLE_HOME=str(run_dir),
+        ANSIBLE_LOCAL_TEMP=str(run_dir / "tmp"),
+        ANSIBLE_SSH_CONTROL_PATH_DIR=str(run_dir / "cp"),
+        ANSIBLE_NOCOLOR="1",
+    )
+    cpu0 = _cgroup_usage(cg)
+    argv = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cg)]
+    argv += [str(playbook), "-i", str(inventory), str(ANSIBLE_DIR / "mailtls.yml")]
+    try:
+        sample, res = timed(argv, env=env, hosts=[host])
+        sample["local_cpu_rusage"] = sample["local_cpu"]
+        sample["local_cpu"] = _cgroup_usage(cg) - cpu0
+    finally:
+        for sock in (run_dir / "cp").glob("*"):  # this run's ControlMaster: ours to end
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "x"], capture_output=True
+            )
+        deadline = time.monotonic() + 10
+        while (cg / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        shutil.rmtree(run_dir, ignore_errors=True)
+    recap = {m[0]: tuple(map(int, m[1:])) for m in _RECAP.findall(res.stdout)}
+    if res.returncode != 0 or host.name not in recap:
+        raise RuntimeError(
+            f"{label}: ansible-playbook failed ({res.returncode}):\n{res.stdout[-6000:]}{res.stderr[-3000:]}"
+        )
+    ok, changed, unreachable, failed = recap[host.name]
+    sample.update(label=label, hosts=[host.name], changes=changed, errors=failed + unreachable)
+    if expect_noop:
+        sample["zero_changes"] = changed == 0 and failed == 0 and unreachable == 0
+        if not sample["zero_changes"]:
+            raise RuntimeError(
+                f"{label}: the Ansible re-run changed something:\n{res.stdout[-6000:]}"
+            )
+    return sample
+
+
+def ansible_prepare(suites: list[str], by: dict[str, th.Host]) -> dict[str, tuple[th.Host, Path]]:
+    """Per suite: the round's Ansible-row host, python3 installed, and its playbook inputs
+    rendered from its stock MailHost fact (untimed, as the floor's script is)."""
+    ensure_ansible()
+    workdir = Path(tempfile.mkdtemp(prefix="mailtls-bench-ansible-"))
+    atexit.register(shutil.rmtree, workdir, True)
+    out = {}
+    for s in suites:
+        h = by[f"{PREFIX}n{s[0]}"]
+        install_python(h, python_debs(s))
+        out[s] = (h, ansible_inputs(h, read_fact(h), workdir))
+    return out
+
+
+def ansible_summary(w: dict, rounds: list[dict], suites: list[str]) -> dict:
+    """Ratios against the playbook (pyinfra / Ansible, target <= ANSIBLE_TARGET for the fresh
+    converge) and whether the deploy found nothing to do after it, in every round."""
+    ratios = {}
+    for s in suites:
+        if w.get(f"ansible_fresh/{s}"):
+            ratios[f"fresh1_vs_ansible_fresh/{s}"] = ratio(
+                w.get(f"fresh1/{s}"), w[f"ansible_fresh/{s}"]
+            )
+            ratios[f"noop1_vs_ansible_noop/{s}"] = ratio(
+                w.get(f"noop1/{s}"), w.get(f"ansible_noop/{s}")
+            )
+            # What any tool doing this work needs at least: the floor scripts (one ssh).
+            for floor in FLOORS:
+                ratios[f"{floor}_vs_ansible_fresh/{s}"] = ratio(
+                    w.get(f"{floor}/{s}"), w[f"ansible_fresh/{s}"]
+                )
+    matches: dict[str, bool] = {}
+    for rd in rounds:
+        for k, ok in rd.get("ansible_matches_deploy", {}).items():
+            matches[k] = matches.get(k, True) and ok
+    return (
+        {
+            "ansible_ratios": ratios,
+            "ansible_matches_deploy": matches,
+            "ansible_target": ANSIBLE_TARGET,
+        }
+        if matches
+        else {}
+    )
+
+
+def ansible_version() -> dict:
+    """What ran the Ansible row: ansible-core's version, the playbook's settings."""
+    out = subprocess.run(
+        [str(ensure_ansible()), "--version"], capture_output=True, text=True
+    ).stdout
+    return {
+        "version": out.splitlines()[0] if out else None,
+        "playbook": "bench/ansible/mailtls.yml",
+        "config": (ANSIBLE_DIR / "ansible.cfg").read_text(),
+        "hosts_python": "Debian's python3 (no recommends), installed per round, untimed",
+    }
+
+
+def ansible_matches_deploy(host: th.Host) -> bool:
+    """After the playbook, the real deploy finds nothing to do: both did the same."""
+    _, res = timed([PYINFRA, "-y", "inventory.py", "deploy.py"], env=pyinfra_env([host]))
+    return res.returncode == 0 and results_table(res.stderr)["success"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # the run
 
 
@@ -435,9 +709,9 @@ def parallel_sets(args) -> dict[str, list[str]]:
     """Host names of each parallel run: "10" -> bp10n1..bp10n10; "10nw" (--no-wait) -> bw10n1..."""
     sets = {}
     for n in args.sizes:
-        sets[str(n)] = [f"bp{n}n{i + 1}" for i in range(n)]
+        sets[str(n)] = [f"{PREFIX}p{n}n{i + 1}" for i in range(n)]
         if args.no_wait:
-            sets[f"{n}nw"] = [f"bw{n}n{i + 1}" for i in range(n)]
+            sets[f"{n}nw"] = [f"{PREFIX}w{n}n{i + 1}" for i in range(n)]
     return sets
 
 
@@ -445,7 +719,8 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     specs = []
     for s in suites:
         c = s[0]
-        specs += [f"{prefix}{c}:{s}" for prefix in FLOORS.values()] + [f"bd{c}:{s}"]
+        specs += [f"{PREFIX}{k}{c}:{s}" for k in FLOORS.values()] + [f"{PREFIX}d{c}:{s}"]
+        specs += [f"{PREFIX}n{c}:{s}"] if args.ansible else []
     sets = parallel_sets(args)
     par = [f"{n}:{suites[i % len(suites)]}" for names in sets.values() for i, n in enumerate(names)]
     need = (len(specs) + len(par)) * HOST_MEMORY
@@ -460,10 +735,11 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     for h in started:
         h.ssh(SSHD_VERBOSE)
     time.sleep(1)
-    floor_h = {(kind, s): by[f"{prefix}{s[0]}"] for kind, prefix in FLOORS.items() for s in suites}
-    dep_h = {s: by[f"bd{s[0]}"] for s in suites}
+    floor_h = {(kind, s): by[f"{PREFIX}{k}{s[0]}"] for kind, k in FLOORS.items() for s in suites}
+    dep_h = {s: by[f"{PREFIX}d{s[0]}"] for s in suites}
     par_h = {key: [by[n] for n in names] for key, names in sets.items()}
     scripts = {(kind, s): floor_script(h, read_fact(h), kind) for (kind, s), h in floor_h.items()}
+    ans = ansible_prepare(suites, by) if args.ansible else {}
     out: dict[str, list[Sample]] = {}
 
     def add(key: str, sample: Sample) -> None:
@@ -481,6 +757,10 @@ def one_round(r: int, args, suites: list[str]) -> dict:
     fresh.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
     for s in suites:
         fresh.append((f"ssh_true/{s}", partial(ssh_true, dep_h[s])))
+    fresh += [
+        (f"ansible_fresh/{s}", partial(run_ansible, *a, "ansible_fresh", False))
+        for s, a in ans.items()
+    ]
     for key, fn in rotate(fresh, r):
         sample = fn()
         add(key, sample)
@@ -495,6 +775,10 @@ def one_round(r: int, args, suites: list[str]) -> dict:
         extra = ("--no-wait",) if key.endswith("nw") else ()
         noop.append((f"noop{key}", partial(run_pyinfra, hosts, f"noop{key}", True, extra)))
     noop.append(("pyinfra_version", lambda: timed([PYINFRA, "--version"])[0]))
+    noop += [
+        (f"ansible_noop/{s}", partial(run_ansible, *a, "ansible_noop", True))
+        for s, a in ans.items()
+    ]
     for rep in range(args.noop_reps):
         for key, fn in rotate(noop, r + rep):
             sample = fn()
@@ -510,10 +794,20 @@ def one_round(r: int, args, suites: list[str]) -> dict:
         if not ok:
             log(f"  WARNING: {kind}/{s}: the deploy still changed things after the floor script")
 
+    # and so did the playbook: the deploy after it changes nothing
+    ansible_matches = {s: ansible_matches_deploy(h) for s, (h, _) in ans.items()}
+    for s, ok in ansible_matches.items():
+        if not ok:
+            log(f"  WARNING: ansible/{s}: the deploy still changed things after the playbook")
+
     events = {h.name: sshd_events(h) for h in started}
     for samples in out.values():
         attach_counts([x for x in samples if "hosts" in x], events)
-    return {"samples": out, "floor_matches_deploy": matches}
+    return {
+        "samples": out,
+        "floor_matches_deploy": matches,
+        "ansible_matches_deploy": ansible_matches,
+    }
 
 
 def summarise(rounds: list[dict], suites: list[str]) -> dict:
@@ -576,6 +870,7 @@ def summarise(rounds: list[dict], suites: list[str]) -> dict:
         "figures": fig,
         "ratios": ratios,
         "floor_matches_deploy": matches,
+        **ansible_summary(w, rounds, suites),
         "load": {"min": min(loads), "median": med(loads), "max": max(loads)},
     }
 
@@ -655,6 +950,19 @@ def table(summary: dict, suites: list[str], dh: dict) -> str:
             fmt(r.get(f"noop1_vs_ssh_true/{s}"), "x ssh"),
             f"<= {TARGETS['noop_vs_ssh']}x ssh",
         )
+    for s in suites:  # --ansible: the same deploy as an Ansible playbook (bench/ansible/)
+        a = summary.get("ansible_ratios", {})
+        row(
+            f"Ansible playbook: fresh converge [{s}]",
+            f"ansible_fresh/{s}",
+            f"pyinfra = {fmt(a.get(f'fresh1_vs_ansible_fresh/{s}'), 'x this')}",
+            f"pyinfra <= {ANSIBLE_TARGET}x",
+        )
+        row(
+            f"Ansible playbook: no-op re-run [{s}]",
+            f"ansible_noop/{s}",
+            f"pyinfra = {fmt(a.get(f'noop1_vs_ansible_noop/{s}'), 'x this')}",
+        )
     for k in sorted(f, key=lambda k: (len(k), k)):
         m = PARALLEL_KEY.match(k)
         if not m:
@@ -718,7 +1026,7 @@ def _md(rows: list[tuple]) -> str:
 
 def run_dh(args, suites: list[str], bg: dict) -> dict:
     """2048/3072 generated and the fixed groups' check, --dh-runs times each, on one host per suite."""
-    names = [f"bh{s[0]}:{s}" for s in suites]
+    names = [f"{PREFIX}h{s[0]}:{s}" for s in suites]
     started = th.up(names, log=lambda m: log(m))
     cases = []
     try:
@@ -808,7 +1116,7 @@ def reexec_at(rev: str) -> int:
     if not any(a == "--output" or a.startswith("--output=") for a in argv):
         argv += ["--output", str(RESULTS)]
     log(f"benching {rev} ({sha[:10]}) from {tree}")
-    env = dict(os.environ, MAILTLS_BENCH_REV=f"{rev} {sha}")
+    env = dict(os.environ, MAILTLS_BENCH_REV=f"{rev} {sha}", MAILTLS_ANSIBLE_VENV=str(ANSIBLE_VENV))
     try:
         return subprocess.run(
             [sys.executable, str(tree / "bench" / "bench.py"), *argv], env=env
@@ -847,6 +1155,12 @@ def main() -> int:
         action="store_true",
         help="measure the DH rotation from the working tree even if it is not committed",
     )
+    ap.add_argument(
+        "--ansible",
+        action="store_true",
+        help="also the same deploy as an Ansible playbook (bench/ansible/), on hosts of its own "
+        "with python3 (bench/requirements-ansible.txt, installed into bench/.venv-ansible)",
+    )
     ap.add_argument("--output", default=str(RESULTS))
     ap.add_argument(
         "--rev",
@@ -861,13 +1175,19 @@ def main() -> int:
     suites = [s for s in args.suites.split(",") if s]
     args.sizes = [int(n) for n in args.parallel_hosts.split(",") if n.strip() and int(n) > 0]
     names = (
-        [f"{prefix}{s[0]}" for s in suites for prefix in [*FLOORS.values(), "bd"]]
+        [f"{PREFIX}{k}{s[0]}" for s in suites for k in [*FLOORS.values(), "d", "n"]]
         + [n for names in parallel_sets(args).values() for n in names]
-        + ([f"bh{s[0]}" for s in suites] + ["bh4"] if args.dh or args.dh_4096 else [])
+        + (
+            [f"{PREFIX}h{s[0]}" for s in suites] + [f"{PREFIX}h4"]
+            if args.dh or args.dh_4096
+            else []
+        )
     )
     # One bench at a time: each one stops its hosts (same names) when it ends.
     # Held (open, flocked) until the process exits: no `with` block.
-    lock = open("/run/mailtls-bench.lock", "w")  # noqa: SIM115
+    lock = open(  # noqa: SIM115
+        "/run/mailtls-bench.lock" if PREFIX == "b" else f"/run/mailtls-bench-{PREFIX}.lock", "w"
+    )
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -881,7 +1201,7 @@ def main() -> int:
     bg: dict = {}
     try:
         if (args.dh or args.dh_4096) and not dh_why and args.dh_4096:
-            bg["host"] = th.up([f"bh4:{suites[-1]}"], log=lambda m: log(m))[0]
+            bg["host"] = th.up([f"{PREFIX}h4:{suites[-1]}"], log=lambda m: log(m))[0]
             dh_prepare(bg["host"])
             dh_start_background(bg["host"], 4096)
             log("started the 4096-bit DH generation in the background on bh4")
@@ -918,6 +1238,7 @@ def main() -> int:
             ).stdout.strip()
         ),
         "targets": TARGETS,
+        **({"ansible": ansible_version()} if args.ansible else {}),
         **summary,
         "dh": dh,
         "raw": [{k: v for k, v in rd["samples"].items()} for rd in rounds],
@@ -930,6 +1251,8 @@ def main() -> int:
         f"max {ld['max']:.2f} on {os.cpu_count()} CPUs; floor equals deploy: "
         f"{all(summary['floor_matches_deploy'].values())}; results: {args.output}"
     )
+    if "ansible_matches_deploy" in summary:
+        print(f"playbook equals deploy: {all(summary['ansible_matches_deploy'].values())}")
     return 0
 
 
