@@ -74,8 +74,8 @@ def test_legacy_dhe_offers_dhe_so_no_dhe_in_the_forbidden_probe():
     ],
 )
 def test_handshakes_per_port(profile, caps, per_port):
-    """What a commit costs the host: one handshake per line (each ~45 ms of CPU, client and
-    server), so the forbidden TLS 1.2 classes share one."""
+    """What a commit costs the host: one handshake per line (an openssl client and a Dovecot
+    login process or an smtpd each), so the forbidden TLS 1.2 classes share one."""
     found = by_port(profile, caps)
     assert {port: len(p) for port, p in found.items()} == per_port
     assert sum(per_port.values()) == len(probes.probes(resolve(profile, caps, dh_file=DH)))
