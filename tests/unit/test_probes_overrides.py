@@ -1,9 +1,13 @@
 """What the deploy checks beyond its own files: the probes it hands to the host (policy-derived)
 and the Dovecot settings elsewhere that would beat its file (pre-flight)."""
 
+import shutil
+import subprocess
+
 import pytest
 
 from tasks import dovecot_conf, probes
+from tasks.ops import FILES
 from tasks.policy import HostCaps, resolve
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
@@ -26,26 +30,132 @@ def test_every_tls_port_of_both_daemons_is_probed():
     assert {p.daemon for p in ports[993].values()} == {"dovecot"}
 
 
+FOLDED = "TLS 1.2 with RSA key exchange, non-AEAD or DHE suites only"
+FOLDED_NO_DHE = "TLS 1.2 with RSA key exchange or non-AEAD suites only"
+
+
 def test_intermediate_forbids_old_protocols_rsa_kx_cbc_and_dhe():
     for port, found in by_port("intermediate").items():
         refused = {w for w, p in found.items() if p.expect == "refuse"}
-        assert refused == {
-            "TLS 1.1",
-            "TLS 1.2 with RSA key exchange only",
-            "TLS 1.2 with non-AEAD suites only",
-            "TLS 1.2 with DHE suites only",
-        }, port
+        assert refused == {"TLS 1.1", FOLDED}, port
         accepted = {w for w, p in found.items() if p.expect == "accept"}
         assert accepted == {"TLS 1.2 with the profile's suites", "TLS 1.3"}, port
         # a refusal must be the server's: the client offers what OpenSSL would not by default
         assert found["TLS 1.1"].args == ("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
-        assert found["TLS 1.2 with RSA key exchange only"].args[-1] == "kRSA:@SECLEVEL=0"
+        # every forbidden TLS 1.2 class in one handshake: RSA key exchange (any cipher, AEAD
+        # too), ECDHE without AEAD, any DHE
+        assert found[FOLDED].args == (
+            "-tls1_2",
+            "-cipher",
+            "ECDHE:-AESGCM:-CHACHA20:-AESCCM:-ARIAGCM:kRSA:kDHE:@SECLEVEL=0",
+        )
 
 
-def test_legacy_dhe_offers_dhe_so_no_dhe_probe():
+def test_legacy_dhe_offers_dhe_so_no_dhe_in_the_forbidden_probe():
     for found in by_port("legacy-dhe").values():
-        assert "TLS 1.2 with DHE suites only" not in found
+        assert FOLDED not in found
+        assert found[FOLDED_NO_DHE].args == (
+            "-tls1_2",
+            "-cipher",
+            "ECDHE:-AESGCM:-CHACHA20:-AESCCM:-ARIAGCM:kRSA:@SECLEVEL=0",
+        )
         assert "DHE-RSA-AES128-GCM-SHA256" in found["TLS 1.2 with the profile's suites"].args[-1]
+
+
+@pytest.mark.parametrize(
+    "profile, caps, per_port",
+    [
+        # TLS 1.1, the forbidden TLS 1.2 suites (one handshake), the profile's TLS 1.2, TLS 1.3
+        ("intermediate", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
+        ("intermediate", DEB13, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
+        ("legacy-dhe", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
+        # TLS 1.1, TLS 1.2 at all, TLS 1.3 where TLS is mandatory; 25 keeps the intermediate floor
+        ("modern", DEB13, {25: 4, **dict.fromkeys((587, 465, 143, 993, 110, 995), 3)}),
+    ],
+)
+def test_handshakes_per_port(profile, caps, per_port):
+    """What a commit costs the host: one handshake per line (an openssl client and a Dovecot
+    login process or an smtpd each), so the forbidden TLS 1.2 classes share one."""
+    found = by_port(profile, caps)
+    assert {port: len(p) for port, p in found.items()} == per_port
+    assert sum(per_port.values()) == len(probes.probes(resolve(profile, caps, dh_file=DH)))
+
+
+def _openssl_ciphers(spec: str) -> set[str]:
+    out = subprocess.run(["openssl", "ciphers", spec], capture_output=True, text=True, check=True)
+    return {c for c in out.stdout.strip().split(":") if not c.startswith("TLS_")}  # TLS 1.3's
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+@pytest.mark.parametrize("dhe", [True, False])
+def test_folded_probe_offers_exactly_what_one_probe_per_class_offered(dhe):
+    """With this machine's OpenSSL: the folded cipher string selects the union of the three
+    classes, no suite more (no ECDHE AEAD suite, which the server may accept) and none less (an
+    `!` in it would drop kRSA's and kDHE's GCM suites)."""
+    classes = ["kRSA", probes.NON_AEAD] + (["kDHE"] if dhe else [])
+    separate = set().union(*(_openssl_ciphers(c + probes.LEGACY_CLIENT) for c in classes))
+    folded = _openssl_ciphers(probes.forbidden_tls12(dhe) + probes.LEGACY_CLIENT)
+    assert folded == separate
+    assert "AES128-GCM-SHA256" in folded and "ECDHE-RSA-AES128-SHA" in folded
+    assert ("DHE-RSA-AES128-GCM-SHA256" in folded) == dhe
+    assert not {c for c in folded if c.startswith("ECDHE-") and ("GCM" in c or "CHACHA" in c)}
+
+
+def _apply_function(*names: str) -> str:
+    """Shell functions of files/mailtls-apply, by name (the script itself needs root to run)."""
+    text = (FILES / "mailtls-apply").read_text()
+    out = []
+    for name in names:
+        start = text.index(f"\n{name}() {{") + 1
+        out.append(text[start : text.index("\n}\n", start) + 3])
+    return "".join(out)
+
+
+@pytest.mark.parametrize(
+    "suite, said",
+    [
+        ("AES256-GCM-SHA384", "TLS 1.2 with RSA key exchange: TLSv1.2 AES256-GCM-SHA384"),
+        (
+            "AES128-SHA",
+            "TLS 1.2 with RSA key exchange and a non-AEAD suite: TLSv1.2 AES128-SHA",
+        ),
+        (
+            "ECDHE-RSA-AES256-SHA384",
+            "TLS 1.2 with a non-AEAD suite: TLSv1.2 ECDHE-RSA-AES256-SHA384",
+        ),
+        (
+            "DHE-RSA-AES256-GCM-SHA384",
+            "TLS 1.2 with DHE key exchange: TLSv1.2 DHE-RSA-AES256-GCM-SHA384",
+        ),
+        (
+            "DHE-RSA-AES128-SHA",
+            "TLS 1.2 with DHE key exchange and a non-AEAD suite: TLSv1.2 DHE-RSA-AES128-SHA",
+        ),
+    ],
+)
+def test_an_accepted_forbidden_probe_names_the_class_to_remove(suite, said):
+    """mailtls-apply reads the class from the suite the server chose: the folded probe offered
+    them all, and the admin must know which one the server enables."""
+    output = f"CONNECTION ESTABLISHED\nProtocol version: TLSv1.2\nCiphersuite: {suite}\n"
+    script = _apply_function("forbidden_class", "accepted") + f'accepted 993 "{FOLDED}" "$1"\n'
+    res = subprocess.run(
+        ["sh", "-c", script, "sh", output], capture_output=True, text=True, check=True
+    )
+    assert res.stdout == f"port 993 accepted {said} (probe: {FOLDED})\n"
+
+
+def test_other_accepted_probes_keep_their_own_words():
+    """TLS 1.1, or TLS 1.2 with an ECDHE AEAD suite where only TLS 1.3 is allowed: no class."""
+    script = _apply_function("forbidden_class", "accepted") + 'accepted 587 "$1" "$2"\n'
+    for what, proto, suite in [
+        ("TLS 1.1", "TLSv1.1", "ECDHE-RSA-AES256-SHA"),
+        ("TLS 1.2", "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256"),
+    ]:
+        output = f"CONNECTION ESTABLISHED\nProtocol version: {proto}\nCiphersuite: {suite}\n"
+        res = subprocess.run(
+            ["sh", "-c", script, "sh", what, output], capture_output=True, text=True, check=True
+        )
+        assert res.stdout == f"port 587 accepted {what}: {proto} {suite}\n"
 
 
 def test_modern_refuses_tls12_where_tls_is_mandatory_not_on_25():
