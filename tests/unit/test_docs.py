@@ -18,6 +18,7 @@ ROOT = README.parent
 LISTED_DIRS = ("files/", "docs/", "testhosts/", "tests/unit/", "tests/integration/")
 NOT_SOURCE = {
     ".venv",
+    ".venv-ansible",  # made by bench/bench.py --ansible
     ".git",
     "__pycache__",
     ".pytest_cache",
