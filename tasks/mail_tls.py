@@ -150,16 +150,18 @@ def mail_tls(settings: Settings | None = None) -> None:
             f"{host.name}: reload pending for {', '.join(sorted(info['pending']))}: "
             "left to the DH rotation that is running (it commits every daemon)"
         )
-    # One commit for both, after every change: the daemons are checked, reloaded and probed at
-    # the same time (Dovecot's fits in the second Postfix waits for a just-edited main.cf).
-    ops.commit(
-        name="Postfix, Dovecot: check, reload, probe",
-        daemons=tuple(
-            d
-            for d, changed in reload.items()
-            if changed or dh_changed or d in cert_changed or d in pending
-        ),
+    # One commit for both, after every change: the daemons are checked, reloaded and verified at
+    # the same time. Nothing to commit (the scheduled re-run): no operation at all, since each
+    # one costs the controller a call-stack walk per host.
+    daemons = tuple(
+        d
+        for d, changed in reload.items()
+        if changed or dh_changed or d in cert_changed or d in pending
     )
+    if daemons:
+        ops.commit(name="Postfix, Dovecot: check, reload, probe", daemons=daemons)
+    else:
+        host.noop("Postfix, Dovecot: nothing to check or reload")
 
 
 @deploy("DH parameters")
@@ -236,7 +238,12 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
     if not p.rotation_files:
         # After the cron job is gone. Removing the config also makes a generation still
         # running discard its result rather than overwrite the file we just installed.
-        ops.absent(name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files)
+        if dh.ROTATE_CONF in files or dh.ROTATE_BIN in files:
+            ops.absent(
+                name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files
+            )
+        else:
+            host.noop("No DH rotation files: none there")
 
     if p.start_generation:
         logger.info(
