@@ -136,14 +136,15 @@ class DhPlan:
     """What apply_dh() does on one host; built by plan() from host data and checksums.
 
     params: shipped group to install at dh_file (the chosen group, or a placeholder), or None.
-    rotation_files: True = script and config present, False = absent (removed if there).
+    rotation_files: True = script and config present, False = removed (some are there), None =
+    nothing to do (none there).
     cron: True = job present, False = absent, None = leave crontab alone (nothing of ours).
     """
 
     dh_file: str | None
     params: Path | None
     params_why: str
-    rotation_files: bool
+    rotation_files: bool | None
     start_generation: bool
     generation_why: str
     cron: bool | None
@@ -163,7 +164,7 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
             None,
             None,
             f"profile {policy.name} offers no DHE",
-            False,
+            False if ours else None,
             False,
             "no DHE",
             False if ours else None,
@@ -178,7 +179,7 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
             dh_file,
             shipped_group(bits),
             f"RFC 7919 {settings.dh_source}",
-            False,
+            False if ours else None,
             False,
             "fixed group: nothing to generate",
             False if ours else None,

@@ -235,15 +235,12 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
         if not p.cron:
             ops.cron_name_absent(name="No DH rotation cron job name", cron_name=dh.CRON_NAME)
 
-    if not p.rotation_files:
+    if p.rotation_files is False:
         # After the cron job is gone. Removing the config also makes a generation still
         # running discard its result rather than overwrite the file we just installed.
-        if dh.ROTATE_CONF in files or dh.ROTATE_BIN in files:
-            ops.absent(
-                name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files
-            )
-        else:
-            host.noop("No DH rotation files: none there")
+        ops.absent(name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files)
+    elif p.rotation_files is None:  # none there: no operation (a call-stack walk per host)
+        host.noop("No DH rotation files: none there")
 
     if p.start_generation:
         logger.info(

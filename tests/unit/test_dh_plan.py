@@ -40,13 +40,14 @@ def test_fixed_group_installs_the_shipped_file_and_no_rotation():
     assert plan.params == dh.shipped_group(3072) and plan.dh_file == DH_FILE
     assert not plan.rotation_files and not plan.start_generation
     assert plan.cron is None  # nothing of ours in the crontab: do not even read it
+    assert plan.rotation_files is None  # nothing of ours to remove: no operation at all
 
 
 def test_fixed_group_removes_what_generated_left_behind():
     s, p = setup(dh_source="ffdhe4096")
     plan = dh.plan(s, p, {dh.ROTATE_BIN: "x", DH_FILE: "y"})
     assert plan.params == dh.shipped_group(4096)
-    assert plan.cron is False and not plan.rotation_files
+    assert plan.cron is False and plan.rotation_files is False
 
 
 def test_no_dhe_profile_touches_no_dh_file():
