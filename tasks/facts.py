@@ -9,13 +9,13 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
-# Each section starts with a `@@name` line. Missing daemons print nothing in their section.
-# The postconf runs (a few ms each) go at the same time, into a temporary directory, and the
-# checksums in one sha256sum (their modes in one stat): this read is all a no-op run does on a host.
 # Held for their whole run by files/mailtls-dh-rotate (LOCK) and files/mailtls-cert-watch (.lock).
 DH_ROTATE_LOCK = "/var/lib/mailtls/lock/dh-rotate.lock"
 CERT_WATCH_LOCK = "/var/lib/mailtls/cert-watch/.lock"
 
+# Each section starts with a `@@name` line. Missing daemons print nothing in their section.
+# The postconf runs (a few ms each) go at the same time, into a temporary directory, and the
+# checksums in one sha256sum (their modes in one stat): this read is all a no-op run does on a host.
 _SCRIPT = r"""
 export LC_ALL=C
 t=$(mktemp -d) || exit 1
