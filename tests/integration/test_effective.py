@@ -72,6 +72,16 @@ def services_on_465(host) -> list[str]:
     ]
 
 
+def commit_edit(host, daemon: str, path: str, edit: str):
+    """`edit` (a shell command changing `path`) through the deploy's own protocol: begin, the
+    change, written, commit (a rollback undoes only what was recorded as written)."""
+    return host.ssh(
+        f"{APPLY} begin {daemon} {path} && {edit} && "
+        f"{APPLY} written {daemon} {path} && {APPLY} commit {daemon}",
+        check=False,
+    )
+
+
 def test_legacy_smtps_keeps_one_listener_and_sasl(fresh_host, suite):
     host = fresh_host(suite)
     with_legacy_smtps(host)
@@ -170,13 +180,11 @@ def test_duplicate_entry_warning_fails_the_commit_and_rolls_back(fresh_host, sui
     host = fresh_host(suite)
     run_pyinfra(host)
     before = host.ssh("sha256sum /etc/postfix/master.cf").stdout
-    # begin, write, written, commit: the deploy's own protocol (a rollback undoes only what was
-    # recorded as written)
-    res = host.ssh(
-        f"{APPLY} begin postfix /etc/postfix/master.cf && "
-        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf && "
-        f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix",
-        check=False,
+    res = commit_edit(
+        host,
+        "postfix",
+        "/etc/postfix/master.cf",
+        f"echo '{LEGACY_SMTPS}' >> /etc/postfix/master.cf",
     )
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r'duplicate master.cf entry for service "\w+" \(465\)', res.stderr), res.stderr
@@ -206,11 +214,11 @@ def test_a_port_lost_in_the_reload_fails_the_commit_and_rolls_back(fresh_host, s
     run_pyinfra(host)
     conf = "/etc/dovecot/conf.d/10-master.conf"
     before = host.ssh(f"sha256sum {conf}").stdout
-    res = host.ssh(
-        f"{APPLY} begin dovecot {conf} && "
-        f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf} && "
-        f"{APPLY} written dovecot {conf} && {APPLY} commit dovecot",
-        check=False,
+    res = commit_edit(
+        host,
+        "dovecot",
+        conf,
+        f"sed -i 's/^    #port = 993/    port = 0/' {conf} && grep -q '^    port = 0' {conf}",
     )
     assert res.returncode != 0, res.stdout + res.stderr
     assert re.search(r"dovecot no longer listens on \S+:993", res.stderr), res.stderr
