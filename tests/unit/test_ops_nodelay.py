@@ -1,13 +1,18 @@
-"""The inline upload's shell command, run for real in a local sh; TCP_NODELAY on real sockets."""
+"""The inline upload's shell command, run for real in a local sh; TCP_NODELAY on real sockets;
+the controller's quick exit."""
 
 import socket
 import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from pyinfra.api import FileUploadCommand, StringCommand
 
 from tasks import nodelay, ops
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -214,3 +219,20 @@ def test_put_bytes_other_bytes_upload_whatever_the_mode(monkeypatch):
     assert (
         "chmod 0644" in commands[0].get_raw_value() and "base64 -d" in commands[0].get_raw_value()
     )
+
+
+def test_quick_exit_freezes_the_collector_once_at_exit():
+    """The hook runs when the process exits (a handler registered before it runs after it, and
+    sees the frozen objects), once however often it is installed (once per host)."""
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, flush=True))\n"
+        "n = atexit._ncallbacks()\n"
+        "from tasks import quick_exit\n"
+        "quick_exit.install(); quick_exit.install()\n"
+        "print('hooks', atexit._ncallbacks() - n, 'frozen now', gc.get_freeze_count() > 0)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    assert out.split("\n")[:2] == ["hooks 1 frozen now False", "frozen True"]
