@@ -22,36 +22,41 @@ t=$(mktemp -d) || exit 1
 trap 'rm -rf "$t"' EXIT
 trap 'exit 1' HUP INT PIPE TERM
 if command -v postconf >/dev/null; then
-    postconf -h mail_version > "$t/postfix_version" 2>/dev/null &
-    postconf -n > "$t/postconf_n" 2>/dev/null &
-    postconf -M > "$t/postconf_m" 2>/dev/null &
-    postconf -P > "$t/postconf_p" 2>/dev/null &
+    { echo @@postfix_version; postconf -h mail_version; } > "$t/1" 2>/dev/null &
+    { echo @@postconf_n; postconf -n; } > "$t/2" 2>/dev/null &
+    { echo @@postconf_m; postconf -M; } > "$t/3" 2>/dev/null &
+    { echo @@postconf_p; postconf -P; } > "$t/4" 2>/dev/null &
 fi
-command -v dovecot >/dev/null && dovecot --version > "$t/dovecot_version" 2>/dev/null &
+command -v dovecot >/dev/null && { echo @@dovecot_version; dovecot --version; } > "$t/5" 2>/dev/null &
 # Dovecot files other than ours that set a TLS-policy setting: then their block structure and
 # every !include, so the deploy can tell whether one beats ours (none on a stock host: no output).
 if [ -d /etc/dovecot ]; then
     k='^[[:space:]]*({keys})[[:space:]]*='
     hits=$(grep -rlE "$k" --exclude={ours} /etc/dovecot 2>/dev/null)
-    [ -z "$hits" ] || { grep -rnE '^[[:space:]]*!include' /etc/dovecot
-                        grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/dovecot_tree" 2>/dev/null
+    [ -z "$hits" ] || { echo @@dovecot_tree; grep -rnE '^[[:space:]]*!include' /etc/dovecot
+                        grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/6" 2>/dev/null
 fi &
-openssl version > "$t/openssl_version" 2>/dev/null &
-printf '%s\n' {files} > "$t/asked"
+{ echo @@openssl_version; openssl version; } > "$t/7" 2>/dev/null &
+echo @@asked
+printf '%s\n' {files}
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
-[ $# -eq 0 ] || { sha256sum -- "$@" > "$t/files"; stat -L -c '%a %n' -- "$@" > "$t/modes"; } 2>/dev/null
-ls /var/lib/mailtls/pending > "$t/pending" 2>/dev/null
-if [ -s "$t/pending" ]; then  # whose reload is it? (nothing to ask on a converged host)
+[ $# -eq 0 ] || { echo @@files; sha256sum -- "$@"; echo @@modes; stat -L -c '%a %n' -- "$@"; } 2>/dev/null
+p=/var/lib/mailtls/pending
+set -- "$p"/*
+if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host: no process)
     # A certificate check takes seconds: let one that runs finish (and commit what it began).
-    [ -f {cert_lock} ] && flock -w 60 {cert_lock} ls /var/lib/mailtls/pending > "$t/p" 2>/dev/null &&
-        mv "$t/p" "$t/pending"
+    [ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
+    set -- "$p"/*
     # A DH rotation (minutes) commits every daemon when it installs its file: while its lock is
     # held (flock -n fails while its process lives), what is pending is left to it.
-    [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo {rotate_lock} > "$t/busy"
+    [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo @@busy && echo {rotate_lock}
 fi
+echo @@pending
+for f; do [ -e "$f" ] && echo "${f##*/}"; done
 g={guard}
 if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
+    echo @@guard
     {
         [ -L "$g" ] && echo "link $(readlink -- "$g")"
         r=$(readlink -m -- "$g"); echo "real $r"; d=${r%/*}
@@ -63,13 +68,10 @@ if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must no
                    sed -n 's/^[[:space:]]*ssl_[a-z_]*\(cert\|key\)[a-z_]* = <\{0,1\}\(\/[^ ]*\)$/\2/p'); do
             case "$p" in /*) echo "tls $(readlink -m -- "$p") $p" ;; esac
         done
-    } > "$t/guard" 2>/dev/null
+    } 2>/dev/null
 fi
 wait
-for s in postfix_version dovecot_version openssl_version postconf_n postconf_m postconf_p asked files modes \
-         pending busy dovecot_tree guard; do
-    echo "@@$s"; cat "$t/$s" 2>/dev/null
-done
+cat "$t"/* 2>/dev/null
 echo @@end
 """
 
