@@ -23,17 +23,15 @@ from pyinfra.operations import python  # noqa: E402
 
 from tasks.audit.facts import AuditHost, MailTlsLog  # noqa: E402
 from tasks.audit.report import audit_host, expectations, failure_report  # noqa: E402
-from tasks.settings import SettingsError, host_settings  # noqa: E402
+from tasks.settings import SettingsError, inventory_settings  # noqa: E402
 
 # As deploy.py: every host's settings checked before anything runs on any host, one line naming
 # the host and the key. The audit judges each host against the same settings the deploy applied.
 try:
-    for each in state.inventory:
-        host_settings(each)
+    settings = inventory_settings(state.inventory)[host.name]
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
-settings = host_settings(host)
 profile = settings.tls_profile
 log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
 expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))

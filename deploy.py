@@ -16,7 +16,7 @@ from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
 from tasks import quick_exit  # noqa: E402
 from tasks.mail_tls import mail_tls  # noqa: E402
-from tasks.settings import SettingsError, host_settings, notes  # noqa: E402
+from tasks.settings import SettingsError, inventory_settings, notes  # noqa: E402
 
 # Every host's settings are checked before any operation or fact runs on any host: one bad
 # value stops the whole run with a one-line error, and no host is changed. pyinfra has logged in
@@ -24,12 +24,11 @@ from tasks.settings import SettingsError, host_settings, notes  # noqa: E402
 # connecting (config.py runs before the inventory exists; State.init() drops callback handlers
 # registered earlier). Unreachable hosts are in state.inventory too: they are checked as well.
 try:
-    for each in state.inventory:
-        host_settings(each)
+    settings = inventory_settings(state.inventory)[host.name]
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
 quick_exit.install()  # the process's exit: no garbage collection (tasks/quick_exit.py)
 for note in notes(host.data.dict()):
     logger.warning(f"{host.name}: {note}")
-mail_tls(settings=host_settings(host))
+mail_tls(settings=settings)

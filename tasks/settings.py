@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -393,6 +394,22 @@ def host_settings(h) -> Settings:
         if data.get(key) is default:  # the same object: nothing in the inventory overrides it
             del data[key]
     return validate(data, h.name)
+
+
+# deploy.py runs once per host and checks every host first: once per inventory is enough (host
+# data does not change during a run), not N times N on the controller's one core.
+_checked: weakref.WeakKeyDictionary[Any, dict[str, Settings]] = weakref.WeakKeyDictionary()
+
+
+def inventory_settings(inventory) -> dict[str, Settings]:
+    """host_settings() of every host of pyinfra's `inventory` by name, checked once per inventory.
+
+    Raises SettingsError for the first host whose settings are wrong (every call, then).
+    """
+    known = _checked.get(inventory)
+    if known is None:
+        known = _checked[inventory] = {h.name: host_settings(h) for h in inventory}
+    return known
 
 
 def validate(data: Mapping[str, Any], host: str) -> Settings:

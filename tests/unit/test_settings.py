@@ -12,6 +12,7 @@ from tasks.settings import (
     SettingsError,
     data_defaults,
     defaults,
+    inventory_settings,
     notes,
     validate,
 )
@@ -614,3 +615,50 @@ def test_paths_are_normalised():
 )
 def test_cron_schedule_ascii_digits_only(value):
     refused({"dh_rotation_schedule": value}, "dh_rotation_schedule")
+
+
+class _CountingHost:
+    """The little of a pyinfra Host that host_settings() reads; counts the reads."""
+
+    reads = 0
+
+    def __init__(self, name: str, data: dict):
+        self.name, self._data = name, data
+        self.data = type("Data", (), {"dict": self._read})()
+
+    def _read(self, _data=None) -> dict:
+        _CountingHost.reads += 1
+        return dict(self._data)
+
+    def get_deploy_data(self) -> dict:
+        return {}
+
+
+class _Inventory:
+    """pyinfra's Inventory: iterable, hashed by identity, weakly referenceable."""
+
+    def __init__(self, hosts: list):
+        self.hosts = hosts
+
+    def __iter__(self):
+        return iter(self.hosts)
+
+
+def test_inventory_settings_checks_each_host_once_per_inventory():
+    """deploy.py runs once per host: the hosts are checked on the first run only."""
+    hosts = [_CountingHost(f"mx{i}", {"mailtls_tls_profile": "modern"}) for i in range(3)]
+    inventory, _CountingHost.reads = _Inventory(hosts), 0
+    for _ in hosts:  # what three deploy runs in one process ask
+        assert inventory_settings(inventory)["mx1"].tls_profile == "modern"
+    assert _CountingHost.reads == 3
+    other = _Inventory([_CountingHost("mx9", {})])  # another run's inventory is checked afresh
+    assert inventory_settings(other)["mx9"] == validate({}, "mx9")
+
+
+def test_inventory_settings_refuses_again_on_every_call():
+    inventory = _Inventory(
+        [_CountingHost("mx1", {}), _CountingHost("mx2", {"mailtls_tls_profile": "legacy"})]
+    )
+    for _ in range(2):
+        with pytest.raises(SettingsError, match="mx2"):
+            inventory_settings(inventory)
