@@ -12,6 +12,7 @@ template in files/dovecot/; the values both share are decided here once.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from pathlib import Path
 
 import jinja2
@@ -58,17 +59,22 @@ def context(
     }
 
 
-def render(
-    policy: Policy, caps: HostCaps, cert_file: str | None = None, key_file: str | None = None
-) -> str:
-    env = jinja2.Environment(
+@functools.cache
+def _templates() -> jinja2.Environment:
+    """One environment per process: each template is compiled once, not once per host."""
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    template = env.get_template(f"mailtls-{major(caps)}.conf.j2")
+
+
+def render(
+    policy: Policy, caps: HostCaps, cert_file: str | None = None, key_file: str | None = None
+) -> str:
+    template = _templates().get_template(f"mailtls-{major(caps)}.conf.j2")
     return template.render(**context(policy, caps, cert_file, key_file))
 
 
