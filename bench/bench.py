@@ -242,9 +242,8 @@ def floor_script(host: th.Host, info: dict, kind: str) -> str:
     todo = conf.postfix.missing_from(info["postconf"], info["services"], info["master_params"])
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
-    # The least postconf can do: one run per kind of change (the deploy runs one per new
-    # main.cf parameter, to write the same bytes on every host).
-    lines += ops.postconf_commands(todo, info["postconf"], same_bytes=False)
+    # The least postconf can do, as the deploy does it: one run per kind of change.
+    lines += ops.postconf_commands(todo)
     if safety_net:
         lines.append(f"{apply} written postfix {' '.join(ops.POSTFIX_FILES)}")
     else:  # what `written` does for main.cf: date it 2 s back, or Postfix waits for it to settle

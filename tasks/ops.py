@@ -241,29 +241,25 @@ def cron_name_absent(cron_name: str, user: str | None = None):
     )
 
 
-def postconf_commands(todo: PostfixConf, postconf: dict, same_bytes: bool = True) -> list[str]:
-    """The postconf runs that apply `todo` (a PostfixConf.missing_from() result).
+def postconf_commands(todo: PostfixConf) -> list[str]:
+    """The postconf runs that apply `todo` (a PostfixConf.missing_from() result): one per kind.
 
-    Settings already in main.cf (`postconf`: its `postconf -n`) are edited in place: one run for
-    all of them. New ones are appended, and postconf appends a batch in the order of its
-    randomised hash table, so with `same_bytes` (the deploy) each new one gets its own run and
-    every host gets the same main.cf bytes. -X, -M and -P keep their arguments' order: one run
-    each.
+    main.cf takes one run: settings already there are edited in place, new ones appended.
+    Postfix 3.10 (Debian 13) appends them sorted by name (qsort in postconf_edit.c); 3.7 in the
+    order of its hash table, whose seed is random unless NORANDOMIZE is set (util/hash_fnv.c).
+    With it, hosts that get the same settings get the same main.cf bytes on either. -X, -M and
+    -P keep their arguments' order.
 
         >>> todo = PostfixConf(main={"smtpd_tls_loglevel": "1", "tls_preempt_cipherlist": "no"},
         ...                    remove=("smtpd_tls_eecdh_grade",), services={}, params={})
-        >>> postconf_commands(todo, {"smtpd_tls_loglevel": "0"})
-        ['postconf -e smtpd_tls_loglevel=1', 'postconf -e tls_preempt_cipherlist=no', 'postconf -X smtpd_tls_eecdh_grade']
+        >>> postconf_commands(todo)
+        ['NORANDOMIZE=1 postconf -e smtpd_tls_loglevel=1 tls_preempt_cipherlist=no', 'postconf -X smtpd_tls_eecdh_grade']
     """
     commands = []
-    if same_bytes:
-        edits = {k: v for k, v in todo.main.items() if k in postconf}
-        new = [{k: v} for k, v in todo.main.items() if k not in postconf]
-    else:
-        edits, new = todo.main, []
-    for batch in ([edits] if edits else []) + new:
+    if todo.main:
         commands.append(
-            "postconf -e " + " ".join(shlex.quote(f"{k}={v}") for k, v in batch.items())
+            "NORANDOMIZE=1 postconf -e "
+            + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.main.items())
         )
     if todo.remove:
         commands.append("postconf -X " + " ".join(todo.remove))
@@ -300,7 +296,7 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
         return
     commands = [
         f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
-        *postconf_commands(todo, postconf),
+        *postconf_commands(todo),
         f"{APPLY} written postfix {' '.join(POSTFIX_FILES)}",
     ]
     # One round trip instead of one per command; && stops at the first failure, as pyinfra does

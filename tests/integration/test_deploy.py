@@ -140,6 +140,22 @@ def test_second_run_changes_nothing(deployed, suite):
     assert grand[3] == "-", grand  # Success column: nothing changed
 
 
+def test_hosts_alike_get_the_same_main_cf_bytes(fresh_host, suite):
+    """Two stock hosts of a release, one run: byte-identical main.cf. postconf appends the ~13
+    new settings in one run, in an order fixed on every host (ops.postconf_commands; on
+    bookworm's Postfix 3.7, only with NORANDOMIZE: 13! orders otherwise)."""
+    hosts = [fresh_host(suite), fresh_host(suite)]
+    before = {h.ssh("sha256sum < /etc/postfix/main.cf").stdout for h in hosts}
+    assert len(before) == 1, before  # the same stock file
+    run_pyinfra(hosts)
+    after = [h.ssh("cat /etc/postfix/main.cf").stdout for h in hosts]
+    assert after[0] == after[1], "\n".join(after)
+    assert (
+        after[0].count("smtpd_tls_") > 5
+        and {h.ssh("sha256sum < /etc/postfix/main.cf").stdout for h in hosts} != before
+    )
+
+
 def _remote_commands(res: subprocess.CompletedProcess) -> list[str]:
     """Every command a `pyinfra --debug` run ran on the host, facts included, one entry each."""
     return [line for line in res.stderr.splitlines() if "Running command on" in line]

@@ -108,7 +108,7 @@ def test_legacy_smtps_is_reused_not_doubled_and_keeps_sasl():
     assert "smtps/inet/syslog_name" not in conf.params
     # a TLS-policy override that would beat main.cf's cipher list goes
     assert conf.unset == ("smtps/inet/tls_high_cipherlist",)
-    commands = ops.postconf_commands(conf.missing_from(MAIN, services, params), MAIN)
+    commands = ops.postconf_commands(conf.missing_from(MAIN, services, params))
     assert not any(c.startswith("postconf -M") for c in commands)
     assert "postconf -PX smtps/inet/tls_high_cipherlist" in commands
 

@@ -129,9 +129,9 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
     assert parts[0].startswith(f"{ops.APPLY} begin postfix ")
     assert parts[-1] == f"{ops.APPLY} written postfix {' '.join(ops.POSTFIX_FILES)}"
     assert parts[1:-1] == [
-        "postconf -e smtpd_tls_security_level=may smtpd_tls_loglevel=1",  # in place: one batch
-        "postconf -e tls_preempt_cipherlist=no",  # appended: one each, in our order
-        "postconf -e 'smtpd_tls_protocols=>=TLSv1.2'",
+        # edited in place or appended, one run; appended in an order fixed on every host
+        "NORANDOMIZE=1 postconf -e smtpd_tls_security_level=may smtpd_tls_loglevel=1 "
+        "tls_preempt_cipherlist=no 'smtpd_tls_protocols=>=TLSv1.2'",
         "postconf -X smtpd_tls_eecdh_grade",
         "postconf -M 'submission/inet=submission inet n - y - - smtpd' "
         "'submissions/inet=submissions inet n - y - - smtpd'",
