@@ -19,10 +19,9 @@ import gc
 _installed = False
 
 
-def install() -> bool:
-    """Freeze the collector when the process exits (once per process); True."""
+def install() -> None:
+    """Freeze the collector when the process exits (once per process)."""
     global _installed
     if not _installed:
         atexit.register(gc.freeze)
         _installed = True
-    return True
