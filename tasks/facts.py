@@ -42,12 +42,12 @@ printf '%s\n' {files}
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
 [ $# -eq 0 ] || { echo @@files; sha256sum -- "$@"; echo @@modes; stat -L -c '%a %n' -- "$@"; } 2>/dev/null
-p=/var/lib/mailtls/pending
-set -- "$p"/*
+marks=/var/lib/mailtls/pending
+set -- "$marks"/*
 if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host: no process)
     # A certificate check takes seconds: let one that runs finish (and commit what it began).
     [ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
-    set -- "$p"/*
+    set -- "$marks"/*
     # A DH rotation (minutes) commits every daemon when it installs its file: while its lock is
     # held (flock -n fails while its process lives), what is pending is left to it.
     [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo @@busy && echo {rotate_lock}
