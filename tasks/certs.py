@@ -124,7 +124,7 @@ def served(daemon: str, settings: Settings, p: CertPlan) -> tuple[str | None, st
 
 
 @operation(is_idempotent=False)
-def copy_pairs(daemons: tuple[str, ...]):
+def copy_pairs(daemons: tuple[str, ...], run: str | None = None):
     """
     Check each daemon's source pair and copy it to the files the daemon is configured with,
     marking a reload pending (mailtls-apply begin); fails, changing nothing, on a broken pair.
@@ -136,7 +136,11 @@ def copy_pairs(daemons: tuple[str, ...]):
 
         copy_pairs(name="Certificate copies", daemons=("postfix",))
     """
-    yield StringCommand(QuoteString(WATCH_BIN), "--deploy", *(QuoteString(d) for d in daemons))
+    # MAILTLS_RUN: the deploy's run id, which the watcher's mailtls-apply install records.
+    env = [QuoteString(f"MAILTLS_RUN={run}")] if run else []
+    yield StringCommand(
+        *env, QuoteString(WATCH_BIN), "--deploy", *(QuoteString(d) for d in daemons)
+    )
 
 
 @operation()
@@ -177,7 +181,9 @@ def watcher_absent(files: Mapping[str, str]):
 
 
 @deploy("Certificate renewals")
-def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
+def apply_certs(
+    settings: Settings, info: dict, p: CertPlan, run: str | None = None
+) -> tuple[str, ...]:
     """Install (or remove) the watcher and make the copies the daemons serve current.
 
     Runs before the Postfix/Dovecot config steps, which name the copies (served()); `p` is
@@ -219,7 +225,9 @@ def apply_certs(settings: Settings, info: dict, p: CertPlan) -> tuple[str, ...]:
         )
     changed: tuple[str, ...] = ()
     if p.refresh:
-        op = copy_pairs(name=f"Certificate copies ({', '.join(p.refresh)})", daemons=p.refresh)
+        op = copy_pairs(
+            name=f"Certificate copies ({', '.join(p.refresh)})", daemons=p.refresh, run=run
+        )
         changed = p.refresh if op.will_change else ()
     units_changed = False
     for dest, src in UNIT_FILES.items():

@@ -71,8 +71,9 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
     except postfix_conf.MasterCfError as exc:
         refusals.append(f"/etc/postfix/master.cf: {exc}")
     dovecot = None
+    dc_cert, dc_key = certs.served("dovecot", settings, cert_plan)
     if caps.dovecot is not None:
-        dovecot = dovecot_conf.render(policy, caps, *certs.served("dovecot", settings, cert_plan))
+        dovecot = dovecot_conf.render(policy, caps, dc_cert, dc_key)
         refusals += dovecot_conf.overrides(dovecot, info.get("dovecot_tree", []))
     verify = None
     if postfix is not None and not refusals:
@@ -81,5 +82,6 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
             *probes.stable(postfix.main, postfix.params),
             postfix.remove,
             None if dovecot is None else dovecot_conf.readback(dovecot),
+            {"postfix": pf_cert, "dovecot": dc_cert},
         )
     return HostConf(policy, cert_plan, postfix, dovecot, tuple(refusals), verify)

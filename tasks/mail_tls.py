@@ -8,6 +8,7 @@ whose config changed or whose reload is still pending from an interrupted run.
 
 from __future__ import annotations
 
+import secrets
 from typing import cast
 
 from pyinfra import host, logger
@@ -113,13 +114,18 @@ def mail_tls(settings: Settings | None = None) -> None:
             ),
         ),
     )
+    # This run's id goes with every change it installs: its commit then knows whether another
+    # commit on the host (the certificate watcher, a DH rotation) verified or rolled back its
+    # change meanwhile.
+    run = secrets.token_hex(8)
     # The fact was read before the DH task could mark a reload pending: tell the commit directly.
     # pyinfra 3.10 types a @deploy's call as an operation's (keyword arguments, OperationMeta
     # result); a deploy returns its function's value.
-    dh_changed = cast(bool, apply_dh(settings=settings, policy=policy, info=info))
+    dh_changed = cast(bool, apply_dh(settings=settings, policy=policy, info=info, run=run))
     # Before the config that names the copies: they exist (checked) by the time it does.
     cert_changed = cast(
-        "tuple[str, ...]", certs.apply_certs(settings=settings, info=info, p=conf.cert_plan)
+        "tuple[str, ...]",
+        certs.apply_certs(settings=settings, info=info, p=conf.cert_plan, run=run),
     )
 
     pf_op = ops.postfix_settings(
@@ -128,6 +134,7 @@ def mail_tls(settings: Settings | None = None) -> None:
         postconf=info["postconf"],
         services=info["services"],
         master_params=info["master_params"],
+        run=run,
     )
     reload = {"postfix": pf_op.will_change}
 
@@ -139,6 +146,7 @@ def mail_tls(settings: Settings | None = None) -> None:
             current_sha256=files.get(dovecot_conf.CONF_PATH),
             current_mode=modes.get(dovecot_conf.CONF_PATH),
             pending=("dovecot",),
+            run=run,
         )
         reload["dovecot"] = dc_op.will_change
 
@@ -159,13 +167,13 @@ def mail_tls(settings: Settings | None = None) -> None:
         if changed or dh_changed or d in cert_changed or d in pending
     )
     if daemons:
-        ops.commit(name="Postfix, Dovecot: check, reload, probe", daemons=daemons)
+        ops.commit(name="Postfix, Dovecot: check, reload, probe", daemons=daemons, run=run)
     else:
         host.noop("Postfix, Dovecot: nothing to check or reload")
 
 
 @deploy("DH parameters")
-def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
+def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = None) -> bool:
     """Make policy.dh_file right for the profile; install or remove the rotation job.
 
     Runs before the Postfix/Dovecot config step (which needs mailtls-apply on the host).
@@ -198,6 +206,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict) -> bool:
             current_sha256=files.get(p.dh_file),
             current_mode=modes.get(p.dh_file),
             pending=readers,
+            run=run,
         )
     elif p.dh_file:
         host.noop(f"{p.dh_file}: {p.params_why}")

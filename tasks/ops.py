@@ -35,25 +35,42 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def apply_command(action: str, daemons: str, run: str | None) -> str:
+    """`mailtls-apply ACTION DAEMONS`, with this run's id (MAILTLS_RUN) when there is one.
+
+    >>> apply_command("commit", "postfix dovecot", "4f2a")
+    'MAILTLS_RUN=4f2a /usr/local/sbin/mailtls-apply commit postfix dovecot'
+    """
+    return f"{f'MAILTLS_RUN={shlex.quote(run)} ' if run else ''}{APPLY} {action} {daemons}"
+
+
 def _upload(
-    data: bytes, dest: str, mode: str, before: str | None = None, after: str | None = None
+    data: bytes,
+    dest: str,
+    mode: str,
+    before: str | None = None,
+    after: str | None = None,
+    pending: tuple[str, ...] = (),
+    run: str | None = None,
 ) -> list:
     """Write next to `dest`, then rename: the file is whole or absent, never half-written. A
     symlink at `dest` stays one: its target gets the data.
 
-    `before`/`after`: commands to run first/last, in the same round trip.
+    `before`/`after`: commands to run first/last, in the same round trip. `pending`: daemons
+    that read the file: the rename is `mailtls-apply install`'s, which backs the file up, marks
+    their reload pending and notes what it writes in the same locked step.
     """
     q_dest = shlex.quote(dest)
     first = [before] if before else []
     first.append(f"mkdir -p {shlex.quote(str(Path(dest).parent))}")
     # The link's target, resolved on the host: `t` names the file written, "$t.mailtls-new" its temp.
     first.append(f"t=$(readlink -m -- {q_dest})")
-    install = (
-        "chmod "
-        + mode
-        + ' "$t.mailtls-new" && mv -f "$t.mailtls-new" "$t"'
-        + (f" && {after}" if after else "")
+    rename = (
+        apply_command("install", ",".join(pending), run) + f' {q_dest} "$t.mailtls-new"'
+        if pending
+        else 'mv -f "$t.mailtls-new" "$t"'
     )
+    install = f'chmod {mode} "$t.mailtls-new" && {rename}' + (f" && {after}" if after else "")
     if len(data) <= INLINE_MAX:
         # Hidden: -vv output shows the command with a placeholder, not the file's bytes.
         blob = HiddenValue(shlex.quote(base64.b64encode(data).decode()), f"<{len(data)} bytes>")
@@ -83,6 +100,7 @@ def put_bytes(
     current_sha256: str | None = None,
     current_mode: str | None = None,
     pending: tuple[str, ...] = (),
+    run: str | None = None,
 ):
     """Put `data` at `dest` with `mode` unless its checksum (from the MailHost fact) already
     matches; a file with the right bytes but another mode only gets a chmod (as files.put does).
@@ -90,7 +108,9 @@ def put_bytes(
     + current_sha256/current_mode: the MailHost fact's ``files`` and ``modes`` for `dest`
       (None: absent, or the mode was not read and is not compared)
     + pending: daemons (postfix/dovecot) that read this file: for each, mailtls-apply backs it
-      up and marks a reload pending first (their config may not change when only this file does).
+      up and marks a reload pending as it renames the file into place (their config may not
+      change when only this file does)
+    + run: this run's id, recorded with the pending mark (commit() says what became of it)
 
     **Example:**
 
@@ -100,7 +120,7 @@ def put_bytes(
                   current_sha256=info["files"].get(path), current_mode=info["modes"].get(path),
                   pending=("dovecot",))
     """
-    commands = _put_commands(data, dest, mode, current_sha256, current_mode, pending)
+    commands = _put_commands(data, dest, mode, current_sha256, current_mode, pending, run)
     if not commands:
         host.noop(f"{dest} is up to date")
         return
@@ -114,18 +134,16 @@ def _put_commands(
     current_sha256: str | None,
     current_mode: str | None,
     pending: tuple[str, ...] = (),
+    run: str | None = None,
 ) -> list:
     """What put_bytes runs: nothing when bytes and mode match, a chmod when only the mode differs
     (same bytes: nothing for a daemon to reload; chmod acts on a symlink's target, as the upload
-    writes it), else the upload, between mailtls-apply's begin and written for each daemon."""
+    writes it), else the upload, renamed into place by mailtls-apply install for `pending`."""
     if current_sha256 == sha256(data):
         if current_mode is None or int(current_mode, 8) == int(mode, 8):
             return []
         return [StringCommand("chmod", mode, "--", QuoteString(dest))]
-    before = " && ".join(f"{APPLY} begin {daemon} {shlex.quote(dest)}" for daemon in pending)
-    # What the deploy wrote: a rollback undoes it only while the file still holds it.
-    after = " && ".join(f"{APPLY} written {daemon} {shlex.quote(dest)}" for daemon in pending)
-    return _upload(data, dest, mode, before or None, after or None)
+    return _upload(data, dest, mode, pending=pending, run=run)
 
 
 @operation()
@@ -241,8 +259,9 @@ def cron_name_absent(cron_name: str, user: str | None = None):
     )
 
 
-def postconf_commands(todo: PostfixConf) -> list[str]:
-    """The postconf runs that apply `todo` (a PostfixConf.missing_from() result): one per kind.
+def postconf_commands(todo: PostfixConf, config_dir: str | None = None) -> list[str]:
+    """The postconf runs that apply `todo` (a PostfixConf.missing_from() result): one per kind;
+    on the main.cf and master.cf in `config_dir` (a shell word) when given, else Postfix's own.
 
     main.cf takes one run: settings already there are edited in place, new ones appended.
     Postfix 3.10 (Debian 13) appends them sorted by name (qsort in postconf_edit.c); 3.7 in the
@@ -255,33 +274,75 @@ def postconf_commands(todo: PostfixConf) -> list[str]:
         >>> postconf_commands(todo)
         ['NORANDOMIZE=1 postconf -e smtpd_tls_loglevel=1 tls_preempt_cipherlist=no', 'postconf -X smtpd_tls_eecdh_grade']
     """
+    postconf = f"postconf -c {config_dir}" if config_dir else "postconf"
     commands = []
     if todo.main:
         commands.append(
-            "NORANDOMIZE=1 postconf -e "
+            f"NORANDOMIZE=1 {postconf} -e "
             + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.main.items())
         )
     if todo.remove:
-        commands.append("postconf -X " + " ".join(todo.remove))
+        commands.append(f"{postconf} -X " + " ".join(todo.remove))
     if todo.services:
         commands.append(
-            "postconf -M "
+            f"{postconf} -M "
             + " ".join(shlex.quote(f"{s}={line}") for s, line in todo.services.items())
         )
     if todo.params:
         commands.append(
-            "postconf -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items())
+            f"{postconf} -P " + " ".join(shlex.quote(f"{k}={v}") for k, v in todo.params.items())
         )
     if todo.unset:  # TLS-policy -o overrides that would beat main.cf's policy
-        commands.append("postconf -PX " + " ".join(shlex.quote(k) for k in todo.unset))
+        commands.append(f"{postconf} -PX " + " ".join(shlex.quote(k) for k in todo.unset))
     return commands
 
 
+# Where postconf edits copies of main.cf and master.cf before mailtls-apply installs them:
+# root-only, beside mailtls-apply's other state.
+STAGE_DIR = "/var/lib/mailtls/stage"
+
+
+def postfix_edit(todo: PostfixConf, run: str | None = None) -> str:
+    """One shell command that applies `todo`: postconf edits copies in a private directory
+    (`postconf -c`), and `mailtls-apply install` puts the files that changed in place, whole,
+    through a symlink if main.cf or master.cf is one, in one locked step with their backup and
+    pending mark. Killed at any point, each file holds its old or its new bytes. The copies get
+    the originals' owner and mode (postconf would write 0644).
+
+        >>> todo = PostfixConf(main={"smtpd_tls_loglevel": "1"}, remove=(), services={}, params={})
+        >>> postfix_edit(todo, "r1").split(" && ")[5]
+        'NORANDOMIZE=1 postconf -c "$s" -e smtpd_tls_loglevel=1'
+    """
+    files = " ".join(POSTFIX_FILES)
+    return " ".join(
+        [
+            f"mkdir -p -m 0700 {STAGE_DIR} &&",
+            # what a killed run left (nothing of it was installed): gone after an hour
+            f"find {STAGE_DIR} -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {{}} + &&",
+            f"s=$(mktemp -d {STAGE_DIR}/postfix.XXXXXX) &&",
+            """trap 'rm -rf "$s"' EXIT &&""",
+            f'cp -L {files} "$s"/ &&',
+            " && ".join(postconf_commands(todo, '"$s"')),
+            f'&& set -- && for f in {files}; do n="$s/${{f##*/}}";',
+            'chown --reference="$f" "$n" && chmod --reference="$f" "$n" || exit 1;',
+            'cmp -s "$f" "$n" || set -- "$@" "$f" "$n"; done &&',
+            f'{{ [ $# -eq 0 ] || {apply_command("install", "postfix", run)} "$@"; }}',
+        ]
+    )
+
+
 @operation()
-def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_params: dict):
-    """Bring main.cf and master.cf to `conf` with one batch of postconf commands.
+def postfix_settings(
+    conf: PostfixConf,
+    postconf: dict,
+    services: dict,
+    master_params: dict,
+    run: str | None = None,
+):
+    """Bring main.cf and master.cf to `conf` with one batch of postconf commands (postfix_edit).
 
     + postconf/services/master_params: `postconf -n`, `-M` and `-P` from the MailHost fact
+    + run: this run's id, recorded with the pending mark (commit() says what became of it)
 
     **Example:**
 
@@ -294,20 +355,15 @@ def postfix_settings(conf: PostfixConf, postconf: dict, services: dict, master_p
     if not todo:
         host.noop("Postfix TLS settings are in place")
         return
-    commands = [
-        f"{APPLY} begin postfix {' '.join(POSTFIX_FILES)}",
-        *postconf_commands(todo),
-        f"{APPLY} written postfix {' '.join(POSTFIX_FILES)}",
-    ]
-    # One round trip instead of one per command; && stops at the first failure, as pyinfra does
-    # between separate commands.
-    yield " && ".join(commands)
+    yield postfix_edit(todo, run)
 
 
 @operation()
-def commit(daemons: tuple[str, ...]):
+def commit(daemons: tuple[str, ...], run: str | None = None):
     """Check, reload and probe each of `daemons` (those whose config changed or with a reload
     still pending), all at once; roll back and fail any daemon that rejects its new config.
+    With `run` (the id this run's changes were installed with), a change another commit rolled
+    back meanwhile fails too.
 
     **Example:**
 
@@ -321,7 +377,7 @@ def commit(daemons: tuple[str, ...]):
     unknown = set(daemons) - set(DAEMONS)
     if unknown:
         raise ValueError(f"unknown daemons: {sorted(unknown)}")
-    yield f"{APPLY} commit {' '.join(daemons)}"
+    yield apply_command("commit", " ".join(daemons), run)
 
 
 def _report(state, host, message: str) -> bool:

@@ -141,13 +141,23 @@ def render(
     postfix_params: dict[str, str],
     postfix_removed: tuple[str, ...],
     dovecot: dict[str, str] | None,
+    certificates: dict[str, str | None] | None = None,
 ) -> str:
     """The verify file: settings each daemon must report after the reload, then the probes.
 
     postfix_main: main.cf settings (`postconf -n` must show them); postfix_params: master.cf
     -o overrides 'svc/type/param' (`postconf -P`); postfix_removed: parameters that must be
     gone (a warning naming one of these, or any of the above, fails the commit); dovecot: the
-    TLS settings `doveconf -f protocol=P` must report for every protocol, None without Dovecot.
+    TLS settings `doveconf -f protocol=P` must report for every protocol, None without Dovecot;
+    certificates: {daemon: file} where the deploy names the certificate: every handshake that
+    must succeed on that daemon's ports presents the first certificate in that file.
+
+        >>> from tasks.policy import HostCaps, resolve
+        >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=None, openssl=(3, 0, 20))
+        >>> text = render(resolve("intermediate", caps), {}, {}, (), None,
+        ...               {"postfix": "/etc/ssl/mailtls/served/postfix.pem", "dovecot": None})
+        >>> [line for line in text.splitlines() if line.startswith("cert ")]
+        ['cert postfix /etc/ssl/mailtls/served/postfix.pem']
     """
     lines = [
         "# Written by the mailtls deploy: what `mailtls-apply commit` verifies after a reload.",
@@ -158,5 +168,6 @@ def render(
     lines += [f"postconf-X {k}" for k in postfix_removed]
     lines += [f"doveconf {k}={v}" for k, v in (dovecot or {}).items()]
     daemons = ("postfix",) + (("dovecot",) if dovecot is not None else ())
+    lines += [f"cert {d} {f}" for d, f in (certificates or {}).items() if f and d in daemons]
     lines += [probe.line() for probe in probes(policy, daemons)]
     return "\n".join(lines) + "\n"

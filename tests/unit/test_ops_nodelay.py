@@ -93,6 +93,9 @@ def test_commit_is_one_command_for_every_daemon_due():
     assert list(ops.commit._inner(daemons=("postfix", "dovecot"))) == [
         f"{ops.APPLY} commit postfix dovecot"
     ]
+    assert list(ops.commit._inner(daemons=("postfix",), run="ab12")) == [
+        f"MAILTLS_RUN=ab12 {ops.APPLY} commit postfix"
+    ]
     with pytest.raises(ValueError, match="unknown daemons"):
         list(ops.commit._inner(daemons=("postfix", "nginx")))
 
@@ -123,21 +126,23 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
         "smtpd_tls_eecdh_grade": "strong",
     }
     (command,) = ops.postfix_settings._inner(
-        conf=conf, postconf=current, services={}, master_params={}
+        conf=conf, postconf=current, services={}, master_params={}, run="r1"
     )
     parts = command.split(" && ")
-    assert parts[0].startswith(f"{ops.APPLY} begin postfix ")
-    assert parts[-1] == f"{ops.APPLY} written postfix {' '.join(ops.POSTFIX_FILES)}"
-    assert parts[1:-1] == [
+    # postconf edits copies in a private stage; mailtls-apply installs what changed, last
+    assert parts[0] == f"mkdir -p -m 0700 {ops.STAGE_DIR}"
+    assert parts[4] == f'cp -L {" ".join(ops.POSTFIX_FILES)} "$s"/'
+    assert parts[5:9] == [
         # edited in place or appended, one run; appended in an order fixed on every host
-        "NORANDOMIZE=1 postconf -e smtpd_tls_security_level=may smtpd_tls_loglevel=1 "
+        'NORANDOMIZE=1 postconf -c "$s" -e smtpd_tls_security_level=may smtpd_tls_loglevel=1 '
         "tls_preempt_cipherlist=no 'smtpd_tls_protocols=>=TLSv1.2'",
-        "postconf -X smtpd_tls_eecdh_grade",
-        "postconf -M 'submission/inet=submission inet n - y - - smtpd' "
+        'postconf -c "$s" -X smtpd_tls_eecdh_grade',
+        "postconf -c \"$s\" -M 'submission/inet=submission inet n - y - - smtpd' "
         "'submissions/inet=submissions inet n - y - - smtpd'",
-        "postconf -P submission/inet/syslog_name=postfix/submission "
+        'postconf -c "$s" -P submission/inet/syslog_name=postfix/submission '
         "submissions/inet/syslog_name=postfix/submissions",
     ]
+    assert parts[-1] == f'{{ [ $# -eq 0 ] || MAILTLS_RUN=r1 {ops.APPLY} install postfix "$@"; }}'
 
 
 def test_postfix_conf_missing_from_a_converged_host_is_empty():
