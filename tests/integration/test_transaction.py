@@ -185,3 +185,54 @@ def test_a_pending_mark_that_cannot_be_made_stops_the_change(fresh_host):
         host.ssh("umount /var/lib/mailtls/pending")
     run_pyinfra(host)
     assert listens(host, 587)
+
+
+def make_pair(host, directory: str, cn: str) -> None:
+    """A self-signed P-256 certificate and key in DIRECTORY (cert.pem, key.pem 0600), and both in
+    one file (both.pem, key first: smtpd_tls_chain_files' layout)."""
+    host.ssh(
+        f"umask 077; mkdir -p {directory} && cd {directory} && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout key.pem "
+        f"-out cert.pem -days 30 -subj /CN={cn} 2>/dev/null && chmod 0644 cert.pem && "
+        "cat key.pem cert.pem > both.pem"
+    )
+
+
+def test_the_commit_checks_which_certificate_each_port_serves(fresh_host, suite):
+    """A setting outside ours that serves another certificate (a master.cf -o on one service; a
+    local.conf ssl_cert read after 99-mailtls.conf): a commit whose handshakes succeed with the
+    wrong certificate must fail and roll back."""
+    host = fresh_host(suite)
+    make_pair(host, "/etc/ssl/mx", "mx.test")
+    make_pair(host, "/etc/ssl/other", "other.test")
+    key = "ssl_server_key_file" if suite != "bookworm" else "ssl_key"
+    cert = "ssl_server_cert_file" if suite != "bookworm" else "ssl_cert"
+    lt = "" if suite != "bookworm" else "<"
+    pair = ("cert_file=/etc/ssl/mx/cert.pem", "key_file=/etc/ssl/mx/key.pem")
+    run_pyinfra(
+        host,
+        "deploy.py",
+        *(a for d in ("postfix", "dovecot") for p in pair for a in ("--data", f"mailtls_{d}_{p}")),
+    )
+    res = host.ssh(
+        f"{APPLY} begin postfix /etc/postfix/master.cf && "
+        "postconf -P submission/inet/smtpd_tls_cert_file=/etc/ssl/other/cert.pem "
+        "submission/inet/smtpd_tls_key_file=/etc/ssl/other/key.pem && "
+        f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix",
+        check=False,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "port 587 serves the certificate" in res.stderr, res.stderr
+    assert "rolled back" in res.stderr, res.stderr
+    assert "smtpd_tls_cert_file" not in host.ssh("postconf -P").stdout
+    local = "/etc/dovecot/local.conf"
+    res = host.ssh(
+        f"{APPLY} begin dovecot {local} && "
+        f"printf '{cert} = {lt}/etc/ssl/other/cert.pem\\n{key} = {lt}/etc/ssl/other/key.pem\\n' "
+        f"> {local} && {APPLY} written dovecot {local} && {APPLY} commit dovecot",
+        check=False,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "port 993 serves the certificate" in res.stderr, res.stderr
+    assert "rolled back" in res.stderr, res.stderr
+    assert host.ssh(f"ls {local}", check=False).returncode != 0
