@@ -10,6 +10,7 @@ from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
 # Held for their whole run by files/mailtls-dh-rotate (LOCK) and files/mailtls-cert-watch (.lock).
+# The fact never takes DH_ROTATE_LOCK (it reads /proc/PID/fdinfo): a rotation must never skip for it.
 DH_ROTATE_LOCK = "/var/lib/mailtls/lock/dh-rotate.lock"
 CERT_WATCH_LOCK = "/var/lib/mailtls/cert-watch/.lock"
 
@@ -49,8 +50,13 @@ if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host:
     [ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
     set -- "$marks"/*
     # A DH rotation (minutes) commits every daemon when it installs its file: while its lock is
-    # held (flock -n fails while its process lives), what is pending is left to it.
-    [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo @@busy && echo {rotate_lock}
+    # held (the kernel drops it with its process), what is pending is left to it. Seen without
+    # taking it (a rotation cron starts while the fact holds it would skip its week): the file
+    # open in a process whose fdinfo lists a lock on it. (/proc/locks hides that lock: its PID
+    # is the flock(1) helper's that took it, gone since.)
+    [ -f {rotate_lock} ] && l=$(readlink -f {rotate_lock}) &&
+        [ -n "$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$l" -printf '%h/../fdinfo/%f\n' 2>/dev/null |
+                xargs -r grep -ls '^lock:.*FLOCK')" ] && echo @@busy && echo {rotate_lock}
 fi
 echo @@pending
 for f; do [ -e "$f" ] && echo "${f##*/}"; done
