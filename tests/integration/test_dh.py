@@ -356,3 +356,42 @@ def test_the_fact_sees_a_rotation_without_making_one_skip(fresh_host):
     )
     fact_now = read_fact(host)
     assert fact_now["busy"] == [] and fact_now["pending"] == {"postfix"}
+
+
+def test_rotation_job_removal_keeps_the_crontab_when_crontab_l_fails(fresh_host):
+    """Turning rotation off removes the job, then its `# pyinfra-name=` line (ops.cron_name_absent).
+    If `crontab -l` fails at that moment, root's crontab must stay as it is (the run fails),
+    never be replaced by what an empty listing leaves; a crontab that holds only the name line
+    still ends up without it."""
+    host = fresh_host("bookworm")
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048")
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=on")
+    assert wait_until(lambda: not generating(host), timeout=600), "generation never ended"
+    name = f"# pyinfra-name={dh.CRON_NAME}"
+    others = ["5 1 * * * /usr/bin/true job-1", "# the admin's comment", "7 2 * * 1 /bin/true job-2"]
+    host.ssh("{ crontab -l; cat; } | crontab -", input="".join(f"{line}\n" for line in others))
+    # `crontab -l` fails (a transient error) in the command that removes the name line: a shim
+    # first in root's PATH (/usr/local/bin) fails -l for the shell running that command only.
+    host.ssh(
+        "cat >/usr/local/bin/crontab && chmod 0755 /usr/local/bin/crontab",
+        input=(
+            "#!/bin/sh\n"
+            'if [ "$1" = -l ] && tr "\\0" " " </proc/$PPID/cmdline | grep -qF -- "-vxF"; then\n'
+            '    echo "crontab: cannot read the spool (test)" >&2; exit 1\n'
+            "fi\n"
+            'exec /usr/bin/crontab "$@"\n'
+        ),
+    )
+    assert host.ssh("command -v crontab").stdout.strip() == "/usr/local/bin/crontab"
+    res = run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off", check=False)
+    tab = host.ssh("/usr/bin/crontab -l").stdout.splitlines()
+    assert all(line in tab for line in others), (tab, res.stderr[-3000:])
+    assert name in tab  # left as it was (the job itself is gone: pyinfra's own operation)
+    assert res.returncode != 0, res.stderr[-3000:]
+
+    host.ssh("rm /usr/local/bin/crontab")
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
+    assert host.ssh("crontab -l").stdout.splitlines() == others
+    host.ssh("crontab -", input=f"{name}\n")  # nothing but the name line
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
+    assert "mailtls" not in host.ssh("crontab -l", check=False).stdout
