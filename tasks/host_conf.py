@@ -70,6 +70,10 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
         )
     except postfix_conf.MasterCfError as exc:
         refusals.append(f"/etc/postfix/master.cf: {exc}")
+    if pf_cert and pf_key:  # what would serve another certificate than the one we set
+        refusals += postfix_conf.cert_overrides(
+            info["postconf"], info["services"], info.get("master_params", {}), pf_cert, pf_key
+        )
     dovecot = None
     dc_cert, dc_key = certs.served("dovecot", settings, cert_plan)
     if caps.dovecot is not None:
