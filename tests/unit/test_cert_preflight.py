@@ -1,5 +1,6 @@
 """Certificates in the pre-flight (tasks/host_conf.py): with certificate settings, whatever would
-make a daemon serve another certificate refuses the host before any change."""
+make a daemon serve another certificate refuses the host before any change; with them unset, a
+daemon keeps the certificate it serves now (the watcher's copies too, with a warning)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 
 from tasks import certs, dovecot_conf, host_conf, postfix_conf
 from tasks.facts import MailHost
+from tasks.ops import sha256
 from tasks.policy import HostCaps, resolve
 from tasks.settings import validate
 
@@ -216,3 +218,147 @@ def test_the_fact_greps_the_certificate_keys_of_both_versions():
         assert f"|{k}|" in command or f"|{k})" in command, k
     text = dovecot_conf.render(resolve("intermediate", DEB12), DEB12, "/c.pem", "/k.pem")
     assert not set(dovecot_conf.readback(text)) & {"ssl_cert", "ssl_key"}
+
+
+# --- Finding 5: unset certificate settings keep what the daemon serves now ------------------
+
+
+def after_watch(caps=DEB12, profile="intermediate", copies=True) -> dict:
+    """The fact of a host a deploy with certificate settings and the watcher left behind."""
+    policy = resolve(profile, caps)
+    ours = dovecot_conf.render(policy, caps, *certs.COPIES["dovecot"])
+    files = {dovecot_conf.CONF_PATH: sha256(ours.encode())}
+    if copies:
+        files.update({p: "x" for d in ("postfix", "dovecot") for p in certs.COPIES[d]})
+    postconf = {
+        **SNAKEOIL,
+        "smtpd_tls_cert_file": certs.COPIES["postfix"][0],
+        "smtpd_tls_key_file": certs.COPIES["postfix"][1],
+    }
+    return info(caps, postconf=postconf, files=files)
+
+
+@pytest.mark.parametrize("caps", [DEB12, DEB13])
+def test_unset_keeps_the_copies_and_warns_for_both_daemons(caps):
+    conf = host_conf.render(validate({}, "mx1"), after_watch(caps))
+    assert conf.refusals == () and not conf.read_dovecot_named
+    assert dovecot_conf.certificate(conf.dovecot or "") == certs.COPIES["dovecot"]
+    # main.cf keeps what it has (nothing set): the copy
+    assert conf.postfix is not None and "smtpd_tls_cert_file" not in conf.postfix.main
+    pf, dc = conf.warnings
+    assert pf.startswith("postfix: mailtls_postfix_cert_file/_key_file are unset: main.cf keeps")
+    assert dc.startswith("dovecot: mailtls_dovecot_cert_file/_key_file are unset:")
+    for warning, copy in ((pf, certs.COPIES["postfix"][0]), (dc, certs.COPIES["dovecot"][0])):
+        assert copy in warning and "nothing renews" in warning
+        assert f"openssl x509 -noout -enddate -in {copy}" in warning
+        assert "again to follow renewals" in warning
+    assert f"set {keys(caps)[0]} and {keys(caps)[1]}" in dc
+    # the commit checks that 993 serves the copy the config still names
+    assert f"cert dovecot {certs.COPIES['dovecot'][0]}" in (conf.verify or "")
+
+
+def test_unset_rerun_renders_the_same_file():
+    """The second run after unsetting finds our file as the first rendered it: no change."""
+    first = host_conf.render(validate({}, "mx1"), after_watch())
+    fact = after_watch()
+    fact["files"][dovecot_conf.CONF_PATH] = sha256((first.dovecot or "").encode())
+    second = host_conf.render(validate({}, "mx1"), fact)
+    assert second.dovecot == first.dovecot and second.warnings == first.warnings
+
+
+def test_a_file_without_certificate_stays_without_one():
+    policy = resolve("intermediate", DEB12)
+    files = {
+        dovecot_conf.CONF_PATH: sha256(dovecot_conf.render(policy, DEB12).encode()),
+        **{p: "x" for p in certs.COPIES["dovecot"]},  # left over from long ago: not named
+    }
+    conf = host_conf.render(validate({}, "mx1"), info(files=files))
+    assert dovecot_conf.certificate(conf.dovecot or "") is None
+    assert conf.warnings == () and not conf.read_dovecot_named
+    # a first deploy: no file of ours yet, nothing to read
+    first = host_conf.render(validate({}, "mx1"), info())
+    assert not first.read_dovecot_named and first.warnings == ()
+
+
+def test_what_the_checksum_cannot_tell_is_read_and_kept():
+    """Another profile now: our file's checksum matches no render; the deploy reads its
+    certificate lines (info["dovecot_named"]) and keeps them."""
+    fact = after_watch(profile="modern")
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert conf.read_dovecot_named
+    fact["dovecot_named"] = certs.COPIES["dovecot"]
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert not conf.read_dovecot_named
+    assert dovecot_conf.certificate(conf.dovecot or "") == certs.COPIES["dovecot"]
+    assert any(w.startswith("dovecot:") for w in conf.warnings)
+    # the settings' own files, named directly (mailtls_cert_watch=false): kept, no warning
+    fact["dovecot_named"] = (f"{LE}/fullchain.pem", f"{LE}/privkey.pem")
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert dovecot_conf.certificate(conf.dovecot or "") == fact["dovecot_named"]
+    assert not any(w.startswith("dovecot:") for w in conf.warnings)
+    fact["dovecot_named"] = None
+    assert (
+        dovecot_conf.certificate(host_conf.render(validate({}, "mx1"), fact).dovecot or "") is None
+    )
+
+
+@pytest.mark.parametrize("caps", [DEB12, DEB13])
+def test_a_certificate_set_after_ours_ends_the_keeping(caps):
+    """The admin did what the warning says (local.conf names their files): ours is never
+    served, so it goes, without a warning and without a refusal."""
+    fact = after_watch(caps)
+    fact["dovecot_tree"] += [
+        f"/etc/dovecot/local.conf:1:{keys(caps)[0]} = {lt(caps)}/etc/ssl/mine.pem"
+    ]
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert conf.refusals == ()
+    assert dovecot_conf.certificate(conf.dovecot or "") is None
+    assert not any(w.startswith("dovecot:") for w in conf.warnings)
+
+
+def test_kept_copies_are_not_refused_for_other_certificates():
+    """Kept, not set: a per-protocol certificate elsewhere stays the admin's business."""
+    fact = after_watch()
+    fact["dovecot_tree"] += [
+        "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
+        "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
+        "/etc/dovecot/conf.d/20-pop3.conf:3:}",
+    ]
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert conf.refusals == ()
+    assert dovecot_conf.certificate(conf.dovecot or "") == certs.COPIES["dovecot"]
+
+
+def test_postfix_warning_only_while_main_cf_names_the_copy():
+    fact = after_watch()
+    fact["postconf"] = dict(SNAKEOIL)
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert not any(w.startswith("postfix:") for w in conf.warnings)
+    # set again: the watcher follows renewals again, no warning
+    fact = after_watch()
+    conf = host_conf.render(validate(PAIR, "mx1"), fact)
+    assert conf.warnings == ()
+
+
+def test_a_missing_copy_is_said():
+    conf = host_conf.render(validate({}, "mx1"), after_watch(copies=False))
+    pf = next(w for w in conf.warnings if w.startswith("postfix:"))
+    assert "missing" in pf
+
+
+def test_fact_files_ask_for_every_copy_without_settings():
+    files = certs.fact_files(validate({}, "mx1"))
+    assert set(certs.COPIES["postfix"]) | set(certs.COPIES["dovecot"]) <= set(files)
+    assert len(files) == len(set(files))
+
+
+def test_kept_copies_beaten_in_a_block_are_not_expected_on_every_port():
+    fact = after_watch()
+    fact["dovecot_tree"] += [
+        "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
+        "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
+        "/etc/dovecot/conf.d/20-pop3.conf:3:}",
+    ]
+    conf = host_conf.render(validate({}, "mx1"), fact)
+    assert "cert dovecot" not in (conf.verify or "")
+    assert "cert dovecot" in (host_conf.render(validate({}, "mx1"), after_watch()).verify or "")
