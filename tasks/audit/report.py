@@ -16,6 +16,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tasks.audit.logreport import PORTS, LogReport, summarize
 from tasks.audit.scan import HostScan, scan_host
@@ -49,9 +50,17 @@ def json_path(host_name: str, configured: str | None) -> Path:
 
 
 def _console() -> Console:
-    """Wide output when piped (CI logs), the terminal's width otherwise."""
-    console = Console()
-    return console if console.is_terminal else Console(width=220)
+    """Wide output when piped (CI logs), the terminal's width otherwise. No markup: what the
+    tables show comes from hosts and servers (log lines, certificate names, status text), and a
+    `[/]` in a log line must print as it is, not end a style or crash the audit. Our own colours
+    are Text styles (_styled)."""
+    console = Console(markup=False)
+    return console if console.is_terminal else Console(width=220, markup=False)
+
+
+def _styled(style: str, label: str, rest: str = "") -> Text:
+    """`label` in `style`, then `rest` as plain text (never read as markup)."""
+    return Text.assemble((label, style), rest)
 
 
 def _resumption_cell(p) -> str:
@@ -134,19 +143,23 @@ def print_report(
             _resumption_cell(p),
             " ".join(p.curves or []) or "-",
             _cert_cell(p),
-            "[green]ok[/]" if v.ok else f"[red]FAIL ({len(v.failures)})[/]",
+            _styled("green", "ok") if v.ok else _styled("red", f"FAIL ({len(v.failures)})"),
         )
     console.print(table)
     for v in verdicts:
         where = f" ({v.ip})" if multi and v.ip else ""
         for f in v.failures:
-            console.print(f"  [red]FAIL[/] {v.port}{where}: {f}")
+            console.print(_styled("red", "  FAIL", f" {v.port}{where}: {f}"))
         for w in v.warnings:
-            console.print(f"  [yellow]warn[/] {v.port}{where}: {w}")
+            console.print(_styled("yellow", "  warn", f" {v.port}{where}: {w}"))
     for daemon, status in sorted(certs.items()):
         rejected = " rejected " in f" {status} "
         console.print(
-            f"  {'[yellow]warn[/]' if rejected else 'cert'} {daemon} certificate watcher: {status}"
+            _styled(
+                "yellow" if rejected else "",
+                "  warn" if rejected else "  cert",
+                f" {daemon} certificate watcher: {status}",
+            )
         )
     console.print(
         f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
@@ -209,17 +222,6 @@ def audit_host(
     report = summarize(
         log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded
     )
-    print_report(
-        _console(),
-        name,
-        address,
-        profile,
-        scan,
-        verdicts,
-        report,
-        log.get("certs"),
-        log.get("source", "mail log"),
-    )
     result = {
         "host": name,
         "address": address,
@@ -254,10 +256,23 @@ def audit_host(
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"
         "certificates": log.get("certs", {}),
     }
+    # The JSON first: whatever reads it must see this run's result even if printing fails.
     path = json_path(name, json_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
-    _console().print(f"  JSON: {path}")
+    console = _console()
+    print_report(
+        console,
+        name,
+        address,
+        profile,
+        scan,
+        verdicts,
+        report,
+        log.get("certs"),
+        log.get("source", "mail log"),
+    )
+    console.print(f"  JSON: {path}")
     return result
 
 
