@@ -9,7 +9,11 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
+# The most the fact reads of a file it is asked about (ours and certificates are a few KiB).
+READ_MAX = 1024 * 1024
+
 # Held for their whole run by files/mailtls-dh-rotate (LOCK) and files/mailtls-cert-watch (.lock).
+# The fact never takes DH_ROTATE_LOCK (it reads /proc/PID/fdinfo): a rotation must never skip for it.
 DH_ROTATE_LOCK = "/var/lib/mailtls/lock/dh-rotate.lock"
 CERT_WATCH_LOCK = "/var/lib/mailtls/cert-watch/.lock"
 
@@ -41,7 +45,24 @@ echo @@asked
 printf '%s\n' {files}
 set --
 for f in {files}; do [ -f "$f" ] && set -- "$@" "$f"; done
-[ $# -eq 0 ] || { echo @@files; sha256sum -- "$@"; echo @@modes; stat -L -c '%a %n' -- "$@"; } 2>/dev/null
+# Some paths name the admin's certificate sources, where a non-root user may put anything: only
+# regular files (-f: no FIFO or device), of at most {read_max} bytes, under a time limit (a file
+# swapped for a FIFO after the stat). One stat for all, one sha256sum for those small enough.
+if [ $# -gt 0 ]; then
+    st=$(timeout -k 1 5 stat -L -c '%s %a %n' -- "$@" 2>/dev/null)
+    set --
+    echo @@modes
+    while read -r n m f; do
+        [ -n "$f" ] && [ "$n" -le {read_max} ] && echo "$m $f" && set -- "$@" "$f"
+    done <<EOF
+$st
+EOF
+    [ $# -eq 0 ] || { echo @@files; timeout -k 1 10 sha256sum -- "$@"; } 2>/dev/null
+    echo @@oversize
+    while read -r n m f; do [ -n "$f" ] && [ "$n" -gt {read_max} ] && echo "$f"; done <<EOF
+$st
+EOF
+fi
 marks=/var/lib/mailtls/pending
 set -- "$marks"/*
 if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host: no process)
@@ -49,8 +70,13 @@ if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host:
     [ -f {cert_lock} ] && flock -w 60 {cert_lock} true 2>/dev/null
     set -- "$marks"/*
     # A DH rotation (minutes) commits every daemon when it installs its file: while its lock is
-    # held (flock -n fails while its process lives), what is pending is left to it.
-    [ -f {rotate_lock} ] && ! flock -n {rotate_lock} true 2>/dev/null && echo @@busy && echo {rotate_lock}
+    # held (the kernel drops it with its process), what is pending is left to it. Seen without
+    # taking it (a rotation cron starts while the fact holds it would skip its week): the file
+    # open in a process whose fdinfo lists a lock on it. (/proc/locks hides that lock: its PID
+    # is the flock(1) helper's that took it, gone since.)
+    [ -f {rotate_lock} ] && l=$(readlink -f {rotate_lock}) &&
+        [ -n "$(find /proc/[0-9]*/fd -maxdepth 1 -lname "$l" -printf '%h/../fdinfo/%f\n' 2>/dev/null |
+                xargs -r grep -ls '^lock:.*FLOCK')" ] && echo @@busy && echo {rotate_lock}
 fi
 echo @@pending
 for f; do [ -e "$f" ] && echo "${f##*/}"; done
@@ -116,8 +142,9 @@ class MailHost(FactBase):
 
     Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
     ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
-    ``files`` (path -> sha256 for the paths asked for that exist), ``modes`` (path -> octal
-    permission bits, of the same files), ``asked`` (every path asked for), ``pending`` (daemons
+    ``files`` (path -> sha256 for the paths asked for that are regular files of at most READ_MAX
+    bytes), ``modes`` (path -> octal permission bits, of the same files), ``oversize`` (paths
+    asked for that are larger: not read, absent from ``files``), ``asked`` (every path asked for), ``pending`` (daemons
     with a reload pending), ``busy`` ([DH_ROTATE_LOCK] while a DH rotation runs: it
     commits every daemon when it installs its file), ``dovecot_tree`` (grep lines ``file:line:text`` of Dovecot files
     other than ours that set a TLS-policy setting, with their blocks and every !include; empty on
@@ -137,6 +164,7 @@ class MailHost(FactBase):
             .replace("{ours}", CONF_PATH.rsplit("/", 1)[1])
             .replace("{cert_lock}", CERT_WATCH_LOCK)
             .replace("{rotate_lock}", DH_ROTATE_LOCK)
+            .replace("{read_max}", str(READ_MAX))
         )
 
     def process(self, output: list[str]) -> dict:
@@ -178,6 +206,7 @@ class MailHost(FactBase):
             "files": files,
             "modes": modes,
             "asked": {line for line in sections.get("asked", []) if line},
+            "oversize": {line for line in sections.get("oversize", []) if line},
             "pending": set(" ".join(sections.get("pending", [])).split()),
             "busy": [line for line in sections.get("busy", []) if line],
             "guard": [line for line in sections.get("guard", []) if line],

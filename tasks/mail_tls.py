@@ -228,21 +228,24 @@ def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = N
             current_mode=modes.get(dh.ROTATE_BIN),
         )
 
-    if p.cron is not None:
+    if p.cron:
         minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()
         crontab.crontab(
-            name="DH rotation cron job" if p.cron else "No DH rotation cron job",
+            name="DH rotation cron job",
             command=dh.ROTATE_BIN,
             cron_name=dh.CRON_NAME,
-            present=p.cron,
+            present=True,
             minute=minute,
             hour=hour,
             day_of_month=day_of_month,
             month=month,
             day_of_week=day_of_week,
         )
-        if not p.cron:
-            ops.cron_name_absent(name="No DH rotation cron job name", cron_name=dh.CRON_NAME)
+    elif p.cron is not None:
+        # Found by its command, not its name: a name line left behind (a run that failed or
+        # died before cron_name_absent) names the admin's next job, which would be deleted.
+        crontab.crontab(name="No DH rotation cron job", command=dh.ROTATE_BIN, present=False)
+        ops.cron_name_absent(name="No DH rotation cron job name", cron_name=dh.CRON_NAME)
 
     if p.rotation_files is False:
         # After the cron job is gone. Removing the config also makes a generation still

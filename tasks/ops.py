@@ -244,10 +244,17 @@ def cron_name_absent(cron_name: str, user: str | None = None):
         host.noop(f"no cron job named {cron_name}")
         return
     user_args = ["-u", QuoteString(user)] if user else []
+    # The listing first, on its own: in a pipeline a failing `crontab -l` goes unseen and
+    # `crontab -` installs what grep leaves of nothing, an empty crontab. A crontab of only the
+    # name line still becomes an empty one.
     yield StringCommand(
-        "crontab",
+        "t=$(crontab",
         *user_args,
-        "-l",
+        "-l)",
+        "&&",
+        "printf",
+        "'%s\\n'",
+        '"$t"',
         "|",
         "grep",
         "-vxF",

@@ -1,14 +1,17 @@
 """Start, stop and list test hosts: systemd-nspawn containers in their own network namespaces.
 
-Everything a host owns is named after it (state file, tmpfs root, netns, cgroups) so that
-`down NAME` can clear a host that is whole, half-made or left over from a crashed run
-without ever killing anything by process name.
+Everything a host owns is named after it and its registry (state file, tmpfs root, netns,
+cgroups, and the veth pair, made inside the netns) so that `down NAME` can clear a host that is
+whole, half-made or left over from a crashed run without ever killing anything by process name,
+nor anything another registry (MAILTLS_STATE_DIR of another checkout or tool) started: those
+share ROOTS_DIR, the netns list and the cgroup folders, and may use the same host names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -22,6 +25,9 @@ from pathlib import Path
 from testhosts import image, variants
 
 STATE_DIR = Path(os.environ.get("MAILTLS_STATE_DIR", "/run/mailtls-testhosts"))
+# In the name of everything this registry's hosts own: what carries it is this registry's,
+# whether or not a state file still says so. Host names have no "-", so TAG-NAME splits back.
+TAG = hashlib.sha256(str(STATE_DIR.resolve()).encode()).hexdigest()[:8]
 ROOTS_DIR = Path("/var/lib/mailtls-testhosts")
 KEY = image.CACHE_DIR / "id_ed25519"
 DOMAIN = "mailtls.test"
@@ -37,6 +43,14 @@ class Host:
     index: int
     pid: int = 0
     variants: tuple[str, ...] = ()  # testhosts/variants.py shapes applied after boot
+    # The registry's TAG, recorded before anything is made. "" in state files written before
+    # tags: that host's resources have the bare name.
+    tag: str = ""
+
+    @property
+    def owned(self) -> str:
+        """What the host's resources are named: TAG-NAME."""
+        return f"{self.tag}-{self.name}" if self.tag else self.name
 
     @property
     def address(self) -> str:
@@ -52,7 +66,7 @@ class Host:
 
     @property
     def netns(self) -> str:
-        return f"mailtls-{self.name}"
+        return f"mailtls-{self.owned}"
 
     @property
     def veth(self) -> str:
@@ -60,7 +74,13 @@ class Host:
 
     @property
     def root(self) -> Path:
-        return ROOTS_DIR / self.name
+        return ROOTS_DIR / self.owned
+
+    @property
+    def cgroups(self) -> list[Path]:
+        return [
+            Path(root) / "testhosts" / self.owned for root in CGROUP_ROOTS if Path(root).is_dir()
+        ]
 
     @property
     def log(self) -> Path:
@@ -127,6 +147,19 @@ def _state_file(name: str) -> Path:
     return STATE_DIR / f"{name}.json"
 
 
+def _save(host: Host) -> None:
+    """Whole or absent: a state file is how `down` finds what a host owns."""
+    tmp = STATE_DIR / f".{host.name}.json.tmp"
+    tmp.write_text(json.dumps(asdict(host)))
+    tmp.rename(_state_file(host.name))
+
+
+def _ours(name: str) -> Host:
+    """Host `name` of this registry as its state file records it, else by this registry's names
+    (a host whose state file is gone): never another registry's host of that name."""
+    return _load(name) or Host(name=name, suite="", index=-1, tag=TAG)
+
+
 def _load(name: str) -> Host | None:
     try:
         data = json.loads(_state_file(name).read_text())
@@ -148,17 +181,21 @@ def _ensure_key() -> None:
         )
 
 
-def _is_our_nspawn(pid: int, name: str) -> bool:
-    """True when pid is the nspawn of host `name` (guards against PID reuse)."""
+def _is_our_nspawn(pid: int, host: Host) -> bool:
+    """True when pid is the nspawn of `host`: its name and root, which carries this registry's
+    tag (guards against PID reuse, and against another registry's host of the same name)."""
+    if pid <= 0:
+        return False
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return bool(argv) and argv[0].endswith(b"systemd-nspawn") and name.encode() in argv
-
-
-def _cgroups(name: str) -> list[Path]:
-    return [Path(root) / "testhosts" / name for root in CGROUP_ROOTS if Path(root).is_dir()]
+    return (
+        bool(argv)
+        and argv[0].endswith(b"systemd-nspawn")
+        and host.name.encode() in argv
+        and str(host.root).encode() in argv
+    )
 
 
 def _kill_cgroup_tree(path: Path) -> None:
@@ -180,39 +217,43 @@ def _kill_cgroup_tree(path: Path) -> None:
         path.rmdir()
 
 
-def _stop(name: str, pid: int = 0, index: int | None = None) -> None:
-    """Tear down everything named after host `name`; safe on half-made or absent hosts."""
-    if pid and _is_our_nspawn(pid, name):
+def _stop(host: Host) -> None:
+    """Tear down everything `host` owns (its recorded PID, the resources named after it and its
+    registry); safe on half-made or absent hosts."""
+    pid = host.pid
+    if _is_our_nspawn(pid, host):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)  # nspawn halts the container in order
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _is_our_nspawn(pid, name):
+        while time.monotonic() < deadline and _is_our_nspawn(pid, host):
             time.sleep(0.1)
-        if _is_our_nspawn(pid, name):
+        if _is_our_nspawn(pid, host):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    for cg in _cgroups(name):
+    for cg in host.cgroups:
         _kill_cgroup_tree(cg)
-    if pid:  # reap our own child if it was one
+    if pid > 0:  # reap our own child if it was one
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pid, os.WNOHANG)
-    _run("ip", "netns", "del", f"mailtls-{name}", check=False)
-    if index is not None:
-        _run("ip", "link", "del", f"mtls{index}", check=False)
-    root = ROOTS_DIR / name
+    if host.tag:  # the veth pair was made with its eth0 in the netns: what is in there is ours
+        _run("ip", "-n", host.netns, "link", "del", "eth0", check=False)
+    _run("ip", "netns", "del", host.netns, check=False)
+    if not host.tag and host.index >= 0:  # made before tags: the veth was made outside the netns
+        _run("ip", "link", "del", host.veth, check=False)
+    root = host.root
     while os.path.ismount(root):
         if _run("umount", str(root), check=False).returncode != 0:
             _run("umount", "-l", str(root), check=False)
     with contextlib.suppress(OSError):
         root.rmdir()
-    _state_file(name).unlink(missing_ok=True)
+    _state_file(host.name).unlink(missing_ok=True)
 
 
 def _sweep_dead() -> None:
     """Clear hosts whose nspawn is gone (a crashed or killed run)."""
     for host in _known():
-        if not _is_our_nspawn(host.pid, host.name):
-            _stop(host.name, host.pid, host.index)
+        if not _is_our_nspawn(host.pid, host):
+            _stop(host)
 
 
 INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
@@ -254,9 +295,9 @@ def _write_identity(host: Host) -> None:
 def _network(host: Host) -> None:
     ns, veth = host.netns, host.veth
     _run("ip", "netns", "add", ns)
-    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}c")
-    _run("ip", "link", "set", f"{veth}c", "netns", ns)
-    _run("ip", "-n", ns, "link", "set", f"{veth}c", "name", "eth0")
+    # Made with its peer in the netns, in one step: no moment where the pair exists outside it,
+    # so `_stop` deletes it from inside the netns without asking whose mtlsN it is.
+    _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
     _run("ip", "-n", ns, "addr", "add", f"{host.address}/30", "dev", "eth0")
     _run("ip", "-n", ns, "link", "set", "eth0", "up")
     _run("ip", "-n", ns, "link", "set", "lo", "up")
@@ -265,7 +306,7 @@ def _network(host: Host) -> None:
 
 
 def _boot(host: Host) -> int:
-    cgroups = _cgroups(host.name)
+    cgroups = host.cgroups
     for cg in cgroups:
         cg.mkdir(parents=True, exist_ok=True)
 
@@ -306,7 +347,7 @@ def _wait_ready(host: Host, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
-        if not _is_our_nspawn(host.pid, host.name):
+        if not _is_our_nspawn(host.pid, host):
             raise RuntimeError(f"{host.name}: container exited; see {host.log}")
         try:
             res = host.ssh("systemctl is-system-running --wait", check=False, timeout=30)
@@ -348,19 +389,16 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
     with _registry_lock():
         _sweep_dead()
         for name, _ in plan:
-            old = _load(name)
-            _stop(name, old.pid if old else 0, old.index if old else None)
+            _stop(_ours(name))
         taken = {h.index for h in _known()}
         for name, s in plan:
-            host = Host(name=name, suite=s, index=_free_index(taken), variants=shapes[name])
-            taken.add(host.index)
-            _state_file(name).write_text(
-                json.dumps(asdict(host))
-            )  # so `down` can clear a half-made host
-            host.root.mkdir(parents=True, exist_ok=True)
-            _run(
-                "mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", f"mailtls-{name}", str(host.root)
+            host = Host(
+                name=name, suite=s, index=_free_index(taken), variants=shapes[name], tag=TAG
             )
+            taken.add(host.index)
+            _save(host)  # before anything is made: so `down` can clear a half-made host
+            host.root.mkdir(parents=True, exist_ok=True)
+            _run("mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", host.netns, str(host.root))
             _run(
                 "tar",
                 "--numeric-owner",
@@ -376,7 +414,7 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
             _write_identity(host)
             _network(host)
             host.pid = _boot(host)
-            _state_file(name).write_text(json.dumps(asdict(host)))
+            _save(host)
             hosts.append(host)
     try:
         for host in hosts:
@@ -390,37 +428,38 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
 
 
 def down(names: list[str]) -> None:
-    """Stop the named hosts; names that are not running are cleared of leftovers anyway."""
+    """Stop the named hosts of this registry; names that are not running are cleared of this
+    registry's leftovers anyway."""
     with _registry_lock():
         for name in names:
-            host = _load(name)
-            _stop(name, host.pid if host else 0, host.index if host else None)
+            _stop(_ours(name))
 
 
 def down_all() -> None:
+    """Stop every host of this registry, and this registry's leftovers (named with its TAG)
+    whose state file is gone. Other registries' hosts, and anything else in the shared netns
+    list, ROOTS_DIR and cgroup folders, are never touched."""
     with _registry_lock():
         for host in _known():
-            _stop(host.name, host.pid, host.index)
-        # leftovers with no state file (state lost with a reboot of /run, or a crash mid-write)
+            _stop(host)
+        mine = f"{TAG}-"
+        names = set()
         for ns in _run("ip", "netns", "list", check=False).stdout.split():
-            if ns.startswith("mailtls-"):
-                _stop(ns.removeprefix("mailtls-"))
-        if ROOTS_DIR.is_dir():
-            for root in ROOTS_DIR.iterdir():
-                _stop(root.name)
-        for cgroot in CGROUP_ROOTS:
-            base = Path(cgroot) / "testhosts"
+            if ns.startswith(f"mailtls-{mine}"):
+                names.add(ns.removeprefix(f"mailtls-{mine}"))
+        places = [ROOTS_DIR, *(Path(cgroot) / "testhosts" for cgroot in CGROUP_ROOTS)]
+        for base in places:
             if base.is_dir():
-                for cg in base.iterdir():
-                    if cg.is_dir():
-                        _kill_cgroup_tree(cg)
+                names.update(p.name.removeprefix(mine) for p in base.glob(f"{mine}*"))
+        for name in sorted(names):
+            _stop(Host(name=name, suite="", index=-1, tag=TAG))
 
 
 def status() -> list[tuple[Host, bool]]:
     """Known hosts and whether each one's container is alive."""
-    return [(h, _is_our_nspawn(h.pid, h.name)) for h in _known()]
+    return [(h, _is_our_nspawn(h.pid, h)) for h in _known()]
 
 
 def get(name: str) -> Host | None:
     host = _load(name)
-    return host if host and _is_our_nspawn(host.pid, host.name) else None
+    return host if host and _is_our_nspawn(host.pid, host) else None

@@ -11,6 +11,7 @@ import time
 
 from conftest import run_pyinfra
 from tasks import dh
+from tasks.facts import MailHost
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
@@ -297,3 +298,100 @@ def test_rotation_goes_through_the_safety_net(fresh_host, suite):
     assert "dovecot rejected the new configuration" in out and "TLS handshake" in out, out
     assert log_count(host, "mailtls-dh-rotate: installed new") == installed
     assert host.ssh(f"cat {dh.ROTATE_STAMP}").stdout == stamp  # the deploy will try again
+
+
+def read_fact(host) -> dict:
+    """The deploy's MailHost fact, run on the host as the deploy runs it (sh), parsed."""
+    res = host.ssh("sh -s", input=MailHost().command(files=()), timeout=120)
+    return MailHost().process(res.stdout.splitlines())
+
+
+def test_the_fact_sees_a_rotation_without_making_one_skip(fresh_host):
+    """With a reload pending the fact asks whether a rotation runs (it then leaves the reload to
+    it). It must tell without taking the rotation's lock: a rotation that cron starts while the
+    fact holds it finds it taken and skips its week (exit 75, "nothing done")."""
+    host = fresh_host("bookworm")
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048")
+    run_pyinfra(host, "deploy.py", *data)
+    assert wait_until(lambda: not generating(host), timeout=600), "generation never ended"
+    host.ssh("/usr/local/sbin/mailtls-apply begin postfix /etc/postfix/main.cf")  # a reload pending
+    lock = "/var/lib/mailtls/lock/dh-rotate.lock"
+    rotate = f"{dh.ROTATE_BIN} -f /root/dh-test.pem -b 4096"  # minutes: killed long before
+
+    # The instant a command the fact runs under `flock LOCK` lasts, stretched so that a rotation
+    # can start in it (root's PATH has /usr/local/bin first: flock execs this `true`).
+    host.ssh(
+        "printf '#!/bin/sh\\ntouch /run/fact-in-lock\\nsleep 5\\n' >/usr/local/bin/true && "
+        "chmod 0755 /usr/local/bin/true"
+    )
+    fact = subprocess.Popen(
+        host.ssh_argv("sh -s"), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert fact.stdin is not None
+    fact.stdin.write(MailHost().command(files=()))
+    fact.stdin.close()
+    wait_until(
+        lambda: (
+            fact.poll() is not None
+            or host.ssh("test -e /run/fact-in-lock", check=False).returncode == 0
+        ),
+        timeout=30,
+        step=0.1,
+    )
+    # Started while the fact runs (or just after): it must get the lock and generate.
+    res = host.ssh(f"timeout 3 {rotate}; echo rc=$?", check=False, timeout=60)
+    fact.wait(timeout=60)
+    host.ssh("rm -f /usr/local/bin/true /run/fact-in-lock")
+    assert res.stdout.strip().endswith("rc=124"), (res.stdout, res.stderr, rotate_log(host))
+
+    # And it still sees a rotation that runs, and only while it runs.
+    host.ssh(f"setsid {rotate} >/dev/null 2>&1 </dev/null & echo $! >/run/rotation")
+    assert wait_until(
+        lambda: host.ssh(f"flock -n {lock} true", check=False).returncode != 0, timeout=30, step=0.2
+    ), "the rotation never took its lock"
+    assert read_fact(host)["busy"] == [lock]
+    host.ssh("kill $(cat /run/rotation)")
+    assert wait_until(
+        lambda: host.ssh(f"flock -n {lock} true", check=False).returncode == 0, timeout=30, step=0.2
+    )
+    fact_now = read_fact(host)
+    assert fact_now["busy"] == [] and fact_now["pending"] == {"postfix"}
+
+
+def test_rotation_job_removal_keeps_the_crontab_when_crontab_l_fails(fresh_host):
+    """Turning rotation off removes the job, then its `# pyinfra-name=` line (ops.cron_name_absent).
+    If `crontab -l` fails at that moment, root's crontab must stay as it is (the run fails),
+    never be replaced by what an empty listing leaves; a crontab that holds only the name line
+    still ends up without it."""
+    host = fresh_host("bookworm")
+    data = (*LEGACY, "--data", "dh_source=generated", "--data", "dh_bits=2048")
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=on")
+    assert wait_until(lambda: not generating(host), timeout=600), "generation never ended"
+    name = f"# pyinfra-name={dh.CRON_NAME}"
+    others = ["5 1 * * * /usr/bin/true job-1", "# the admin's comment", "7 2 * * 1 /bin/true job-2"]
+    host.ssh("{ crontab -l; cat; } | crontab -", input="".join(f"{line}\n" for line in others))
+    # `crontab -l` fails (a transient error) in the command that removes the name line: a shim
+    # first in root's PATH (/usr/local/bin) fails -l for the shell running that command only.
+    host.ssh(
+        "cat >/usr/local/bin/crontab && chmod 0755 /usr/local/bin/crontab",
+        input=(
+            "#!/bin/sh\n"
+            'if [ "$1" = -l ] && tr "\\0" " " </proc/$PPID/cmdline | grep -qF -- "-vxF"; then\n'
+            '    echo "crontab: cannot read the spool (test)" >&2; exit 1\n'
+            "fi\n"
+            'exec /usr/bin/crontab "$@"\n'
+        ),
+    )
+    assert host.ssh("command -v crontab").stdout.strip() == "/usr/local/bin/crontab"
+    res = run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off", check=False)
+    tab = host.ssh("/usr/bin/crontab -l").stdout.splitlines()
+    assert all(line in tab for line in others), (tab, res.stderr[-3000:])
+    assert name in tab  # left as it was (the job itself is gone: pyinfra's own operation)
+    assert res.returncode != 0, res.stderr[-3000:]
+
+    host.ssh("rm /usr/local/bin/crontab")
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
+    assert host.ssh("crontab -l").stdout.splitlines() == others
+    host.ssh("crontab -", input=f"{name}\n")  # nothing but the name line
+    run_pyinfra(host, "deploy.py", *data, "--data", "dh_rotation=off")
+    assert "mailtls" not in host.ssh("crontab -l", check=False).stdout

@@ -165,3 +165,39 @@ def test_mailhost_fact_dovecot_tree_section():
         and "ssl_cipher_list|" in command
         and "--exclude=99-mailtls.conf" in command
     )
+
+
+def test_mailhost_fact_oversize_section():
+    """A file over the fact's size cap is named in `oversize` and is neither hashed nor given a
+    mode: plan() sees it as absent (the certificate watcher is asked, and says why it refuses)."""
+    out = FACT_OUTPUT[:-1] + ["@@oversize", "/srv/acme/huge.pem", "@@end"]
+    info = MailHost().process(out)
+    assert info["oversize"] == {"/srv/acme/huge.pem"}
+    assert "/srv/acme/huge.pem" not in info["files"] and "/srv/acme/huge.pem" not in info["modes"]
+    assert MailHost().process(FACT_OUTPUT)["oversize"] == set()
+
+
+def test_fact_reads_no_file_over_the_cap(tmp_path):
+    """The paths asked for include the admin's certificate sources, in directories a non-root
+    user may control: a huge (sparse) file there must not be read, a small one still is."""
+    import subprocess
+    import time
+
+    from tasks.facts import READ_MAX
+
+    small, huge = tmp_path / "cert.pem", tmp_path / "huge.pem"
+    small.write_bytes(b"x" * READ_MAX)  # at the cap: read
+    with open(huge, "wb") as fh:
+        fh.truncate(READ_MAX + 1)
+    fact = MailHost()
+    started = time.monotonic()
+    out = subprocess.run(
+        ["sh", "-c", fact.command(files=(str(small), str(huge)))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.splitlines()
+    assert time.monotonic() - started < 30
+    info = fact.process(out)
+    assert set(info["files"]) == set(info["modes"]) == {str(small)}
+    assert info["oversize"] == {str(huge)}
