@@ -209,6 +209,18 @@ def test_a_key_that_never_ends_is_refused_in_bounded_time(fresh_host, suite):
         res = host.ssh("timeout 100 mailtls-cert-watch --deploy postfix", check=False, timeout=150)
         assert time.monotonic() - start < 30 and res.returncode == 1, res
         assert f"{LIVE}/privkey.pem {why}" in res.stderr, res.stderr
+    # The next deploy neither hangs nor waits for a lock: it fails at once, saying why.
+    host.ssh(
+        f"ln -s {ARCHIVE}/privkey5.pem {LIVE}/.privkey.pem.new && "
+        f"mv -T {LIVE}/.privkey.pem.new {LIVE}/privkey.pem"
+    )
+    start = time.monotonic()
+    res = run_pyinfra(host, "deploy.py", *DATA, check=False, timeout=300)
+    assert time.monotonic() - start < 90 and res.returncode != 0, res.stderr[-3000:]
+    assert f"{LIVE}/privkey.pem is not a regular file" in res.stdout + res.stderr, res.stderr[
+        -3000:
+    ]
+    assert all_ports(host) == dict.fromkeys(PORTS, good)
     # and the unit itself has a time limit, whatever happens
     unit = host.ssh("systemctl show -p TimeoutStartUSec mailtls-cert-watch.service").stdout
     assert "infinity" not in unit, unit
