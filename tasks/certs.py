@@ -63,8 +63,10 @@ def sources(settings: Settings, has_dovecot: bool = True) -> dict[str, tuple[str
 
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
-    """Paths whose checksums plan() needs, for the MailHost fact's `files=`."""
-    out = list(_INSTALLED)
+    """Paths whose checksums plan() needs, for the MailHost fact's `files=`; and the copies of
+    every daemon, which tell host_conf.render() whether a daemon whose settings are unset still
+    serves them."""
+    out = [*_INSTALLED, *COPIES["postfix"], *COPIES["dovecot"]]
     for daemon, pair in sources(settings).items():
         out += [
             *pair,

@@ -79,8 +79,8 @@ def render(
 
 
 # The TLS-policy settings of both versions: set anywhere else with another value, one of these
-# may beat ours (certificate and DH file are not: per-name certificates are legitimate).
-POLICY_KEYS = (
+# may beat ours (the DH file is not: it only matters under legacy-dhe, where ours is checked).
+TLS_POLICY_KEYS = (
     "ssl_min_protocol",
     "ssl_cipher_list",
     "ssl_cipher_suites",
@@ -89,6 +89,22 @@ POLICY_KEYS = (
     "ssl_server_prefer_ciphers",
     "ssl_protocols",
 )
+# The server certificate settings per version: (certificate, key, alternative certificate,
+# alternative key). They matter only where our file sets a certificate: then one read after ours
+# or inside a block serves another certificate, and an alternative one (an ECDSA beside an RSA
+# certificate) is served to some clients wherever it is set, since ours does not replace it.
+CERT_KEYS = {
+    "2.3": ("ssl_cert", "ssl_key", "ssl_alt_cert", "ssl_alt_key"),
+    "2.4": (
+        "ssl_server_cert_file",
+        "ssl_server_key_file",
+        "ssl_server_alt_cert_file",
+        "ssl_server_alt_key_file",
+    ),
+}
+# What the MailHost fact (tasks/facts.py) greps Dovecot's files for. Debian's 10-ssl.conf sets
+# the certificate on every host, so its few lines are in the fact's dovecot_tree everywhere.
+POLICY_KEYS = TLS_POLICY_KEYS + CERT_KEYS["2.3"] + CERT_KEYS["2.4"]
 MAIN_CONF = "/etc/dovecot/dovecot.conf"
 
 
@@ -113,7 +129,7 @@ def readback(text: str) -> dict[str, str]:
     return {
         (f"ssl_server/{k[len('ssl_server_') :]}" if k.startswith("ssl_server_") else k): v
         for k, v in settings_of(text).items()
-        if k in POLICY_KEYS
+        if k in TLS_POLICY_KEYS
     }
 
 
@@ -122,14 +138,34 @@ def _unquote(value: str) -> str:
     return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
 
 
+def certificate(text: str) -> tuple[str, str] | None:
+    r"""(certificate, key) a Dovecot file sets (ours, or its grep lines), None when it sets none.
+
+    >>> certificate("ssl_cert = </etc/ssl/a.pem\nssl_key = </etc/ssl/a.key\n")
+    ('/etc/ssl/a.pem', '/etc/ssl/a.key')
+    >>> certificate("ssl_server_cert_file = /etc/ssl/a.pem\nssl_server_key_file = /etc/ssl/a.key")
+    ('/etc/ssl/a.pem', '/etc/ssl/a.key')
+    >>> certificate("ssl_min_protocol = TLSv1.2") is None
+    True
+    """
+    found = settings_of(text)
+    for cert, key, *_ in CERT_KEYS.values():
+        if found.get(cert) and found.get(key):
+            return (found[cert].removeprefix("<"), found[key].removeprefix("<"))
+    return None
+
+
 def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[str]:
-    """What in the host's Dovecot config beats the policy in `text` (our rendered file).
+    """What in the host's Dovecot config beats the policy or the certificate in `text` (our
+    rendered file).
 
     `tree` is the MailHost fact's ``dovecot_tree``: grep lines 'file:line:text' with every
-    !include and, for files setting a policy key, their block lines and those settings. Walked
-    from dovecot.conf in Dovecot's order (includes in place, globs sorted), with our file where
-    its include glob puts it, present or not: a global setting read after ours wins, a setting
-    inside a block (protocol imap { }, local_name x { }, local/remote { }) wins wherever it is.
+    !include and, for files setting a policy or certificate key, their block lines and those
+    settings. Walked from dovecot.conf in Dovecot's order (includes in place, globs sorted), with
+    our file where its include glob puts it, present or not: a global setting read after ours
+    wins, a setting inside a block (protocol imap { }, local_name x { }, local/remote { }) wins
+    wherever it is. Certificate settings count only where ours sets a certificate (else what
+    Dovecot serves is the admin's business); an alternative certificate counts wherever it is.
     Returns one line per override naming file, line and what to do; empty when ours wins.
 
     >>> overrides("ssl_cipher_list = ECDHE+AESGCM", [
@@ -138,7 +174,32 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
     ...     "/etc/dovecot/local.conf:1:ssl_cipher_list = ALL"])[0][:35]
     '/etc/dovecot/local.conf:1: ssl_ciph'
     """
-    ours = {k: v for k, v in settings_of(text).items() if k in POLICY_KEYS}
+    return _walk(text, tree, conf_path)[0]
+
+
+def certificate_replaced(text: str, tree: list[str], conf_path: str = CONF_PATH) -> bool:
+    """Whether a certificate setting read after our file, outside any block, replaces the one
+    `text` sets everywhere: then ours is never served, and leaving it out changes nothing.
+
+    >>> certificate_replaced("ssl_cert = </a\\nssl_key = </b", [
+    ...     "/etc/dovecot/dovecot.conf:97:!include conf.d/*.conf",
+    ...     "/etc/dovecot/dovecot.conf:101:!include_try local.conf",
+    ...     "/etc/dovecot/local.conf:1:ssl_cert = </etc/ssl/mine.pem"])
+    True
+    """
+    return _walk(text, tree, conf_path)[1]
+
+
+def _walk(text: str, tree: list[str], conf_path: str) -> tuple[list[str], bool]:
+    """overrides() and certificate_replaced(), in one walk."""
+    settings = settings_of(text)
+    ours = {k: v for k, v in settings.items() if k in TLS_POLICY_KEYS}
+    # The certificate keys of the version whose certificate our file sets (none: not checked).
+    cert_keys: tuple[str, ...] = next(
+        (keys for keys in CERT_KEYS.values() if keys[0] in settings), ()
+    )
+    alt_keys = cert_keys[2:]
+    ours.update({k: v for k, v in settings.items() if k in cert_keys})
     files: dict[str, list[tuple[str, str]]] = {}
     for line in tree:
         path, _, rest = line.partition(":")
@@ -147,11 +208,11 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
     for lines in files.values():  # the fact lists !include lines and settings in separate runs
         lines.sort(key=lambda item: int(item[0]) if item[0].isdigit() else 0)
     found: list[str] = []
-    seen_ours = False
+    seen_ours = replaced = False
     stack: list[str] = []
 
     def walk(path: str, depth: int) -> None:
-        nonlocal seen_ours
+        nonlocal seen_ours, replaced
         if path == conf_path:
             seen_ours = True
             return
@@ -171,7 +232,7 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
                 continue
             key, eq, value = code.partition("=")
             key = key.strip()
-            if eq and key in POLICY_KEYS and "{" not in key:
+            if eq and key in TLS_POLICY_KEYS and "{" not in key:
                 value = _unquote(value.strip().rstrip("}").strip())
                 if value != ours.get(key):
                     where = (
@@ -189,6 +250,27 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
                             f"{path}:{lineno}: {key} = {value} ({where}) overrides the "
                             f"mailtls policy: remove this line ({want})"
                         )
+            elif eq and key in cert_keys and "{" not in key:
+                value = _unquote(value.strip().rstrip("}").strip())
+                if value != ours.get(key, ""):
+                    where = (
+                        f"inside '{stack[-1]} {{'"
+                        if stack
+                        else f"read after {conf_path}"
+                        if seen_ours
+                        else f"served beside the certificate {conf_path} sets"
+                        if key in alt_keys
+                        else ""
+                    )
+                    replaced = replaced or (seen_ours and not stack and key == cert_keys[0])
+                    if where:
+                        found.append(
+                            f"{path}:{lineno}: {key} = {value} ({where}) makes Dovecot serve "
+                            f"another certificate than the one mailtls sets "
+                            f"({ours[cert_keys[0]]}): remove this line, or unset "
+                            "mailtls_dovecot_cert_file/_key_file to manage Dovecot's "
+                            "certificate yourself"
+                        )
             for ch in code:
                 if ch == "{":
                     stack.append(code.split("{", 1)[0].strip())
@@ -196,4 +278,4 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
                     stack.pop()
 
     walk(MAIN_CONF, 0)
-    return found
+    return found, replaced

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import certs, dovecot_conf, postfix_conf, probes
+from tasks.ops import sha256
 from tasks.policy import Policy, resolve
 from tasks.postfix_conf import PostfixConf
 from tasks.settings import Settings
@@ -34,6 +35,12 @@ class HostConf:
     # when something outside our files would override the policy. Empty: go ahead.
     refusals: tuple[str, ...]
     verify: str | None  # probes.VERIFY_PATH: what mailtls-apply's commit checks; None when refused
+    # For the log on every run: a daemon that keeps serving copies nothing renews any more.
+    warnings: tuple[str, ...] = ()
+    # Dovecot's certificate settings are unset and the checksum of our file does not tell what
+    # it names now: read its certificate lines (dovecot_conf.CONF_PATH) into the fact as
+    # info["dovecot_named"] (dovecot_conf.certificate()) and render again.
+    read_dovecot_named: bool = False
 
 
 def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
@@ -70,11 +77,40 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
         )
     except postfix_conf.MasterCfError as exc:
         refusals.append(f"/etc/postfix/master.cf: {exc}")
+    if pf_cert and pf_key:  # what would serve another certificate than the one we set
+        refusals += postfix_conf.cert_overrides(
+            info["postconf"], info["services"], info.get("master_params", {}), pf_cert, pf_key
+        )
+    warnings = []
+    if pf_cert is None and info["postconf"].get("smtpd_tls_cert_file") in certs.COPIES["postfix"]:
+        # Unset keeps what main.cf has: here the watcher's copy, which nothing renews any more.
+        warnings.append(_frozen("postfix", certs.COPIES["postfix"][0], info["files"]))
     dovecot = None
     dc_cert, dc_key = certs.served("dovecot", settings, cert_plan)
+    read_named = False
+    check_dc = True  # whether the commit expects every Dovecot port to serve dc_cert
     if caps.dovecot is not None:
+        tree = info.get("dovecot_tree", [])
+        checked = None  # our file as the override check sees it
+        if dc_cert is None:
+            # Unset keeps what Dovecot uses now: the certificate our file names, if any, unless
+            # a later file replaces it anyway (then leaving it out changes nothing served).
+            named, read_named = _dovecot_named(policy, caps, info)
+            if named and not dovecot_conf.certificate_replaced(
+                dovecot_conf.render(policy, caps, *named), tree
+            ):
+                dc_cert, dc_key = named
+                # Kept, not set: what else names a certificate stays the admin's business.
+                checked = dovecot_conf.render(policy, caps)
+                if named == certs.COPIES["dovecot"]:
+                    warnings.append(_frozen("dovecot", dc_cert, info["files"], caps))
         dovecot = dovecot_conf.render(policy, caps, dc_cert, dc_key)
-        refusals += dovecot_conf.overrides(dovecot, info.get("dovecot_tree", []))
+        found = dovecot_conf.overrides(checked or dovecot, tree)
+        refusals += found
+        if checked and dovecot_conf.overrides(dovecot, tree) != found:
+            # A kept certificate another one beats somewhere (a protocol block): the commit
+            # cannot expect every port to serve ours.
+            check_dc = False
     verify = None
     if postfix is not None and not refusals:
         verify = probes.render(
@@ -82,6 +118,55 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
             *probes.stable(postfix.main, postfix.params),
             postfix.remove,
             None if dovecot is None else dovecot_conf.readback(dovecot),
-            {"postfix": pf_cert, "dovecot": dc_cert},
+            {"postfix": pf_cert, "dovecot": dc_cert if check_dc else None},
         )
-    return HostConf(policy, cert_plan, postfix, dovecot, tuple(refusals), verify)
+    return HostConf(
+        policy,
+        cert_plan,
+        postfix,
+        dovecot,
+        tuple(refusals),
+        verify,
+        tuple(warnings),
+        read_named,
+    )
+
+
+def _dovecot_named(
+    policy: Policy, caps: Any, info: Mapping[str, Any]
+) -> tuple[tuple[str, str] | None, bool]:
+    """(certificate, key) our Dovecot file names now, and whether the fact cannot tell (then the
+    deploy reads the file's certificate lines: info["dovecot_named"]). On the steady path the
+    checksum the fact read answers: our file as rendered without a certificate, or with the
+    watcher's copies."""
+    if "dovecot_named" in info:
+        return info["dovecot_named"], False
+    files = info["files"]
+    current = files.get(dovecot_conf.CONF_PATH)
+    if current is None or current == sha256(dovecot_conf.render(policy, caps).encode()):
+        return None, False
+    copies = certs.COPIES["dovecot"]
+    if all(p in files for p in copies) and current == sha256(
+        dovecot_conf.render(policy, caps, *copies).encode()
+    ):
+        return copies, False
+    # Another profile, a file from an older mailtls, or the settings' own files named directly.
+    return None, True
+
+
+def _frozen(daemon: str, copy: str, files: Mapping[str, str], caps: Any = None) -> str:
+    """The warning for a daemon left serving the watcher's copy after its settings went."""
+    if daemon == "postfix":
+        where = "main.cf keeps smtpd_tls_cert_file"
+        other = "point smtpd_tls_cert_file and smtpd_tls_key_file at your files (postconf -e)"
+    else:
+        cert, key = dovecot_conf.CERT_KEYS[dovecot_conf.major(caps)][:2]
+        where = f"{dovecot_conf.CONF_PATH} keeps naming"
+        other = f"set {cert} and {key} to your files in /etc/dovecot/local.conf"
+    state = "" if copy in files else " (and it is missing!)"
+    return (
+        f"{daemon}: mailtls_{daemon}_cert_file/_key_file are unset: {where} {copy}, the copy "
+        f"of your certificate {daemon} serves now{state}, which nothing renews any more "
+        f"(expiry: openssl x509 -noout -enddate -in {copy}): set mailtls_{daemon}_cert_file/"
+        f"_key_file again to follow renewals, or {other}"
+    )

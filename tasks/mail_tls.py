@@ -15,13 +15,18 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
-from pyinfra.facts.files import Sha256File
+from pyinfra.facts.files import FindInFile, Sha256File
 from pyinfra.operations import crontab
 
 from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
 from tasks.facts import MailHost
 from tasks.policy import PROFILES, HostCaps, Policy
 from tasks.settings import Settings, data_defaults, host_settings
+
+# The certificate lines of our Dovecot file, both versions' (dovecot_conf.CERT_KEYS).
+CERT_LINES = (
+    "^(" + "|".join(k for keys in dovecot_conf.CERT_KEYS.values() for k in keys[:2]) + ") ="
+)
 
 
 def fact_files(settings: Settings) -> tuple[str, ...]:
@@ -85,6 +90,15 @@ def mail_tls(settings: Settings | None = None) -> None:
         raise PyinfraError(f"invalid settings: {host.name}: {refusal}")
     # Pre-flight (pure): everything rendered and every override found before anything changes.
     conf = host_conf.render(settings, info)
+    if conf.read_dovecot_named:
+        # Certificate settings unset, and our Dovecot file's checksum does not tell which
+        # certificate it names (a changed profile, an older mailtls, the settings' files named
+        # directly): one small read, only in a run that rewrites that file anyway.
+        lines = host.get_fact(
+            FindInFile, path=dovecot_conf.CONF_PATH, pattern=CERT_LINES, extended_regex=True
+        )
+        named = dovecot_conf.certificate("\n".join(lines or ()))
+        conf = host_conf.render(settings, {**info, "dovecot_named": named})
     policy = conf.policy
     if conf.refusals or conf.postfix is None or conf.verify is None:
         ops.fail(
@@ -93,7 +107,7 @@ def mail_tls(settings: Settings | None = None) -> None:
             + f"\n{host.name}: nothing was changed on this host",
         )
         return
-    for note in (*policy.notes, *conf.postfix.notes):
+    for note in (*policy.notes, *conf.postfix.notes, *conf.warnings):
         logger.warning(f"{host.name}: {note}")
     if conf.dovecot is None:
         logger.info(f"{host.name}: Dovecot is not installed, skipping it")

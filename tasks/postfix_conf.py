@@ -57,6 +57,18 @@ POLICY_PARAMS = frozenset(
     }
 )
 
+# What makes smtpd serve another certificate than smtpd_tls_cert_file/_key_file: chain_files
+# replaces them (postconf(5): the legacy parameters are then ignored), an ECDSA or DSA pair is
+# served beside them to the clients that prefer it. Checked only where the deploy sets the
+# certificate.
+OTHER_CERT_PARAMS = (
+    "smtpd_tls_chain_files",
+    "smtpd_tls_eccert_file",
+    "smtpd_tls_eckey_file",
+    "smtpd_tls_dcert_file",
+    "smtpd_tls_dkey_file",
+)
+
 
 class MasterCfError(ValueError):
     """master.cf is in a shape the deploy must not guess about (e.g. two services, one port)."""
@@ -310,3 +322,52 @@ def render(
         unset=plan.unset,
         notes=plan.notes,
     )
+
+
+def cert_overrides(
+    current: Mapping[str, str],
+    services: Mapping[str, str],
+    master_params: Mapping[str, str],
+    cert_file: str,
+    key_file: str,
+) -> list[str]:
+    """What would make Postfix serve another certificate than `cert_file`/`key_file`, which the
+    deploy sets in main.cf: an OTHER_CERT_PARAMS setting in main.cf (`current`: postconf -n), or
+    one of those or another certificate/key as a master.cf -o override of a mail-facing smtpd
+    (postconf -M `services`, -P `master_params`). One line per setting: where, and what to do.
+
+    >>> cert_overrides({"smtpd_tls_chain_files": "/etc/ssl/x.pem"}, {}, {}, "/c", "/k")[0][:62]
+    '/etc/postfix/main.cf: smtpd_tls_chain_files = /etc/ssl/x.pem ('
+    """
+    found = []
+    unset = "or unset mailtls_postfix_cert_file/_key_file to manage Postfix's certificate yourself"
+    for param in OTHER_CERT_PARAMS:
+        if current.get(param):
+            found.append(
+                f"/etc/postfix/main.cf: {param} = {current[param]} ({_why(param)} "
+                f"smtpd_tls_cert_file = {cert_file}, which mailtls sets): remove it "
+                f"(postconf -X {param}), {unset}"
+            )
+    ours = {"smtpd_tls_cert_file": cert_file, "smtpd_tls_key_file": key_file}
+    for key, line in services.items():
+        svc = parse_service(key, line)
+        if not svc.mail_facing:
+            continue
+        for param in (*ours, *OTHER_CERT_PARAMS):
+            value = master_params.get(f"{key}/{param}")
+            if value and value != ours.get(param):
+                where = f"port {svc.port}" if svc.port else "postscreen's smtpd"
+                found.append(
+                    f"/etc/postfix/master.cf: service {key.split('/')[0]!r} ({where}): "
+                    f"-o {param}={value} makes it serve another certificate than "
+                    f"smtpd_tls_cert_file = {cert_file}, which mailtls sets in main.cf: remove "
+                    f"it (postconf -PX {key}/{param}), {unset}"
+                )
+    return found
+
+
+def _why(param: str) -> str:
+    if param == "smtpd_tls_chain_files":
+        return "Postfix serves it and ignores"
+    kind = "an ECDSA" if "_ec" in param else "a DSA"
+    return f"{kind} certificate or key, served to the clients that prefer it instead of"

@@ -235,7 +235,10 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         _path_or_none,
         "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
-        "serves a checked copy, else smtpd_tls_cert_file names it; unset keeps what main.cf has.",
+        "serves a checked copy, else smtpd_tls_cert_file names it; a setting that would serve "
+        "another certificate (smtpd_tls_chain_files, an ECDSA pair, a master.cf -o) stops the "
+        "deploy. Unset keeps what main.cf has: the watcher's copy too, which is then no longer "
+        "renewed (every run warns, docs/certificates.md).",
     ),
     Setting(
         "postfix_key_file",
@@ -247,7 +250,10 @@ SETTINGS: tuple[Setting, ...] = (
         "dovecot_cert_file",
         None,
         _path_or_none,
-        "Dovecot certificate (chain), as for Postfix's; unset keeps what Dovecot uses now.",
+        "Dovecot certificate (chain), as for Postfix's (a certificate set after 99-mailtls.conf, "
+        "in a block, or an alternative one stops the deploy). Unset keeps what Dovecot uses now: "
+        "the one 99-mailtls.conf names stays named, the watcher's copy too (no longer renewed: "
+        "every run warns), until a file read after it sets another.",
     ),
     Setting(
         "dovecot_key_file",

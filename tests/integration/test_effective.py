@@ -225,3 +225,42 @@ def test_a_port_lost_in_the_reload_fails_the_commit_and_rolls_back(fresh_host, s
     assert "rolled back" in res.stderr
     assert host.ssh(f"sha256sum {conf}").stdout == before
     assert host.ssh("ss -Hltn 'sport = :993' | wc -l").stdout.strip() != "0"
+
+
+def test_settings_that_serve_another_certificate_are_refused_before_any_change(fresh_host, suite):
+    """With certificate settings, what would serve another certificate than the one the deploy
+    names stops the host before any change, each named with what to do: main.cf's
+    smtpd_tls_chain_files (it beats smtpd_tls_cert_file), a Dovecot certificate read after
+    99-mailtls.conf. Debian's own 10-ssl.conf, read before ours, is not one of them."""
+    host = fresh_host(suite)
+    cert, key, lt = (
+        ("ssl_cert", "ssl_key", "<")
+        if suite == "bookworm"
+        else ("ssl_server_cert_file", "ssl_server_key_file", "")
+    )
+    host.ssh(
+        "umask 077; for d in mx other; do mkdir -p /etc/ssl/$d && "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
+        "-keyout /etc/ssl/$d/key.pem -out /etc/ssl/$d/cert.pem -days 30 -subj /CN=$d.test "
+        "2>/dev/null && chmod 0644 /etc/ssl/$d/cert.pem && "
+        "cat /etc/ssl/$d/key.pem /etc/ssl/$d/cert.pem > /etc/ssl/$d/both.pem; done && "
+        "postconf -e smtpd_tls_chain_files=/etc/ssl/other/both.pem && "
+        f"printf '# site certificate\\n{cert} = {lt}/etc/ssl/other/cert.pem\\n"
+        f"{key} = {lt}/etc/ssl/other/key.pem\\n' > /etc/dovecot/local.conf && "
+        "postfix reload && doveadm reload"
+    )
+    before = host.ssh(STATE).stdout
+    pair = ("cert_file=/etc/ssl/mx/cert.pem", "key_file=/etc/ssl/mx/key.pem")
+    data = [a for d in ("postfix", "dovecot") for p in pair for a in ("--data", f"mailtls_{d}_{p}")]
+    res = run_pyinfra(host, "deploy.py", *data, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert (
+        "/etc/postfix/main.cf: smtpd_tls_chain_files = /etc/ssl/other/both.pem" in out
+        and "postconf -X smtpd_tls_chain_files" in out
+    ), out[-3000:]
+    assert f"/etc/dovecot/local.conf:2: {cert} = {lt}/etc/ssl/other/cert.pem" in out, out[-3000:]
+    assert f"/etc/dovecot/local.conf:3: {key} = " in out, out[-3000:]
+    assert "10-ssl.conf" not in out, out[-3000:]
+    assert "nothing was changed on this host" in out, out[-3000:]
+    assert host.ssh(STATE).stdout == before

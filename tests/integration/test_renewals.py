@@ -141,3 +141,24 @@ def test_renewals_are_served_and_broken_ones_never(fresh_host, suite):
         grand_total(run_pyinfra(host, "deploy.py", *DATA, "--data", "mailtls_cert_watch=false"))[3]
         == "-"
     )
+
+
+def test_unset_certificate_settings_keep_the_certificate_served(fresh_host, suite):
+    """The certificate settings removed after the watcher served them: both daemons keep serving
+    the same (now frozen) copies, never another certificate (Dovecot's 10-ssl.conf snakeoil);
+    every run warns naming the copy and what to do; a re-run changes nothing."""
+    host = fresh_host(suite)
+    first = renew(host, 1)
+    run_pyinfra(host, "deploy.py", *DATA)
+    assert all_ports(host) == dict.fromkeys(PORTS, first)
+    for n in (1, 2):
+        res = run_pyinfra(host, "deploy.py")
+        assert all_ports(host) == dict.fromkeys(PORTS, first), (n, res.stderr[-3000:])
+        for daemon, copy in (("postfix", "postfix.pem"), ("dovecot", "dovecot.crt")):
+            assert (
+                f"{daemon}: mailtls_{daemon}_cert_file/_key_file are unset" in res.stderr
+                and f"/etc/ssl/mailtls/served/{copy}" in res.stderr
+                and "nothing renews" in res.stderr
+            ), (n, daemon, res.stderr[-3000:])
+        assert "mailtls-cert-watch" not in host.ssh("ls /usr/local/sbin").stdout
+    assert grand_total(res)[3] == "-", res.stderr[-3000:]  # the re-run changes nothing
