@@ -94,6 +94,13 @@ def test_a_combined_key_and_chain_file_serves_and_its_key_stays_private(fresh_ho
     ]
     assert grand_total(run_pyinfra(host, "deploy.py", *data))[3] == "-"
 
+    # What an older watcher left (the whole combined file as the certificate, 0644) is closed
+    # and replaced by the next tick, though the source did not change.
+    host.ssh(f"cp {COMBINED} {SERVED}/dovecot.crt && chmod 0644 {SERVED}/dovecot.crt && {WATCH}")
+    assert readable_keys(host) == []
+    assert pem_blocks(host, f"{SERVED}/dovecot.crt") == ["CERTIFICATE", "CERTIFICATE"]
+    assert until_all_serve(host, second) == dict.fromkeys(PORTS, second)
+
 
 def grand_total(res) -> list[str]:
     return next(line for line in res.stderr.splitlines() if "Grand total" in line).split()
