@@ -226,3 +226,38 @@ def test_the_audit_fact_reads_the_watchers_status():
         "dovecot": "2026-12-01T00:00:00Z serving /x/fullchain.pem sha256=AB",
     }
     assert len(out["lines"]) == 1
+
+
+def test_a_combined_key_and_chain_file_is_a_good_pair(tmp_path):
+    cert, key = _pair(tmp_path, "c")
+    both = tmp_path / "combined.pem"
+    both.write_bytes(key.read_bytes() + cert.read_bytes())
+    both.chmod(0o600)
+    assert check(both, both) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "make,why",
+    [
+        (lambda p: os.mkfifo(p), "is not a regular file"),
+        (lambda p: p.symlink_to("/dev/zero"), "is not a regular file"),
+        (lambda p: p.write_bytes(b"A" * (1 << 21)), "is larger than 1 MiB"),
+    ],
+)
+def test_a_source_that_never_ends_is_refused_at_once(tmp_path, make, why):
+    cert, _ = _pair(tmp_path, "x")
+    endless = tmp_path / "endless.key"
+    make(endless)
+    rc, said = check(cert, endless)  # check() itself would time out after 60 s
+    assert rc == 1 and f"{endless} {why}" in said, said
+
+
+def test_a_directory_others_may_write_to_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    cert, key = _pair(shared, "x")
+    shared.chmod(0o777)
+    rc, said = check(cert, key)
+    assert rc == 1 and "the directory shared (drwxrwxrwx" in said and "can be changed" in said
+    shared.chmod(0o1777)  # sticky: only a file's owner may replace it
+    assert check(cert, key) == (0, "")
