@@ -14,17 +14,22 @@ key exchange only, and no application data is sent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tasks.audit.bounded import MAX_RECORD, Malformed, deadline
 
 PSK_KE, PSK_DHE_KE = 0, 1
 _AES128_SHA256, _X25519 = 0x1301, 0x001D
@@ -33,6 +38,10 @@ _SIGALGS = (0x0804, 0x0805, 0x0806, 0x0403, 0x0503, 0x0603, 0x0807, 0x0401, 0x05
 
 class ProbeError(Exception):
     """The probe could not tell (connection, protocol or server error)."""
+
+
+class MalformedAnswer(ProbeError):
+    """What the server sent does not parse: the probe could not tell, it was not refused."""
 
 
 # --- key schedule (RFC 8446 section 7.1), SHA-256 only --------------------------------------------
@@ -98,7 +107,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def _record(sock: socket.socket) -> tuple[int, bytes, bytes]:
     header = _recv_exact(sock, 5)
-    body = _recv_exact(sock, struct.unpack("!H", header[3:5])[0])
+    size = struct.unpack("!H", header[3:5])[0]
+    if size > MAX_RECORD:
+        raise Malformed(f"a {size}-byte TLS record")
+    body = _recv_exact(sock, size)
     if header[0] == 21:
         raise ProbeError(f"TLS alert {body[1] if len(body) > 1 else '?'}")
     return header[0], header, body
@@ -211,7 +223,21 @@ def _handshake(
     ticket: Ticket | None = None,
     want_ticket: bool = False,
 ) -> tuple[bool, bool, Ticket | None]:
-    """One TLS 1.3 handshake: (resumed, server sent a key share, new ticket if asked)."""
+    """One TLS 1.3 handshake: (resumed, server sent a key share, new ticket if asked). What does
+    not parse (short or inconsistent messages, records that do not decrypt) is MalformedAnswer."""
+    try:
+        return _handshake_steps(sock, server_name, modes, ticket, want_ticket)
+    except (Malformed, IndexError, struct.error, InvalidTag) as exc:
+        raise MalformedAnswer(f"malformed answer ({type(exc).__name__}: {exc})") from exc
+
+
+def _handshake_steps(
+    sock: socket.socket,
+    server_name: str | None,
+    modes: tuple[int, ...],
+    ticket: Ticket | None,
+    want_ticket: bool,
+) -> tuple[bool, bool, Ticket | None]:
     key = X25519PrivateKey.generate()
     share = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     hello = client_hello(share, server_name, modes, ticket)
@@ -282,11 +308,14 @@ def _handshake(
     return resumed, has_share, None
 
 
-def _connect(ip: str, port: int, starttls, timeout: float) -> socket.socket:
+@contextlib.contextmanager
+def _connect(ip: str, port: int, starttls, timeout: float) -> Iterator[socket.socket]:
+    """A connection whose whole use (dialogue, handshake) ends within 3 x timeout."""
     sock = socket.create_connection((ip, port), timeout=timeout)
-    if starttls:
-        starttls(sock)
-    return sock
+    with sock, deadline(sock, 3 * timeout):
+        if starttls:
+            starttls(sock)
+        yield sock
 
 
 def probe_psk_modes(
@@ -314,6 +343,8 @@ def probe_psk_modes(
                 if has_share
                 else "resumed without (EC)DHE"
             )
+        except MalformedAnswer:
+            raise
         except ProbeError as exc:
             result[name] = f"refused: {exc}"
         except OSError as exc:

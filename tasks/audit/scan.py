@@ -38,6 +38,7 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
+from tasks.audit.bounded import MAX_LINE, MAX_LINES, MAX_RECORD, Malformed, deadline
 from tasks.audit.psk_probe import ProbeError, probe_psk_modes
 from tasks.audit.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
 
@@ -379,21 +380,24 @@ def _tls_connect(
     """Connect, run the STARTTLS dialogue if the port has one, handshake, and read what the server
     sends first (a TLS 1.3 server's tickets come after the handshake)."""
     sock = socket.create_connection((ip, port), timeout=timeout)
-    try:
-        service = MAIL_PORTS[port][1]
-        if service:
-            _starttls(sock, service)
-        tls = ctx.wrap_socket(sock, server_hostname=server_name, session=session)
-    except BaseException:
-        sock.close()
-        raise
-    tls.settimeout(3)
-    try:
-        if service:  # the server waits for us after STARTTLS: ask something harmless
-            tls.sendall(b"a NOOP\r\n" if service == "imap" else b"NOOP\r\n")
-        tls.recv(512)
-    except OSError:
-        pass  # nothing to read is fine: only the session matters here
+    # The whole dialogue, handshake included, within 2 x timeout: a server trickling bytes
+    # never trips the per-read timeout.
+    with deadline(sock, 2 * timeout):
+        try:
+            service = MAIL_PORTS[port][1]
+            if service:
+                _starttls(sock, service)
+            tls = ctx.wrap_socket(sock, server_hostname=server_name, session=session)
+        except BaseException:
+            sock.close()
+            raise
+        tls.settimeout(3)
+        try:
+            if service:  # the server waits for us after STARTTLS: ask something harmless
+                tls.sendall(b"a NOOP\r\n" if service == "imap" else b"NOOP\r\n")
+            tls.recv(512)
+        except OSError:
+            pass  # nothing to read is fine: only the session matters here
     return tls
 
 
@@ -502,16 +506,21 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def _read_lines_until(sock: socket.socket, done) -> str:
-    """Read CRLF lines until done(line) is true; returns that line. Byte-wise: TLS follows."""
-    line = b""
+    """Read CRLF lines until done(line) is true; returns that line. Byte-wise: TLS follows.
+    A line over MAX_LINE bytes or more than MAX_LINES lines is no mail server's dialogue."""
+    line, lines = b"", 0
     while True:
         c = _recv_exact(sock, 1)
         line += c
+        if len(line) > MAX_LINE:
+            raise ConnectionError(f"the server sent a line of over {MAX_LINE} bytes")
         if c == b"\n":
             text = line.decode(errors="replace").rstrip("\r\n")
             if done(text):
                 return text
-            line = b""
+            line, lines = b"", lines + 1
+            if lines > MAX_LINES:
+                raise ConnectionError(f"the server sent over {MAX_LINES} lines before answering")
 
 
 def _starttls(sock: socket.socket, service: str) -> None:
@@ -571,7 +580,15 @@ def pq_client_hello(group: int = X25519MLKEM768) -> bytes:
 
 
 def parse_pq_answer(record: bytes, group: int = X25519MLKEM768) -> tuple[bool, str]:
-    """Judge the server's first TLS record: (supported, explanation)."""
+    """Judge the server's first TLS record: (supported, explanation). Raises Malformed when a
+    HelloRetryRequest is cut short or its lengths do not add up."""
+    try:
+        return _parse_pq_answer(record, group)
+    except (IndexError, struct.error) as exc:
+        raise Malformed(f"malformed answer to the probe ({len(record)} bytes: {exc})") from exc
+
+
+def _parse_pq_answer(record: bytes, group: int) -> tuple[bool, str]:
     if record[:1] == b"\x15":
         return (
             False,
@@ -586,6 +603,8 @@ def parse_pq_answer(record: bytes, group: int = X25519MLKEM768) -> tuple[bool, s
     pos += 1 + record[pos]  # session id
     pos += 3  # cipher suite, compression
     end = pos + 2 + struct.unpack("!H", record[pos : pos + 2])[0]
+    if end > len(record):
+        raise IndexError("extensions run past the record")
     pos += 2
     while pos + 4 <= end:
         kind, size = struct.unpack("!HH", record[pos : pos + 4])
@@ -605,7 +624,8 @@ def probe_pq_hybrid(ip: str, port: int, timeout: float = 5) -> tuple[bool | None
         sock = socket.create_connection((ip, port), timeout=timeout)
     except OSError as exc:
         return None, f"not checked: probe could not connect ({exc})"
-    with sock:
+    # The dialogue and the answer within 4 x timeout (a trickle never trips the read timeout).
+    with sock, deadline(sock, 4 * timeout):
         try:
             if starttls:
                 _starttls(sock, starttls)
@@ -614,7 +634,13 @@ def probe_pq_hybrid(ip: str, port: int, timeout: float = 5) -> tuple[bool | None
             return None, f"not checked: probe failed before the handshake ({exc})"
         try:
             head = _recv_exact(sock, 5)
-            record = head + _recv_exact(sock, struct.unpack("!H", head[3:5])[0])
+            size = struct.unpack("!H", head[3:5])[0]
+            if size > MAX_RECORD:
+                return None, f"not checked: the server sent a {size}-byte TLS record"
+            record = head + _recv_exact(sock, size)
         except OSError as exc:  # OpenSSL servers without the group may just hang up
             return False, f"no HelloRetryRequest: server ended the handshake ({exc})"
-    return parse_pq_answer(record)
+    try:
+        return parse_pq_answer(record)
+    except Malformed as exc:
+        return None, f"not checked: {exc}"

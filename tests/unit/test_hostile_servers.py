@@ -1,0 +1,181 @@
+"""The audit's own probes against hostile servers on loopback (safety review, round 3): a greeting
+trickled one byte at a time without a newline, truncated or inconsistent TLS records. Each must
+end in a named "could not tell" result within its bound, never hang or raise."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tasks.audit import scan
+from tasks.audit.psk_probe import ProbeError, probe_psk_modes
+from tasks.audit.verdict import MAIL_PORTS
+
+# A generous bound that only keeps a regression from hanging the suite: the assertions are on
+# the result, not on the time.
+HANG = 60
+
+
+class Hostile:
+    """A loopback TCP server that runs `behave(conn)` for each connection, in a thread."""
+
+    def __init__(self, behave: Callable[[socket.socket], None]):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.stop = threading.Event()
+        self.behave = behave
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        self.server.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.behave(conn)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+@pytest.fixture
+def hostile(monkeypatch):
+    """hostile(behave, starttls) -> port: a server, known to the probes as a mail port."""
+    made = []
+
+    def make(behave, starttls: str | None = None) -> int:
+        server = Hostile(behave)
+        made.append(server)
+        monkeypatch.setitem(MAIL_PORTS, server.port, ("hostile", starttls))
+        return server.port
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def trickle(conn: socket.socket) -> None:
+    """A greeting one byte a second, never a newline, never an end."""
+    while True:
+        conn.sendall(b"2")
+        time.sleep(0.5)
+
+
+def answer(record: bytes, starttls: bool = False) -> Callable[[socket.socket], None]:
+    """Answer the first thing the client sends with `record`, then close."""
+
+    def behave(conn: socket.socket) -> None:
+        if starttls:
+            conn.sendall(b"220 hostile ESMTP\r\n")
+            conn.recv(512)  # EHLO
+            conn.sendall(b"250 hostile\r\n")
+            conn.recv(512)  # STARTTLS
+            conn.sendall(b"220 go ahead\r\n")
+        conn.recv(4096)  # the ClientHello
+        conn.sendall(record)
+
+    return behave
+
+
+def bounded(call: Callable[[], object]) -> object:
+    """call() in a thread; fail if it has not returned after HANG seconds."""
+    out: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            out["value"] = call()
+        except Exception as exc:  # what the probe raised is the result under test
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG)
+    assert not thread.is_alive(), f"still waiting after {HANG} s"
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["value"]
+
+
+def _hrr(extensions: bytes, ext_length: int | None = None) -> bytes:
+    """A ServerHello record with the HelloRetryRequest random and these raw extensions."""
+    body = b"\x03\x03" + scan.HRR_RANDOM + b"\x00" + b"\x13\x01\x00"
+    body += struct.pack("!H", len(extensions) if ext_length is None else ext_length) + extensions
+    handshake = b"\x02" + len(body).to_bytes(3, "big") + body
+    return b"\x16\x03\x03" + struct.pack("!H", len(handshake)) + handshake
+
+
+TRUNCATED = [
+    _hrr(b"\x00\x33\x00\x02", ext_length=40),  # extension lengths past the record's end
+    _hrr(b"\x00\x33\x00\x02\x11"),  # key_share cut inside the group
+    _hrr(b"")[:20],  # the record's header promises more than is sent
+    b"\x16\x03\x03\x00\x00",  # an empty handshake record
+    b"\x16\x03\x03\x00\x05\x02\x00\x00\x01",  # a ServerHello cut after its header
+    b"\x17" * 64,  # garbage
+]
+
+
+def test_a_trickled_greeting_ends_the_pq_probe_with_a_named_result(hostile):
+    port = hostile(trickle, "smtp")
+    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    assert value is None and note.startswith("not checked"), note
+
+
+@pytest.mark.parametrize("record", TRUNCATED)
+def test_a_malformed_answer_to_the_pq_probe_is_not_checked_not_a_crash(hostile, record):
+    port = hostile(answer(record))
+    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    assert value in (None, False), (value, note)
+    assert note, note
+
+
+def test_a_truncated_hello_retry_request_is_named(hostile):
+    port = hostile(answer(TRUNCATED[0], starttls=True), "smtp")
+    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    assert value is None and "malformed" in note, note
+
+
+def test_a_trickled_greeting_ends_the_resumption_probe(hostile):
+    port = hostile(trickle, "smtp")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with pytest.raises(OSError):
+        bounded(lambda: scan._tls_connect(ctx, "127.0.0.1", port, "x", timeout=2))
+
+
+def test_an_endless_greeting_line_is_refused(hostile):
+    def flood(conn: socket.socket) -> None:
+        while True:
+            conn.sendall(b"2" * 1024)
+
+    port = hostile(flood, "smtp")
+    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    assert value is None and "line of over" in note, note
+
+
+@pytest.mark.parametrize("record", TRUNCATED)
+def test_malformed_answers_to_the_psk_probe_are_a_probe_error(hostile, record):
+    port = hostile(answer(record))
+    with pytest.raises(ProbeError):
+        bounded(lambda: probe_psk_modes("127.0.0.1", port, timeout=2))
+
+
+def test_a_trickled_greeting_ends_the_psk_probe(hostile):
+    port = hostile(trickle, "smtp")
+    with pytest.raises((ProbeError, OSError)):
+        bounded(
+            lambda: probe_psk_modes(
+                "127.0.0.1", port, lambda sock: scan._starttls(sock, "smtp"), timeout=2
+            )
+        )
