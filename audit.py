@@ -22,7 +22,7 @@ from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 from pyinfra.operations import python  # noqa: E402
 
 from tasks.audit.facts import AuditHost, MailTlsLog  # noqa: E402
-from tasks.audit.report import audit_host, expectations, failure_report  # noqa: E402
+from tasks.audit.report import audit_host, failure_report, judged_against  # noqa: E402
 from tasks.settings import SettingsError, inventory_settings  # noqa: E402
 
 # As deploy.py: every host's settings checked before anything runs on any host, one line naming
@@ -32,9 +32,8 @@ try:
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
-profile = settings.tls_profile
 log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
-expect = expectations(settings.tls_resumption, settings.tls_pq_hybrid, host.get_fact(AuditHost))
+policy, expect = judged_against(settings, host.get_fact(AuditHost))
 
 
 def _audit(state, host) -> bool:
@@ -43,7 +42,7 @@ def _audit(state, host) -> bool:
     result = audit_host(
         host.name,
         host.data.get("ssh_hostname") or host.name,
-        profile,
+        policy,
         log,
         expected_ports=settings.audit_ports,
         log_hours=settings.audit_log_hours,
@@ -58,4 +57,4 @@ def _audit(state, host) -> bool:
     return True
 
 
-python.call(name=f"TLS audit against profile {profile}", function=_audit)
+python.call(name=f"TLS audit against profile {policy.name}", function=_audit)

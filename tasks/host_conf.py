@@ -20,7 +20,7 @@ from typing import Any
 
 from tasks import certs, dovecot_conf, postfix_conf, probes
 from tasks.ops import sha256
-from tasks.policy import Policy, resolve
+from tasks.policy import Policy
 from tasks.postfix_conf import PostfixConf
 from tasks.settings import Settings
 
@@ -52,13 +52,7 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
     found here, before the deploy changes anything (refusals).
     """
     caps = info["caps"]
-    policy = resolve(
-        settings.tls_profile,
-        caps,
-        pq_hybrid=settings.tls_pq_hybrid,
-        dh_file=settings.dh_file,
-        resumption=settings.tls_resumption,
-    )
+    policy = settings.policy(caps)
     cert_plan = certs.plan(settings, caps.dovecot is not None, info["files"])
     pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
     refusals: list[str] = []

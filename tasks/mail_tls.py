@@ -20,7 +20,7 @@ from pyinfra.operations import crontab
 
 from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
 from tasks.facts import MailHost
-from tasks.policy import PROFILES, HostCaps, Policy
+from tasks.policy import GATES, PROFILES, HostCaps, Policy, minver
 from tasks.settings import Settings, data_defaults, host_settings
 
 # The certificate lines of our Dovecot file, both versions' (dovecot_conf.CERT_KEYS).
@@ -44,9 +44,10 @@ def unsupported(caps: HostCaps) -> str | None:
     """Why this host cannot be deployed to, in one line; None when it can."""
     if caps.postfix is None:
         return "Postfix is not installed"
-    if caps.postfix[0] != 3 or caps.postfix[:2] < (3, 7):
+    if caps.postfix[0] != 3 or not minver(caps, "postfix_supported"):
         return (
-            f"Postfix {'.'.join(map(str, caps.postfix))} is not supported (3.7 and later 3.x are)"
+            f"Postfix {'.'.join(map(str, caps.postfix))} is not supported "
+            f"({'.'.join(map(str, GATES['postfix_supported'][1]))} and later 3.x are)"
         )
     if caps.dovecot is not None:
         try:

@@ -33,14 +33,78 @@ DHE_AEAD = (
 # TLS 1.3 suites: every one is (EC)DHE + AEAD.
 TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256")
 
-# Hybrid post-quantum key exchange; OpenSSL 3.5+ only (3.0 accepts the name in some
-# configs and then fails every handshake: never offer it there).
+# Hybrid post-quantum key exchange; OpenSSL 3.5+ only (GATES["pq_hybrid"]).
 PQ_HYBRID = "X25519MLKEM768"
-PQ_MIN_OPENSSL: Version = (3, 5)
 CLASSIC_GROUPS = ("X25519", "prime256v1", "secp384r1")
 
 PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MIN_DH_BITS = 2048
+
+
+# --- Ports: every TLS port the daemons serve, the one table the deploy, its probes and the
+# audit read. Order matters: it is the order of verify.conf's probe lines and of the audit.
+
+
+@dataclass(frozen=True)
+class Port:
+    """One mail port.
+
+    starttls: the dialogue before the handshake (None: TLS from the first byte).
+    opportunistic: TLS is optional here and a failed handshake means plaintext (port 25), so
+    the profile's opportunistic floor applies; elsewhere its mandatory floor.
+    required: the audit fails when the port is closed (POP3 is optional).
+    log_tags: the syslog identifiers of the daemon's sessions on this port.
+    """
+
+    number: int
+    daemon: str
+    service: str  # the IANA name, also Postfix's master.cf service name
+    starttls: str | None
+    log_tags: tuple[str, ...]
+    opportunistic: bool = False
+    required: bool = True
+
+
+PORTS: dict[int, Port] = {
+    p.number: p
+    for p in (
+        Port(25, "postfix", "smtp", "smtp", ("postfix/smtpd",), opportunistic=True),
+        Port(587, "postfix", "submission", "smtp", ("postfix/submission/smtpd",)),
+        Port(
+            465,
+            "postfix",
+            "submissions",
+            None,
+            ("postfix/submissions/smtpd", "postfix/smtps/smtpd"),
+        ),
+        Port(143, "dovecot", "imap", "imap", ("dovecot/imap-login",)),
+        Port(993, "dovecot", "imaps", None, ("dovecot/imap-login",)),
+        Port(110, "dovecot", "pop3", "pop3", ("dovecot/pop3-login",), required=False),
+        Port(995, "dovecot", "pop3s", None, ("dovecot/pop3-login",), required=False),
+    )
+}
+REQUIRED_PORTS = tuple(n for n, p in PORTS.items() if p.required)
+
+
+def ports_of(daemon: str) -> tuple[Port, ...]:
+    """The ports one daemon serves, in table order.
+
+    >>> [p.number for p in ports_of("postfix")]
+    [25, 587, 465]
+    """
+    return tuple(p for p in PORTS.values() if p.daemon == daemon)
+
+
+# --- Version gates: the first version of a component that has (or needs) each feature. One
+# row per feature, read only through minver(), after TLSRef's configurator.
+GATES: dict[str, tuple[str, Version]] = {
+    "postfix_supported": ("postfix", (3, 7)),  # the oldest Postfix we render for (Debian 12)
+    "pq_hybrid": ("openssl", (3, 5)),  # X25519MLKEM768; 3.0 takes the name, then fails handshakes
+    "tls_ffdhe_auto_groups": ("postfix", (3, 8)),  # the parameter exists
+    "renegotiation_always_off": ("postfix", (3, 10)),  # no tls_ssl_options NO_RENEGOTIATION needed
+    "dh1024_param_file_deprecated": ("postfix", (3, 9)),  # postconf warns while it is set
+    "dovecot_2_4_syntax": ("dovecot", (2, 4)),
+}
 
 
 @dataclass(frozen=True)
@@ -120,12 +184,24 @@ class Resumption:
     @property
     def postfix_window(self) -> int:
         """Seconds a TLS 1.2 session's ticket stays decryptable by Postfix: 1.5 T."""
-        return self.postfix_cache_timeout * 3 // 2
+        return ticket_window("postfix", self.postfix_lifetime_hint)
 
     @property
     def postfix_lifetime_hint(self) -> int:
         """The ticket lifetime hint Postfix sends (OpenSSL's session timeout, 2 T); 0 = no tickets."""
         return 2 * self.postfix_cache_timeout
+
+
+def ticket_window(daemon: str, lifetime_hint: int) -> int:
+    """Seconds a TLS 1.2 ticket stays decryptable, from the lifetime hint the daemon sends.
+
+    Postfix hints 2 T and its ticket keys decrypt for 1.5 T (Resumption); any other server is
+    taken at its word.
+
+    >>> ticket_window("postfix", 4800), ticket_window("dovecot", 300)
+    (3600, 300)
+    """
+    return lifetime_hint * 3 // 4 if daemon == "postfix" else lifetime_hint
 
 
 RESUMPTION: dict[str, Resumption] = {
@@ -185,6 +261,17 @@ class Policy:
     def offers_dhe(self) -> bool:
         return any(s.startswith("DHE-") for s in self.tls12_suites)
 
+    def floor(self, port: int) -> str:
+        """The lowest protocol `port` may accept: the opportunistic floor where TLS is optional.
+
+        >>> p = resolve("modern", HostCaps(postfix=(3, 7, 11), dovecot=None, openssl=(3, 0, 15)))
+        >>> p.floor(25), p.floor(993)
+        ('TLSv1.2', 'TLSv1.3')
+        """
+        if PORTS[port].opportunistic:
+            return self.opportunistic_min_protocol
+        return self.mandatory_min_protocol
+
 
 def parse_version(text: str) -> Version:
     """'3.7.11' -> (3, 7, 11); '2.4.1-4 (7d8c0e5759)' -> (2, 4, 1); 'OpenSSL 3.5.9 ...' -> (3, 5, 9)."""
@@ -196,8 +283,21 @@ def parse_version(text: str) -> Version:
     raise ValueError(f"no version number in {text!r}")
 
 
+def minver(caps: HostCaps, feature: str) -> bool:
+    """Whether the host's component is at least the version GATES names for `feature` (an
+    absent component has none).
+
+    >>> caps = HostCaps(postfix=(3, 10, 13), dovecot=None, openssl=(3, 5, 9))
+    >>> minver(caps, "pq_hybrid"), minver(caps, "dovecot_2_4_syntax")
+    (True, False)
+    """
+    component, first = GATES[feature]
+    version = getattr(caps, component)
+    return version is not None and version[: len(first)] >= first
+
+
 def offers_pq_hybrid(caps: HostCaps, pq_hybrid: bool = True) -> bool:
-    return pq_hybrid and caps.openssl[:2] >= PQ_MIN_OPENSSL
+    return pq_hybrid and minver(caps, "pq_hybrid")
 
 
 def resolve(
@@ -226,7 +326,7 @@ def resolve(
     if prof.uses_dh_file:
         if not dh_file:
             raise ValueError(f"profile {profile!r} offers DHE and needs a DH parameter file")
-        if caps.postfix and caps.postfix[:2] >= (3, 9):
+        if minver(caps, "dh1024_param_file_deprecated"):
             notes.append(
                 "Postfix >= 3.9 deprecates smtpd_tls_dh1024_param_file: postconf will warn while "
                 "the legacy-dhe profile is in use"

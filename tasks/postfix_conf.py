@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tasks.policy import HostCaps, Policy
+from tasks.policy import HostCaps, Policy, minver, ports_of
 
 # Parameters the seed set that modern Postfix ignores and 3.9+ warns about: removed if present.
 OBSOLETE = ("smtpd_tls_eecdh_grade", "smtpd_tls_dh512_param_file")
@@ -24,13 +24,12 @@ SERVICES = {
     "submission/inet": "submission inet n - y - - smtpd",
     "submissions/inet": "submissions inet n - y - - smtpd",
 }
+SMTPD_PORTS = tuple(p.number for p in ports_of("postfix"))
 # Mandatory-TLS port -> the name of the service created when nothing listens on it.
-MANDATORY_PORTS = {587: "submission", 465: "submissions"}
-# Service names (services(5), as Debian's /etc/services spells them) of the ports that matter here.
-PORT_NAMES = {
-    "smtp": 25,
-    "submission": 587,
-    "submissions": 465,
+MANDATORY_PORTS = {p.number: p.service for p in ports_of("postfix") if not p.opportunistic}
+# Service names of those ports in master.cf: ours, and the older names services(5) (as Debian's
+# /etc/services spells them) still gives 465.
+PORT_NAMES = {p.service: p.number for p in ports_of("postfix")} | {
     "smtps": 465,
     "ssmtp": 465,
     "urd": 465,
@@ -85,10 +84,10 @@ class Service:
 
     @property
     def mail_facing(self) -> bool:
-        """An smtpd that serves a mail port (25, 465, 587), or postscreen's smtpd behind 25."""
+        """An smtpd that serves a mail port (SMTPD_PORTS), or postscreen's smtpd behind 25."""
         if self.command != "smtpd":
             return False
-        return self.port in (25, 465, 587) or self.key.endswith("/pass")
+        return self.port in SMTPD_PORTS or self.key.endswith("/pass")
 
 
 def parse_service(key: str, line: str) -> Service:
@@ -123,7 +122,7 @@ def listeners(services: Mapping[str, str]) -> dict[int, list[Service]]:
     by_port: dict[int, list[Service]] = {}
     for key, line in services.items():
         svc = parse_service(key, line)
-        if svc.port in (25, 465, 587):
+        if svc.port in SMTPD_PORTS:
             by_port.setdefault(svc.port, []).append(svc)
     for port, found in by_port.items():
         for i, a in enumerate(found):
@@ -174,10 +173,6 @@ class PostfixConf:
         )
 
 
-def _at_least(version, minimum) -> bool:
-    return version is not None and tuple(version[: len(minimum)]) >= minimum
-
-
 def main_cf(
     policy: Policy,
     caps: HostCaps,
@@ -207,9 +202,9 @@ def main_cf(
     for side in ("smtpd", "smtp"):  # TLS stays available in and out; never narrowed outbound
         if current.get(f"{side}_tls_security_level", "none") in ("", "none"):
             main[f"{side}_tls_security_level"] = "may"
-    if _at_least(caps.postfix, (3, 8)):
+    if minver(caps, "tls_ffdhe_auto_groups"):
         main["tls_ffdhe_auto_groups"] = ""  # no finite-field groups in TLS 1.3: ECDHE only
-    if not _at_least(caps.postfix, (3, 10)):
+    if not minver(caps, "renegotiation_always_off"):
         main["tls_ssl_options"] = "NO_RENEGOTIATION"  # always off from 3.10 on
     if policy.dh_file:
         main["smtpd_tls_dh1024_param_file"] = policy.dh_file

@@ -26,17 +26,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.policy import Policy
+from tasks.policy import Policy, ports_of
 
 VERIFY_PATH = "/etc/mailtls/verify.conf"
 
-# Every TLS port each daemon may serve, with its STARTTLS protocol (None: implicit TLS).
-# mailtls-apply probes the ones that listen.
-PORTS = {
-    "postfix": {25: "smtp", 587: "smtp", 465: None},
-    "dovecot": {143: "imap", 993: None, 110: "pop3", 995: None},
-}
-OPPORTUNISTIC = (25,)  # TLS optional: the profile's opportunistic floor applies
 
 LEGACY_CLIENT = ":@SECLEVEL=0"
 AEAD = ("AESGCM", "CHACHA20", "AESCCM", "ARIAGCM")
@@ -72,11 +65,7 @@ class Probe:
 
 
 def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> list[Probe]:
-    floor = (
-        policy.opportunistic_min_protocol
-        if port in OPPORTUNISTIC
-        else policy.mandatory_min_protocol
-    )
+    floor = policy.floor(port)
 
     def p(expect, what, *args):
         return Probe(daemon, port, starttls, expect, what, args)
@@ -112,12 +101,13 @@ def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> l
 
 
 def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) -> list[Probe]:
-    """Every probe of every TLS port of `daemons` under `policy`."""
+    """Every probe of every TLS port of `daemons` under `policy` (mailtls-apply probes the
+    ones that listen)."""
     return [
         probe
         for daemon in daemons
-        for port, starttls in PORTS[daemon].items()
-        for probe in _for_port(policy, daemon, port, starttls)
+        for port in ports_of(daemon)
+        for probe in _for_port(policy, daemon, port.number, port.starttls)
     ]
 
 

@@ -24,8 +24,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
-from tasks.policy import DEFAULT_RESUMPTION, MIN_DH_BITS, PROFILES, RESUMPTION
+from tasks.policy import (
+    DEFAULT_RESUMPTION,
+    MIN_DH_BITS,
+    PORTS,
+    PROFILES,
+    REQUIRED_PORTS,
+    RESUMPTION,
+    HostCaps,
+    Policy,
+    resolve,
+)
 
 
 class SettingsError(ValueError):
@@ -41,7 +50,7 @@ CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
 # Directories others can write to (Debian): root would write the DH file through a name they can
-# predict or replace. The host's own directories are checked too (tasks/dh_guard.py).
+# predict or replace. The host's own directories are checked too (dh.host_refusal).
 _SHARED_DIRS = (
     "/tmp/",
     "/var/tmp/",
@@ -156,9 +165,9 @@ def _ports(value: Any) -> tuple[int, ...]:
         text = str(item).strip()
         if not text and isinstance(item, str):
             continue  # "25,587," as the audit always took it
-        if isinstance(item, bool) or not text.isdigit() or int(text) not in MAIL_PORTS:
+        if isinstance(item, bool) or not text.isdigit() or int(text) not in PORTS:
             raise ValueError(
-                f"{text!r} is not a mail port this audit knows ({', '.join(map(str, MAIL_PORTS))})"
+                f"{text!r} is not a mail port this audit knows ({', '.join(map(str, PORTS))})"
             )
         if int(text) not in ports:
             ports.append(int(text))
@@ -321,7 +330,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "audit_ports",
-        ",".join(map(str, DEFAULT_EXPECTED_PORTS)),
+        ",".join(map(str, REQUIRED_PORTS)),
         _ports,
         "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
         "answer.",
@@ -366,6 +375,17 @@ class Settings:
     audit_log_hours: float
     audit_json: str | None
     audit_exclude_self: bool
+
+    def policy(self, caps: HostCaps) -> Policy:
+        """The TLS policy these settings ask for, resolved for what the host runs: the one the
+        deploy applies and the audit judges."""
+        return resolve(
+            self.tls_profile,
+            caps,
+            pq_hybrid=self.tls_pq_hybrid,
+            dh_file=self.dh_file,
+            resumption=self.tls_resumption,
+        )
 
 
 assert [f.name for f in fields(Settings)] == [s.key for s in SETTINGS], (

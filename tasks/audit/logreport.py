@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from tasks import policy
 from tasks.audit.verdict import classify_suite
 
 _RFC3339 = re.compile(
@@ -60,13 +61,10 @@ _GROUP_NAMES = {
         "ffdhe4096",
     )
 }
+# Log tag -> the ports its sessions come from, for the report ("dovecot/imap-login": "143, 993").
 PORTS = {
-    "postfix/smtpd": "25",
-    "postfix/submission/smtpd": "587",
-    "postfix/submissions/smtpd": "465",
-    "postfix/smtps/smtpd": "465",
-    "dovecot/imap-login": "143, 993",
-    "dovecot/pop3-login": "110, 995",
+    tag: ", ".join(str(n) for n, p in policy.PORTS.items() if tag in p.log_tags)
+    for tag in dict.fromkeys(t for p in policy.PORTS.values() for t in p.log_tags)
 }
 
 

@@ -2,7 +2,8 @@
 
 The host facts it reads are in tasks/audit/facts.py.
 
-    >>> result = audit_host("mx1", "10.213.0.2", "intermediate", log_fact)   # doctest: +SKIP
+    >>> policy, expect = judged_against(settings, host.get_fact(AuditHost))   # doctest: +SKIP
+    >>> result = audit_host("mx1", "10.213.0.2", policy, log_fact, expect=expect)   # doctest: +SKIP
     >>> result["ok"]                                                         # doctest: +SKIP
     False
 """
@@ -20,22 +21,21 @@ from rich.text import Text
 
 from tasks.audit.logreport import PORTS, LogReport, summarize
 from tasks.audit.scan import HostScan, scan_host
-from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, Expect, PortVerdict, judge_host, window
-from tasks.policy import PROFILES, RESUMPTION, HostCaps, offers_pq_hybrid
+from tasks.audit.verdict import Expect, PortVerdict, judge_host, window
+from tasks.policy import REQUIRED_PORTS, HostCaps, Policy, offers_pq_hybrid
+from tasks.settings import Settings
 
 DEFAULT_JSON = "audit-results/{host}.json"
 
 
-def expectations(resumption: str, pq_hybrid: bool, facts: dict) -> Expect:
-    """The host's promises, from its settings and facts: unknown OpenSSL -> PQ not judged."""
-    pq = None
-    if facts.get("openssl"):
-        pq = offers_pq_hybrid(
-            HostCaps(postfix=None, dovecot=None, openssl=facts["openssl"]), pq_hybrid
-        )
-    return Expect(
-        resumption=RESUMPTION[resumption], pq_hybrid=pq, cert_name=facts.get("myhostname")
-    )
+def judged_against(settings: Settings, facts: dict) -> tuple[Policy, Expect]:
+    """The policy the deploy applies to this host (its settings, resolved for the OpenSSL it
+    runs) and what else the audit knows: an unknown OpenSSL leaves the hybrid group unjudged."""
+    openssl = facts.get("openssl")
+    caps = HostCaps(postfix=None, dovecot=None, openssl=openssl or (0,))
+    policy = settings.policy(caps)
+    pq = offers_pq_hybrid(caps, settings.tls_pq_hybrid) if openssl else None
+    return policy, Expect(pq_hybrid=pq, cert_name=facts.get("myhostname"))
 
 
 def json_path(host_name: str, configured: str | None) -> Path:
@@ -205,9 +205,9 @@ def print_report(
 def audit_host(
     name: str,
     address: str,
-    profile: str,
+    policy: Policy,
     log: dict,
-    expected_ports=DEFAULT_EXPECTED_PORTS,
+    expected_ports=REQUIRED_PORTS,
     log_hours: float = 24,
     json_file: str | None = None,
     exclude_self: bool = True,
@@ -215,9 +215,8 @@ def audit_host(
 ) -> dict:
     """Scan, judge and summarise one host; print the tables, write the JSON, return its dict."""
     expect = expect or Expect()
-    prof = PROFILES[profile]
-    scan = scan_host(address, server_order=prof.server_preference, expected=tuple(expected_ports))
-    verdicts = judge_host(scan.ports, prof, tuple(expected_ports), expect)
+    scan = scan_host(address, server_order=policy.server_preference, expected=tuple(expected_ports))
+    verdicts = judge_host(scan.ports, policy, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(
         log["lines"], now=log["now"], window=timedelta(hours=log_hours), exclude_clients=excluded
@@ -226,7 +225,7 @@ def audit_host(
         "host": name,
         "address": address,
         "addresses": scan.ips,
-        "profile": profile,
+        "profile": policy.name,
         "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports),
         "scan_seconds": round(scan.seconds, 2),
@@ -234,16 +233,16 @@ def audit_host(
         "probe_seconds": round(scan.probe_seconds, 3),
         "audited_at": datetime.now(UTC).isoformat(),
         "expect": {
-            "tls_resumption": expect.resumption.name,
+            "tls_resumption": policy.resumption.name,
             "pq_hybrid": expect.pq_hybrid,
             "cert_name": expect.cert_name,
-            "postfix_window_seconds": expect.resumption.postfix_window,
-            "postfix_lifetime_hint_seconds": expect.resumption.postfix_lifetime_hint,
+            "postfix_window_seconds": policy.resumption.postfix_window,
+            "postfix_lifetime_hint_seconds": policy.resumption.postfix_lifetime_hint,
         },
         "ports": [
             p.to_dict()
             | {
-                "window_seconds": window(p.port, p.resumption, expect.resumption),
+                "window_seconds": window(p.port, p.resumption, policy.resumption),
                 "ok": v.ok,
                 "failures": v.failures,
                 "warnings": v.warnings,
@@ -265,7 +264,7 @@ def audit_host(
         console,
         name,
         address,
-        profile,
+        policy.name,
         scan,
         verdicts,
         report,

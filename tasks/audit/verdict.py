@@ -1,12 +1,14 @@
-"""What an audit saw on each port, and the verdict against a profile. Pure: no I/O.
+"""What an audit saw on each port, and the verdict against the host's resolved policy (the
+same Policy the deploy applies). Pure: no I/O.
 
 tasks/audit/scan.py fills PortScan from sslyze; judge_port() decides; tasks/audit/logreport.py reuses
 classify_suite() so scans and logs call the same suite forward-secret or not.
 
-    >>> from tasks.policy import PROFILES
+    >>> from tasks.policy import HostCaps, resolve
+    >>> policy = resolve("intermediate", HostCaps(postfix=None, dovecot=None, openssl=(3, 0, 15)))
     >>> scan = PortScan(port=25, service="smtp", state="open", protocols=["TLSv1", "TLSv1.2"],
     ...                 suites=[AcceptedSuite("TLSv1", "TLS_RSA_WITH_AES_128_CBC_SHA", "AES128-SHA")])
-    >>> judge_port(scan, PROFILES["intermediate"]).failures
+    >>> judge_port(scan, policy).failures
     ['accepts TLSv1 (floor TLSv1.2)', 'accepts TLS_RSA_WITH_AES_128_CBC_SHA (RSA key exchange, not forward-secret) on TLSv1']
 """
 
@@ -17,29 +19,21 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
 from tasks.policy import (
-    CLASSIC_GROUPS,
-    DEFAULT_RESUMPTION,
     MIN_DH_BITS,
+    PORTS,
     PQ_HYBRID,
     PROTOCOLS,
-    RESUMPTION,
-    Profile,
+    REQUIRED_PORTS,
+    Policy,
     Resumption,
     protocols_at_least,
+    ticket_window,
 )
 
-# Port -> (service name, STARTTLS dialogue or None for implicit TLS). 25 is opportunistic TLS.
+# Port -> (service name, STARTTLS dialogue), a view of policy.PORTS for the sslyze adapter.
 MAIL_PORTS: dict[int, tuple[str, str | None]] = {
-    25: ("smtp", "smtp"),
-    587: ("submission", "smtp"),
-    465: ("submissions", None),
-    143: ("imap", "imap"),
-    993: ("imaps", None),
-    110: ("pop3", "pop3"),
-    995: ("pop3s", None),
+    n: (p.service, p.starttls) for n, p in PORTS.items()
 }
-OPPORTUNISTIC_PORTS = frozenset({25})
-POSTFIX_PORTS = frozenset({25, 587, 465})  # the rest are Dovecot's
 # A certificate this close to its end is a warning (expired is a failure).
 CERT_WARN_DAYS = 21
 # sslyze's group names for the policy's classic groups (prime256v1 is P-256 by either name).
@@ -49,8 +43,6 @@ _GROUP_ALIASES = {
     "P-384": "secp384r1",
     "x25519": "X25519",
 }
-# Closed is a failure on these unless the caller says otherwise (POP3 is optional).
-DEFAULT_EXPECTED_PORTS = (25, 587, 465, 143, 993)
 # Old protocols sslyze can still test; below every floor.
 ALL_PROTOCOLS = ("SSLv2", "SSLv3") + PROTOCOLS
 
@@ -210,20 +202,10 @@ class PortVerdict:
         return not self.failures
 
 
-def floor_for(port: int, profile: Profile) -> str:
-    """The lowest protocol a port may accept: port 25 uses the opportunistic floor."""
-    return (
-        profile.opportunistic_min_protocol
-        if port in OPPORTUNISTIC_PORTS
-        else profile.mandatory_min_protocol
-    )
-
-
 @dataclass(frozen=True)
 class Expect:
-    """What the host's settings promise beyond the profile. None: unknown, not judged."""
+    """What the audit knows of the host beyond its policy. None: unknown, not judged."""
 
-    resumption: Resumption = RESUMPTION[DEFAULT_RESUMPTION]
     pq_hybrid: bool | None = None  # tls_pq_hybrid on and the host's OpenSSL >= 3.5
     cert_name: str | None = None  # the name the certificate should carry (the host's myhostname)
     now: datetime | None = None  # for certificate expiry; None: the current time
@@ -232,8 +214,8 @@ class Expect:
 def window(port: int, res: Resumed, policy: Resumption) -> int | None:
     """Seconds a TLS 1.2 session stays decryptable from a ticket on this port, as measured.
 
-    Postfix (25, 587, 465) sends a lifetime hint of 2 T and its ticket keys decrypt for 1.5 T;
-    a port that resumes nothing and issues no TLS 1.2 ticket has a window of 0.
+    From the lifetime hint the port's daemon sends (policy.ticket_window); a port that
+    resumes nothing and issues no TLS 1.2 ticket has a window of 0.
     """
     if res.tls12_ticket is None and res.tls12_ticket_issued is None:
         return None
@@ -241,7 +223,7 @@ def window(port: int, res: Resumed, policy: Resumption) -> int | None:
         return 0
     if res.tls12_lifetime_hint is None:
         return None
-    return res.tls12_lifetime_hint * 3 // 4 if port in POSTFIX_PORTS else res.tls12_lifetime_hint
+    return ticket_window(PORTS[port].daemon, res.tls12_lifetime_hint)
 
 
 def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[str], list[str]]:
@@ -253,12 +235,13 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
             "resumes TLS 1.2 by session ID: a server session cache holds master secrets "
             f"(tls_resumption={policy.name} allows none)"
         )
-    tickets_allowed = policy.postfix_cache_timeout > 0 and port in POSTFIX_PORTS
+    postfix = PORTS[port].daemon == "postfix"
+    tickets_allowed = policy.postfix_cache_timeout > 0 and postfix
     if (res.tls12_ticket or res.tls12_ticket_issued) and not tickets_allowed:
         why = (
-            "its login processes can never honour them"
-            if port not in POSTFIX_PORTS
-            else f"tls_resumption={policy.name}"
+            f"tls_resumption={policy.name}"
+            if postfix
+            else "its login processes can never honour them"
         )
         fail.append(f"issues TLS 1.2 session tickets ({why})")
     elif (
@@ -272,10 +255,10 @@ def judge_resumption(port: int, res: Resumed, policy: Resumption) -> tuple[list[
         )
     if res.tls13_psk_ke_only == "resumed without (EC)DHE":
         fail.append("resumes TLS 1.3 without a fresh (EC)DHE for a client offering only psk_ke")
-    if res.tls13 and (policy.postfix_cache_timeout == 0 or port not in POSTFIX_PORTS):
+    if res.tls13 and (policy.postfix_cache_timeout == 0 or not postfix):
         fail.append(
             f"resumes TLS 1.3 sessions (tls_resumption={policy.name}"
-            + ("" if port in POSTFIX_PORTS else "; a login process cannot")
+            + ("" if postfix else "; a login process cannot")
             + ")"
         )
     return fail, warn
@@ -324,9 +307,10 @@ def _group(name: str) -> str:
 
 
 def judge_port(
-    scan: PortScan, profile: Profile, expected: bool = True, expect: Expect | None = None
+    scan: PortScan, policy: Policy, expected: bool = True, expect: Expect | None = None
 ) -> PortVerdict:
-    """Judge one port's scan against `profile` and `expect`; `expected`: must this port answer TLS?"""
+    """Judge one port's scan against `policy` and `expect`; `expected`: must this port answer
+    TLS? Without `expect` the resumption and groups are not judged."""
     v = PortVerdict(scan.port, ip=scan.ip)
     if scan.state != "open":
         why = "closed" if scan.state == "closed" else f"{scan.state}: {scan.error}"
@@ -339,7 +323,7 @@ def judge_port(
     v.failures += [f"incomplete scan: {what}" for what in scan.incomplete]
     if not scan.protocols and not any("cipher_suites" in w for w in scan.incomplete):
         v.failures.append("no TLS protocol accepted")
-    floor = floor_for(scan.port, profile)
+    floor = policy.floor(scan.port)
     allowed = protocols_at_least(floor)
     for proto in sorted(set(scan.protocols) - set(allowed), key=ALL_PROTOCOLS.index):
         v.failures.append(f"accepts {proto} (floor {floor})")
@@ -367,13 +351,13 @@ def judge_port(
         v.failures.append("TLS compression on (CRIME)")
     if scan.extended_master_secret is False and tls12:
         v.failures.append("no extended master secret (RFC 7627)")
-    if profile.server_preference and scan.server_order is False:
+    if policy.server_preference and scan.server_order is False:
         v.failures.append(
-            f"server cipher order not enforced (profile {profile.name}): {scan.server_order_note}"
+            f"server cipher order not enforced (profile {policy.name}): {scan.server_order_note}"
         )
-    _judge_groups(v, scan, expect)
+    _judge_groups(v, scan, policy, expect)
     if expect is not None:
-        fail, warn = judge_resumption(scan.port, scan.resumption, expect.resumption)
+        fail, warn = judge_resumption(scan.port, scan.resumption, policy.resumption)
         v.failures += fail
         v.warnings += warn
     if scan.certificate is not None:
@@ -381,10 +365,10 @@ def judge_port(
         v.failures += fail
         v.warnings += warn
     outside = sorted(
-        {s.openssl_name for s in scan.suites if s.protocol != "TLSv1.3"} - set(profile.tls12_suites)
+        {s.openssl_name for s in scan.suites if s.protocol != "TLSv1.3"} - set(policy.tls12_suites)
     )
     if outside:
-        v.warnings.append(f"suites outside profile {profile.name}: {', '.join(outside)}")
+        v.warnings.append(f"suites outside profile {policy.name}: {', '.join(outside)}")
     if (
         scan.certificate is None
         and scan.cert_key_type == "RSA"
@@ -394,9 +378,9 @@ def judge_port(
     return v
 
 
-def _judge_groups(v: PortVerdict, scan: PortScan, expect: Expect | None) -> None:
+def _judge_groups(v: PortVerdict, scan: PortScan, policy: Policy, expect: Expect | None) -> None:
     """The hybrid PQ group where the host's settings and OpenSSL promise it; the classic groups
-    offered against the policy's."""
+    offered against the policy's (sslyze reports the classic ones only)."""
     want_pq = expect.pq_hybrid if expect else None
     if want_pq and scan.pq_hybrid is False:
         v.failures.append(
@@ -406,23 +390,24 @@ def _judge_groups(v: PortVerdict, scan: PortScan, expect: Expect | None) -> None
         v.failures.append(f"{PQ_HYBRID} offered though the policy leaves it out")
     if scan.curves is not None and expect is not None:
         offered = {_group(c) for c in scan.curves}
-        outside = sorted(offered - set(CLASSIC_GROUPS))
+        classic = [g for g in policy.groups if g != PQ_HYBRID]
+        outside = sorted(offered - set(classic))
         if outside:
             v.failures.append(f"offers groups outside the policy: {', '.join(outside)}")
-        missing = [g for g in CLASSIC_GROUPS if g not in offered]
+        missing = [g for g in classic if g not in offered]
         if missing and offered:
             v.warnings.append(f"policy groups not offered: {', '.join(missing)}")
 
 
 def judge_host(
     scans: list[PortScan],
-    profile: Profile,
-    expected_ports: tuple[int, ...] = DEFAULT_EXPECTED_PORTS,
+    policy: Policy,
+    expected_ports: tuple[int, ...] = REQUIRED_PORTS,
     expect: Expect | None = None,
 ) -> list[PortVerdict]:
     """Verdicts for every scanned port (of every address), plus a failure for an expected port
     not scanned at all on an address."""
-    verdicts = [judge_port(s, profile, s.port in expected_ports, expect) for s in scans]
+    verdicts = [judge_port(s, policy, s.port in expected_ports, expect) for s in scans]
     for ip in dict.fromkeys(s.ip for s in scans) or [None]:
         scanned = {s.port for s in scans if s.ip == ip}
         where = f" on {ip}" if ip else ""

@@ -3,6 +3,7 @@ groups and server order. No network."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import traceback
 from datetime import UTC, datetime, timedelta
@@ -29,9 +30,12 @@ from tasks.audit.verdict import (
     name_matches,
     window,
 )
-from tasks.policy import PROFILES, RESUMPTION
+from tasks.policy import RESUMPTION, HostCaps, resolve
 
-INTERMEDIATE, LEGACY = PROFILES["intermediate"], PROFILES["legacy-dhe"]
+# As the audit resolves them: the host's OpenSSL only (no hybrid group on 3.0).
+CAPS = HostCaps(postfix=None, dovecot=None, openssl=(3, 0, 15))
+INTERMEDIATE = resolve("intermediate", CAPS)
+LEGACY = resolve("legacy-dhe", CAPS, dh_file="/etc/ssl/mailtls/dh.pem")
 BOUNDED, OFF = RESUMPTION["bounded"], RESUMPTION["off"]
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -116,8 +120,10 @@ def server_result(
     return NS(scan_result=NS(**attempts), connectivity_error_trace=None, server_location=location)
 
 
-def judged(scan, profile=INTERMEDIATE, **expect):
-    return judge_port(scan, profile, True, Expect(now=NOW, **expect))
+def judged(scan, policy=INTERMEDIATE, resumption=None, **expect):
+    if resumption is not None:
+        policy = dataclasses.replace(policy, resumption=resumption)
+    return judge_port(scan, policy, True, Expect(now=NOW, **expect))
 
 
 # --- issue 12 item 1: an unfinished scan never passes -------------------------------------------

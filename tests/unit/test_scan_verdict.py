@@ -4,9 +4,11 @@ import pytest
 
 from tasks.audit.scan import HRR_RANDOM, X25519MLKEM768, parse_pq_answer, pq_client_hello
 from tasks.audit.verdict import AcceptedSuite, PortScan, classify_suite, judge_host, judge_port
-from tasks.policy import PROFILES
+from tasks.policy import HostCaps, resolve
 
-INTERMEDIATE = PROFILES["intermediate"]
+CAPS = HostCaps(postfix=None, dovecot=None, openssl=(3, 0, 15))
+INTERMEDIATE = resolve("intermediate", CAPS)
+LEGACY = resolve("legacy-dhe", CAPS, dh_file="/etc/ssl/mailtls/dh.pem")
 GOOD = [
     AcceptedSuite(
         "TLSv1.2",
@@ -91,7 +93,7 @@ def test_stock_port25_fails_and_names_protocols_and_suites():
 
 
 def test_port25_floor_is_opportunistic_and_others_mandatory():
-    modern = PROFILES["modern"]
+    modern = resolve("modern", CAPS)
     assert judge_port(open_port(25), modern).ok
     v = judge_port(open_port(587), modern)
     assert v.failures == ["accepts TLSv1.2 (floor TLSv1.3)"]
@@ -106,9 +108,9 @@ def test_dh_2048_ok_smaller_fails():
         None,
         2048,
     )
-    assert judge_port(open_port(suites=GOOD + [dhe]), PROFILES["legacy-dhe"]).ok
+    assert judge_port(open_port(suites=GOOD + [dhe]), LEGACY).ok
     small = AcceptedSuite(**{**vars(dhe), "key_bits": 1536})
-    assert not judge_port(open_port(suites=[small]), PROFILES["legacy-dhe"]).ok
+    assert not judge_port(open_port(suites=[small]), LEGACY).ok
 
 
 def test_client_renegotiation_fails():
