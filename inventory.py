@@ -19,9 +19,10 @@ from pyinfra.api.exceptions import PyinfraError  # noqa: E402
 
 from tasks import nodelay  # noqa: E402
 from tasks.inventory_source import InventoryError, hosts_from_env  # noqa: E402
+from testhosts.hosts import running  # noqa: E402  the embedded default: local test hosts
 
 try:
-    hosts = hosts_from_env(os.environ)
+    hosts = hosts_from_env(os.environ, default=running)
 except InventoryError as exc:  # one line, no traceback
     raise PyinfraError(f"invalid inventory: {exc}") from None
 

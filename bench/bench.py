@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks import dovecot_conf, host_conf, ops, probes  # noqa: E402
-from tasks.facts import MailHost  # noqa: E402
+from tasks.facts import HostFacts, MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
@@ -195,7 +195,7 @@ def run_pyinfra(
 # the floor: the deploy's writes as one shell script in one SSH session
 
 
-def read_fact(host: th.Host) -> dict:
+def read_fact(host: th.Host) -> HostFacts:
     """The deploy's MailHost fact, read over plain ssh (bench hosts carry no host data)."""
     out = host.ssh(MailHost().command(files=fact_files(validate({}, host.name)))).stdout
     return MailHost().process(out.splitlines())
@@ -213,7 +213,7 @@ def _write_file(
 FLOORS = {"floor": "f", "floor_checked": "c", "floor_apply": "a"}
 
 
-def floor_script(host: th.Host, info: dict, kind: str) -> str:
+def floor_script(host: th.Host, info: HostFacts, kind: str) -> str:
     """The shell script of the deploy's writes for this host, rendered by the deploy's own pure
     function (tasks.host_conf.render: same settings, same policy, same bytes) and diffed against
     the fact as tasks/ops.py does.
@@ -233,13 +233,13 @@ def floor_script(host: th.Host, info: dict, kind: str) -> str:
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
     script = (ops.FILES / "mailtls-apply").read_bytes()
-    if info["files"].get(ops.APPLY) != ops.sha256(script):
+    if info.files.get(ops.APPLY) != ops.sha256(script):
         lines.append(_write_file(ops.APPLY, script, "0755"))
     # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
     verify = conf.verify.encode()
-    if info["files"].get(probes.VERIFY_PATH) != ops.sha256(verify):
+    if info.files.get(probes.VERIFY_PATH) != ops.sha256(verify):
         lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
-    todo = conf.postfix.missing_from(info["postconf"], info["services"], info["master_params"])
+    todo = conf.postfix.missing_from(info.postconf, info.services, info.master_params)
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
     # The least postconf can do, as the deploy does it: one run per kind of change.
@@ -514,7 +514,7 @@ def install_python(host: th.Host, debs: list[Path]) -> None:
     host.ssh("sh -s >/dev/null", input=script, timeout=300)
 
 
-def ansible_inputs(host: th.Host, info: dict, workdir: Path) -> Path:
+def ansible_inputs(host: th.Host, info: HostFacts, workdir: Path) -> Path:
     """The playbook's inputs for one host, from the deploy's own pure renderer (same settings,
     same bytes as the floor and the deploy): an inventory of that host, its host_vars, its
     files. Returns the inventory."""

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 
+from tasks.facts import HostFacts
 from tasks.ops import FILES, put_bytes, sha256
 from tasks.settings import CERT_COPIES_DIR, Settings
 
@@ -154,7 +155,7 @@ def timer_enabled(units_changed: bool, enabled: bool):
 
     .. code:: python
 
-        timer_enabled(units_changed=op.will_change, enabled=TIMER_LINK in info["files"])
+        timer_enabled(units_changed=op.will_change, enabled=TIMER_LINK in info.files)
     """
     if enabled and not units_changed:
         host.noop(f"{TIMER} is enabled")
@@ -171,7 +172,7 @@ def watcher_absent(files: Mapping[str, str]):
 
     .. code:: python
 
-        watcher_absent(files=info["files"])
+        watcher_absent(files=info.files)
     """
     if not any(p in files for p in _INSTALLED):
         host.noop("no certificate watcher")
@@ -184,7 +185,7 @@ def watcher_absent(files: Mapping[str, str]):
 
 @deploy("Certificate renewals")
 def apply_certs(
-    settings: Settings, info: dict, p: CertPlan, run: str | None = None
+    settings: Settings, info: HostFacts, p: CertPlan, run: str | None = None
 ) -> tuple[str, ...]:
     """Install (or remove) the watcher and make the copies the daemons serve current.
 
@@ -198,7 +199,7 @@ def apply_certs(
 
         cert_changed = certs.apply_certs(settings=settings, info=info, p=conf.cert_plan)
     """
-    files, modes = info["files"], info["modes"]
+    files, modes = info.files, info.modes
     if not p.watch:
         if p.remove:
             watcher_absent(name="No certificate watcher", files=files)

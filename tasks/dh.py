@@ -26,7 +26,7 @@ tasks/facts.py: CronNameLines).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +84,7 @@ def rotate_stamp(dh_file: str, bits: int, dh_sha256: str) -> str:
     return f"DH_FILE={dh_file}\nDH_BITS={bits}\nDH_SHA256={dh_sha256}\n"
 
 
-def host_refusal(dh_file: str, guard: list[str]) -> str | None:
+def host_refusal(dh_file: str, guard: Sequence[str]) -> str | None:
     """Why `dh_file` must not be written on this host, or None. `guard`: the MailHost fact's
     lines for guard=dh_file. Pure; checked before any change (settings.py cannot see the host).
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -155,7 +156,7 @@ def certificate(text: str) -> tuple[str, str] | None:
     return None
 
 
-def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[str]:
+def overrides(text: str, tree: Sequence[str], conf_path: str = CONF_PATH) -> list[str]:
     """What in the host's Dovecot config beats the policy or the certificate in `text` (our
     rendered file).
 
@@ -177,7 +178,7 @@ def overrides(text: str, tree: list[str], conf_path: str = CONF_PATH) -> list[st
     return _walk(text, tree, conf_path)[0]
 
 
-def certificate_replaced(text: str, tree: list[str], conf_path: str = CONF_PATH) -> bool:
+def certificate_replaced(text: str, tree: Sequence[str], conf_path: str = CONF_PATH) -> bool:
     """Whether a certificate setting read after our file, outside any block, replaces the one
     `text` sets everywhere: then ours is never served, and leaving it out changes nothing.
 
@@ -190,7 +191,7 @@ def certificate_replaced(text: str, tree: list[str], conf_path: str = CONF_PATH)
     return _walk(text, tree, conf_path)[1]
 
 
-def _walk(text: str, tree: list[str], conf_path: str) -> tuple[list[str], bool]:
+def _walk(text: str, tree: Sequence[str], conf_path: str) -> tuple[list[str], bool]:
     """overrides() and certificate_replaced(), in one walk."""
     settings = settings_of(text)
     ours = {k: v for k, v in settings.items() if k in TLS_POLICY_KEYS}

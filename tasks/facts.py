@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
@@ -137,22 +139,56 @@ class CronNameLines(FactBase[int]):
         return int(output[0]) if output and output[0].strip().isdigit() else 0
 
 
-class MailHost(FactBase):
-    """Versions, current Postfix/Dovecot TLS config, checksums of managed files, pending reloads.
+@dataclass(frozen=True)
+class HostFacts:
+    """What MailHost read from one host. Only ``caps`` is required, so tests and the benchmark
+    can build one by hand.
 
-    Returns a dict: ``caps`` (policy.HostCaps), ``postconf`` (main.cf explicit settings),
-    ``services`` (master.cf 'name/type' -> line), ``master_params`` ('svc/type/param' -> value),
-    ``files`` (path -> sha256 for the paths asked for that are regular files of at most READ_MAX
-    bytes), ``modes`` (path -> octal permission bits, of the same files), ``oversize`` (paths
-    asked for that are larger: not read, absent from ``files``), ``asked`` (every path asked for), ``pending`` (daemons
-    with a reload pending), ``busy`` ([DH_ROTATE_LOCK] while a DH rotation runs: it
-    commits every daemon when it installs its file), ``dovecot_tree`` (grep lines ``file:line:text`` of Dovecot files
-    other than ours that set a TLS-policy setting, with their blocks and every !include; empty on
-    a stock host), ``guard`` (for ``guard=PATH``: lines about PATH and the TLS certificate/key
-    files the host uses now, judged by dh.host_refusal()).
+    Example::
+
+        HostFacts(
+            caps=HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9)),
+            postconf={"smtpd_tls_security_level": "may"},    # postconf -n
+            services={"smtp/inet": "smtp inet n - y - - smtpd"},  # postconf -M, by name/type
+            master_params={"submission/inet/syslog_name": "postfix/submission"},  # postconf -P
+            files={"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a..."},  # path -> sha256
+            modes={"/etc/dovecot/conf.d/99-mailtls.conf": "644"},  # of the same files
+            asked=frozenset({"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}),
+            pending=frozenset({"postfix"}),
+        )
+    """
+
+    caps: HostCaps
+    postconf: Mapping[str, str] = field(default_factory=dict)  # main.cf's explicit settings
+    services: Mapping[str, str] = field(default_factory=dict)  # master.cf 'name/type' -> line
+    master_params: Mapping[str, str] = field(default_factory=dict)  # 'svc/type/param' -> value
+    # path -> sha256 / octal mode, for the paths asked for that are regular files of at most
+    # READ_MAX bytes; larger ones are in `oversize` (not read).
+    files: Mapping[str, str] = field(default_factory=dict)
+    modes: Mapping[str, str] = field(default_factory=dict)
+    asked: frozenset[str] = frozenset()  # every path asked for
+    oversize: frozenset[str] = frozenset()
+    pending: frozenset[str] = frozenset()  # daemons with a reload pending
+    # [DH_ROTATE_LOCK] while a DH rotation runs: it commits every daemon when it installs its file.
+    busy: tuple[str, ...] = ()
+    # For guard=PATH: lines about PATH and the TLS files the host uses now (dh.host_refusal()).
+    guard: tuple[str, ...] = ()
+    # grep lines `file:line:text` of Dovecot files other than ours that set a TLS-policy
+    # setting, with their blocks and every !include; empty on a stock host.
+    dovecot_tree: tuple[str, ...] = ()
+    # The certificate and key our Dovecot file names, when the deploy had to read them (its
+    # checksum did not tell: host_conf.HostConf.read_dovecot_named); named_read says it did.
+    dovecot_named: tuple[str, str] | None = None
+    named_read: bool = False
+
+
+class MailHost(FactBase[HostFacts]):
+    """Versions, current Postfix/Dovecot TLS config, checksums of managed files, pending
+    reloads, as one HostFacts (its docstring shows the shape).
 
     Example:
         info = host.get_fact(MailHost, files=("/etc/dovecot/conf.d/99-mailtls.conf",))
+        info.caps.postfix, info.files.get("/etc/dovecot/conf.d/99-mailtls.conf")
     """
 
     def command(self, files=(), guard: str = "") -> str:
@@ -167,7 +203,7 @@ class MailHost(FactBase):
             .replace("{read_max}", str(READ_MAX))
         )
 
-    def process(self, output: list[str]) -> dict:
+    def process(self, output: list[str]) -> HostFacts:
         sections: dict[str, list[str]] = {}
         current = None
         for line in output:
@@ -194,21 +230,25 @@ class MailHost(FactBase):
         for line in sections.get("modes", []):  # stat: "<octal mode> <path>"
             mode, _, path = line.partition(" ")
             modes[path] = mode
-        return {
-            "caps": HostCaps(
+
+        def lines(name: str) -> tuple[str, ...]:
+            return tuple(line for line in sections.get(name, []) if line)
+
+        return HostFacts(
+            caps=HostCaps(
                 postfix=version("postfix_version"),
                 dovecot=version("dovecot_version"),
                 openssl=version("openssl_version") or (0,),
             ),
-            "postconf": _kv(sections.get("postconf_n", [])),
-            "services": services,
-            "master_params": _kv(sections.get("postconf_p", [])),
-            "files": files,
-            "modes": modes,
-            "asked": {line for line in sections.get("asked", []) if line},
-            "oversize": {line for line in sections.get("oversize", []) if line},
-            "pending": set(" ".join(sections.get("pending", [])).split()),
-            "busy": [line for line in sections.get("busy", []) if line],
-            "guard": [line for line in sections.get("guard", []) if line],
-            "dovecot_tree": [line for line in sections.get("dovecot_tree", []) if line],
-        }
+            postconf=_kv(sections.get("postconf_n", [])),
+            services=services,
+            master_params=_kv(sections.get("postconf_p", [])),
+            files=files,
+            modes=modes,
+            asked=frozenset(lines("asked")),
+            oversize=frozenset(lines("oversize")),
+            pending=frozenset(" ".join(sections.get("pending", [])).split()),
+            busy=lines("busy"),
+            guard=lines("guard"),
+            dovecot_tree=lines("dovecot_tree"),
+        )

@@ -1,11 +1,11 @@
 """Everything the deploy writes for one host, computed from its settings and its MailHost fact.
 No I/O: tasks/mail_tls.py applies the result, bench/bench.py's floor writes the same bytes.
 
+    >>> from tasks.facts import HostFacts
     >>> from tasks.policy import HostCaps
     >>> from tasks.settings import validate
     >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 15))
-    >>> info = {"caps": caps, "postconf": {}, "services": {}, "files": {}}
-    >>> conf = render(validate({}, "mx1"), info)
+    >>> conf = render(validate({}, "mx1"), HostFacts(caps))
     >>> conf.policy.name, conf.postfix.main["smtpd_tls_protocols"]
     ('intermediate', '>=TLSv1.2')
     >>> "ssl_min_protocol = TLSv1.2" in conf.dovecot
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import certs, dovecot_conf, postfix_conf, probes
+from tasks.facts import HostFacts
 from tasks.ops import sha256
 from tasks.policy import Policy
 from tasks.postfix_conf import PostfixConf
@@ -39,11 +40,11 @@ class HostConf:
     warnings: tuple[str, ...] = ()
     # Dovecot's certificate settings are unset and the checksum of our file does not tell what
     # it names now: read its certificate lines (dovecot_conf.CONF_PATH) into the fact as
-    # info["dovecot_named"] (dovecot_conf.certificate()) and render again.
+    # info.dovecot_named (dovecot_conf.certificate()) and render again.
     read_dovecot_named: bool = False
 
 
-def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
+def render(settings: Settings, info: HostFacts) -> HostConf:
     """The policy for this host and both daemons' config, as the deploy applies them.
 
     `info`: the MailHost fact (caps, postconf, services, master_params, files, dovecot_tree).
@@ -51,9 +52,9 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
     copies where it follows renewals, else the settings. Everything an override would defeat is
     found here, before the deploy changes anything (refusals).
     """
-    caps = info["caps"]
+    caps = info.caps
     policy = settings.policy(caps)
-    cert_plan = certs.plan(settings, caps.dovecot is not None, info["files"])
+    cert_plan = certs.plan(settings, caps.dovecot is not None, info.files)
     pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
     refusals: list[str] = []
     postfix = None
@@ -61,9 +62,9 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
         postfix = postfix_conf.render(
             policy,
             caps,
-            info["postconf"],
-            info["services"],
-            info.get("master_params", {}),
+            info.postconf,
+            info.services,
+            info.master_params,
             cert_file=pf_cert,
             key_file=pf_key,
             submission=settings.postfix_submission,
@@ -73,18 +74,18 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
         refusals.append(f"/etc/postfix/master.cf: {exc}")
     if pf_cert and pf_key:  # what would serve another certificate than the one we set
         refusals += postfix_conf.cert_overrides(
-            info["postconf"], info["services"], info.get("master_params", {}), pf_cert, pf_key
+            info.postconf, info.services, info.master_params, pf_cert, pf_key
         )
     warnings = []
-    if pf_cert is None and info["postconf"].get("smtpd_tls_cert_file") in certs.COPIES["postfix"]:
+    if pf_cert is None and info.postconf.get("smtpd_tls_cert_file") in certs.COPIES["postfix"]:
         # Unset keeps what main.cf has: here the watcher's copy, which nothing renews any more.
-        warnings.append(_frozen("postfix", certs.COPIES["postfix"][0], info["files"]))
+        warnings.append(_frozen("postfix", certs.COPIES["postfix"][0], info.files))
     dovecot = None
     dc_cert, dc_key = certs.served("dovecot", settings, cert_plan)
     read_named = False
     check_dc = True  # whether the commit expects every Dovecot port to serve dc_cert
     if caps.dovecot is not None:
-        tree = info.get("dovecot_tree", [])
+        tree = info.dovecot_tree
         checked = None  # our file as the override check sees it
         if dc_cert is None:
             # Unset keeps what Dovecot uses now: the certificate our file names, if any, unless
@@ -97,7 +98,7 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
                 # Kept, not set: what else names a certificate stays the admin's business.
                 checked = dovecot_conf.render(policy, caps)
                 if named == certs.COPIES["dovecot"]:
-                    warnings.append(_frozen("dovecot", dc_cert, info["files"], caps))
+                    warnings.append(_frozen("dovecot", dc_cert, info.files, caps))
         dovecot = dovecot_conf.render(policy, caps, dc_cert, dc_key)
         found = dovecot_conf.overrides(checked or dovecot, tree)
         refusals += found
@@ -127,15 +128,15 @@ def render(settings: Settings, info: Mapping[str, Any]) -> HostConf:
 
 
 def _dovecot_named(
-    policy: Policy, caps: Any, info: Mapping[str, Any]
+    policy: Policy, caps: Any, info: HostFacts
 ) -> tuple[tuple[str, str] | None, bool]:
     """(certificate, key) our Dovecot file names now, and whether the fact cannot tell (then the
-    deploy reads the file's certificate lines: info["dovecot_named"]). On the steady path the
+    deploy reads the file's certificate lines: info.dovecot_named). On the steady path the
     checksum the fact read answers: our file as rendered without a certificate, or with the
     watcher's copies."""
-    if "dovecot_named" in info:
-        return info["dovecot_named"], False
-    files = info["files"]
+    if info.named_read:
+        return info.dovecot_named, False
+    files = info.files
     current = files.get(dovecot_conf.CONF_PATH)
     if current is None or current == sha256(dovecot_conf.render(policy, caps).encode()):
         return None, False

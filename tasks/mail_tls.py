@@ -9,6 +9,7 @@ whose config changed or whose reload is still pending from an interrupted run.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from typing import cast
 
 from pyinfra import host, logger
@@ -19,7 +20,7 @@ from pyinfra.facts.files import FindInFile, Sha256File
 from pyinfra.operations import crontab
 
 from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
-from tasks.facts import MailHost
+from tasks.facts import HostFacts, MailHost
 from tasks.policy import GATES, PROFILES, HostCaps, Policy, minver
 from tasks.settings import Settings, data_defaults, host_settings
 
@@ -81,12 +82,12 @@ def mail_tls(settings: Settings | None = None) -> None:
     # directories) only for profiles that write one.
     guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""
     info = host.get_fact(MailHost, files=fact_files(settings), guard=guard)
-    caps = info["caps"]
+    caps = info.caps
     problem = unsupported(caps)
     if problem:  # this host fails, one line, no traceback; the other hosts carry on
         ops.fail(name="Supported Postfix and Dovecot", message=f"{host.name}: {problem}")
         return
-    refusal = dh.host_refusal(settings.dh_file, info["guard"]) if guard else None
+    refusal = dh.host_refusal(settings.dh_file, info.guard) if guard else None
     if refusal:  # a settings error: it stops the whole run, before any change on any host
         raise PyinfraError(f"invalid settings: {host.name}: {refusal}")
     # Pre-flight (pure): everything rendered and every override found before anything changes.
@@ -99,7 +100,7 @@ def mail_tls(settings: Settings | None = None) -> None:
             FindInFile, path=dovecot_conf.CONF_PATH, pattern=CERT_LINES, extended_regex=True
         )
         named = dovecot_conf.certificate("\n".join(lines or ()))
-        conf = host_conf.render(settings, {**info, "dovecot_named": named})
+        conf = host_conf.render(settings, replace(info, dovecot_named=named, named_read=True))
     policy = conf.policy
     if conf.refusals or conf.postfix is None or conf.verify is None:
         ops.fail(
@@ -115,7 +116,7 @@ def mail_tls(settings: Settings | None = None) -> None:
 
     # The safety net, and what its commit verifies after each reload (read-back values and
     # handshakes to try): one round trip.
-    files, modes = info["files"], info["modes"]
+    files, modes = info.files, info.modes
     ops.put_files(
         name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
         files=(
@@ -146,9 +147,9 @@ def mail_tls(settings: Settings | None = None) -> None:
     pf_op = ops.postfix_settings(
         name="Postfix TLS settings (main.cf, master.cf)",
         conf=conf.postfix,
-        postconf=info["postconf"],
-        services=info["services"],
-        master_params=info["master_params"],
+        postconf=info.postconf,
+        services=info.services,
+        master_params=info.master_params,
         run=run,
     )
     reload = {"postfix": pf_op.will_change}
@@ -167,10 +168,10 @@ def mail_tls(settings: Settings | None = None) -> None:
 
     # While a DH rotation runs, what is pending is left to it: it commits every daemon when it
     # installs its file (a re-run during that commit would reload a second time).
-    pending = set() if info["busy"] else info["pending"]
-    if info["busy"] and info["pending"]:
+    pending = set() if info.busy else info.pending
+    if info.busy and info.pending:
         logger.info(
-            f"{host.name}: reload pending for {', '.join(sorted(info['pending']))}: "
+            f"{host.name}: reload pending for {', '.join(sorted(info.pending))}: "
             "left to the DH rotation that is running (it commits every daemon)"
         )
     # One commit for both, after every change: the daemons are checked, reloaded and verified at
@@ -188,7 +189,7 @@ def mail_tls(settings: Settings | None = None) -> None:
 
 
 @deploy("DH parameters")
-def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = None) -> bool:
+def apply_dh(settings: Settings, policy: Policy, info: HostFacts, run: str | None = None) -> bool:
     """Make policy.dh_file right for the profile; install or remove the rotation job.
 
     Runs before the Postfix/Dovecot config step (which needs mailtls-apply on the host).
@@ -203,8 +204,8 @@ def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = N
         info = host.get_fact(MailHost, files=dh.dh_fact_files(settings))
         dh_changed = apply_dh(settings=settings, policy=policy, info=info)
     """
-    files, modes = dict(info["files"]), info["modes"]
-    if policy.offers_dhe and settings.dh_file not in info.get("asked", ()):
+    files, modes = dict(info.files), info.modes
+    if policy.offers_dhe and settings.dh_file not in info.asked:
         # The fact was not asked for this dh_file (a caller without dh_fact_files): read it now.
         digest = host.get_fact(Sha256File, path=settings.dh_file)
         if digest:
@@ -213,7 +214,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = N
 
     dh_op = None
     if p.params is not None and p.dh_file:
-        readers = ("postfix",) + (("dovecot",) if info["caps"].dovecot else ())
+        readers = ("postfix",) + (("dovecot",) if info.caps.dovecot else ())
         dh_op = ops.put_bytes(
             name=f"DH parameters: {p.params_why}",
             data=p.params.read_bytes(),

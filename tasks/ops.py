@@ -117,7 +117,7 @@ def put_bytes(
     .. code:: python
 
         put_bytes(name="Dovecot TLS", data=text.encode(), dest="/etc/dovecot/conf.d/99-mailtls.conf",
-                  current_sha256=info["files"].get(path), current_mode=info["modes"].get(path),
+                  current_sha256=info.files.get(path), current_mode=info.modes.get(path),
                   pending=("dovecot",))
     """
     commands = _put_commands(data, dest, mode, current_sha256, current_mode, pending, run)
@@ -156,7 +156,7 @@ def put_files(files: tuple[tuple[bytes, str, str, str | None, str | None], ...])
     .. code:: python
 
         put_files(name="Tools", files=((script, "/usr/local/sbin/x", "0755",
-                                        info["files"].get(path), info["modes"].get(path)),))
+                                        info.files.get(path), info.modes.get(path)),))
     """
     per_file = [_put_commands(*f) for f in files]
     if not any(per_file):
@@ -182,7 +182,7 @@ def absent(paths: list[str], files: Mapping[str, str]):
 
     .. code:: python
 
-        absent(name="Remove rotation files", paths=[dh.ROTATE_CONF], files=info["files"])
+        absent(name="Remove rotation files", paths=[dh.ROTATE_CONF], files=info.files)
     """
     there = [p for p in paths if p in files]
     if not there:
@@ -341,9 +341,9 @@ def postfix_edit(todo: PostfixConf, run: str | None = None) -> str:
 @operation()
 def postfix_settings(
     conf: PostfixConf,
-    postconf: dict,
-    services: dict,
-    master_params: dict,
+    postconf: Mapping[str, str],
+    services: Mapping[str, str],
+    master_params: Mapping[str, str],
     run: str | None = None,
 ):
     """Bring main.cf and master.cf to `conf` with one batch of postconf commands (postfix_edit).
@@ -355,8 +355,8 @@ def postfix_settings(
 
     .. code:: python
 
-        postfix_settings(conf=host_conf.render(settings, info).postfix, postconf=info["postconf"],
-                         services=info["services"], master_params=info["master_params"])
+        postfix_settings(conf=host_conf.render(settings, info).postfix, postconf=info.postconf,
+                         services=info.services, master_params=info.master_params)
     """
     todo = conf.missing_from(postconf, services, master_params)
     if not todo:
@@ -376,7 +376,7 @@ def commit(daemons: tuple[str, ...], run: str | None = None):
 
     .. code:: python
 
-        commit(daemons=("postfix",) if op.will_change or "postfix" in info["pending"] else ())
+        commit(daemons=("postfix",) if op.will_change or "postfix" in info.pending else ())
     """
     if not daemons:
         host.noop("nothing to reload")

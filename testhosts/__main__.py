@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         for suite, path in image.build_all(args.suites).items():
             print(f"{suite}\t{path}")
     elif args.cmd == "up":
-        names = args.names or ["bookworm", "trixie"]
+        names = args.names or list(hosts.DEMO_HOSTS)
         if args.count:
             names = [f"{n}{i}" for n in names for i in range(1, args.count + 1)]
         for h in hosts.up(names, suite=args.suite, log=lambda m: print(m, file=sys.stderr)):

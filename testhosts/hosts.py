@@ -463,3 +463,24 @@ def status() -> list[tuple[Host, bool]]:
 def get(name: str) -> Host | None:
     host = _load(name)
     return host if host and _is_our_nspawn(host.pid, host) else None
+
+
+DEMO_HOSTS = ("bookworm", "trixie")  # what `python -m testhosts up` starts with no names
+
+
+def running(names: str | None = None) -> list[tuple[str, dict]]:
+    """(name, pyinfra host data) of running test hosts, for inventory.py's default: those of
+    `names` (comma-separated; each must run), else the demo hosts that run. Never every running
+    host: other tests' and benchmarks' hosts are not the demo's to change. LookupError says
+    what is missing."""
+    wanted = {n.strip() for n in names.split(",") if n.strip()} if names else set(DEMO_HOSTS)
+    found = [(h.name, h.pyinfra_data()) for h, alive in status() if alive and h.name in wanted]
+    if names and len(found) != len(wanted):
+        missing = wanted - {n for n, _ in found}
+        raise LookupError(f"MAILTLS_TESTHOSTS: no running test host {', '.join(sorted(missing))}")
+    if not found:
+        raise LookupError(
+            "no hosts: set MAILTLS_HOSTS or MAILTLS_HOSTS_FILE, or start local test hosts with "
+            "`python -m testhosts up`"
+        )
+    return found

@@ -11,7 +11,7 @@ import time
 
 from conftest import run_pyinfra
 from tasks import dh
-from tasks.facts import MailHost
+from tasks.facts import HostFacts, MailHost
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
@@ -300,7 +300,7 @@ def test_rotation_goes_through_the_safety_net(fresh_host, suite):
     assert host.ssh(f"cat {dh.ROTATE_STAMP}").stdout == stamp  # the deploy will try again
 
 
-def read_fact(host) -> dict:
+def read_fact(host) -> HostFacts:
     """The deploy's MailHost fact, run on the host as the deploy runs it (sh), parsed."""
     res = host.ssh("sh -s", input=MailHost().command(files=()), timeout=120)
     return MailHost().process(res.stdout.splitlines())
@@ -349,13 +349,13 @@ def test_the_fact_sees_a_rotation_without_making_one_skip(fresh_host):
     assert wait_until(
         lambda: host.ssh(f"flock -n {lock} true", check=False).returncode != 0, timeout=30, step=0.2
     ), "the rotation never took its lock"
-    assert read_fact(host)["busy"] == [lock]
+    assert read_fact(host).busy == (lock,)
     host.ssh("kill $(cat /run/rotation)")
     assert wait_until(
         lambda: host.ssh(f"flock -n {lock} true", check=False).returncode == 0, timeout=30, step=0.2
     )
     fact_now = read_fact(host)
-    assert fact_now["busy"] == [] and fact_now["pending"] == {"postfix"}
+    assert fact_now.busy == () and fact_now.pending == {"postfix"}
 
 
 def test_rotation_job_removal_keeps_the_crontab_when_crontab_l_fails(fresh_host):

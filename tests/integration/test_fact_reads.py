@@ -31,8 +31,8 @@ def test_a_huge_certificate_source_stalls_neither_the_fact_nor_the_deploy(fresh_
     took = time.monotonic() - started
     info = MailHost().process(out.splitlines())
     assert took < 10, f"the fact took {took:.0f} s"
-    assert huge not in info["files"] and huge not in info["modes"], info["files"]
-    assert key in info["files"] and info["oversize"] == {huge}
+    assert huge not in info.files and huge not in info.modes, info.files
+    assert key in info.files and info.oversize == {huge}
 
     # The deploy with it as the certificate: its facts are read at once, and the pair is never
     # reported as deployed. (The certificate watcher, asked about it, refuses it: how long it

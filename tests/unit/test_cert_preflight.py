@@ -4,10 +4,12 @@ daemon keeps the certificate it serves now (the watcher's copies too, with a war
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tasks import certs, dovecot_conf, host_conf, postfix_conf
-from tasks.facts import MailHost
+from tasks.facts import HostFacts, MailHost
 from tasks.ops import sha256
 from tasks.policy import HostCaps, resolve
 from tasks.settings import validate
@@ -49,16 +51,16 @@ STOCK_TREE = {
 }
 
 
-def info(caps=DEB12, postconf=None, services=None, params=None, files=None, tree=None) -> dict:
+def info(caps=DEB12, postconf=None, services=None, params=None, files=None, tree=None) -> HostFacts:
     """A MailHost fact as host_conf.render() reads it; stock Debian by default."""
-    return {
-        "caps": caps,
-        "postconf": dict(SNAKEOIL if postconf is None else postconf),
-        "services": dict(STOCK_SERVICES if services is None else services),
-        "master_params": dict(params or {}),
-        "files": dict(files or {}),
-        "dovecot_tree": list(STOCK_TREE[major(caps)] if tree is None else tree),
-    }
+    return HostFacts(
+        caps=caps,
+        postconf=dict(SNAKEOIL if postconf is None else postconf),
+        services=dict(STOCK_SERVICES if services is None else services),
+        master_params=dict(params or {}),
+        files=dict(files or {}),
+        dovecot_tree=tuple(STOCK_TREE[major(caps)] if tree is None else tree),
+    )
 
 
 def major(caps) -> str:
@@ -223,7 +225,7 @@ def test_the_fact_greps_the_certificate_keys_of_both_versions():
 # --- Finding 5: unset certificate settings keep what the daemon serves now ------------------
 
 
-def after_watch(caps=DEB12, profile="intermediate", copies=True) -> dict:
+def after_watch(caps=DEB12, profile="intermediate", copies=True) -> HostFacts:
     """The fact of a host a deploy with certificate settings and the watcher left behind."""
     policy = resolve(profile, caps)
     ours = dovecot_conf.render(policy, caps, *certs.COPIES["dovecot"])
@@ -261,7 +263,9 @@ def test_unset_rerun_renders_the_same_file():
     """The second run after unsetting finds our file as the first rendered it: no change."""
     first = host_conf.render(validate({}, "mx1"), after_watch())
     fact = after_watch()
-    fact["files"][dovecot_conf.CONF_PATH] = sha256((first.dovecot or "").encode())
+    fact = replace(
+        fact, files={**fact.files, dovecot_conf.CONF_PATH: sha256((first.dovecot or "").encode())}
+    )
     second = host_conf.render(validate({}, "mx1"), fact)
     assert second.dovecot == first.dovecot and second.warnings == first.warnings
 
@@ -282,21 +286,23 @@ def test_a_file_without_certificate_stays_without_one():
 
 def test_what_the_checksum_cannot_tell_is_read_and_kept():
     """Another profile now: our file's checksum matches no render; the deploy reads its
-    certificate lines (info["dovecot_named"]) and keeps them."""
+    certificate lines (info.dovecot_named) and keeps them."""
     fact = after_watch(profile="modern")
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert conf.read_dovecot_named
-    fact["dovecot_named"] = certs.COPIES["dovecot"]
+    fact = replace(fact, dovecot_named=certs.COPIES["dovecot"], named_read=True)
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert not conf.read_dovecot_named
     assert dovecot_conf.certificate(conf.dovecot or "") == certs.COPIES["dovecot"]
     assert any(w.startswith("dovecot:") for w in conf.warnings)
     # the settings' own files, named directly (mailtls_cert_watch=false): kept, no warning
-    fact["dovecot_named"] = (f"{LE}/fullchain.pem", f"{LE}/privkey.pem")
+    fact = replace(
+        fact, dovecot_named=(f"{LE}/fullchain.pem", f"{LE}/privkey.pem"), named_read=True
+    )
     conf = host_conf.render(validate({}, "mx1"), fact)
-    assert dovecot_conf.certificate(conf.dovecot or "") == fact["dovecot_named"]
+    assert dovecot_conf.certificate(conf.dovecot or "") == fact.dovecot_named
     assert not any(w.startswith("dovecot:") for w in conf.warnings)
-    fact["dovecot_named"] = None
+    fact = replace(fact, dovecot_named=None, named_read=True)
     assert (
         dovecot_conf.certificate(host_conf.render(validate({}, "mx1"), fact).dovecot or "") is None
     )
@@ -307,9 +313,13 @@ def test_a_certificate_set_after_ours_ends_the_keeping(caps):
     """The admin did what the warning says (local.conf names their files): ours is never
     served, so it goes, without a warning and without a refusal."""
     fact = after_watch(caps)
-    fact["dovecot_tree"] += [
-        f"/etc/dovecot/local.conf:1:{keys(caps)[0]} = {lt(caps)}/etc/ssl/mine.pem"
-    ]
+    fact = replace(
+        fact,
+        dovecot_tree=(
+            *fact.dovecot_tree,
+            f"/etc/dovecot/local.conf:1:{keys(caps)[0]} = {lt(caps)}/etc/ssl/mine.pem",
+        ),
+    )
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert conf.refusals == ()
     assert dovecot_conf.certificate(conf.dovecot or "") is None
@@ -319,11 +329,15 @@ def test_a_certificate_set_after_ours_ends_the_keeping(caps):
 def test_kept_copies_are_not_refused_for_other_certificates():
     """Kept, not set: a per-protocol certificate elsewhere stays the admin's business."""
     fact = after_watch()
-    fact["dovecot_tree"] += [
-        "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
-        "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
-        "/etc/dovecot/conf.d/20-pop3.conf:3:}",
-    ]
+    fact = replace(
+        fact,
+        dovecot_tree=(
+            *fact.dovecot_tree,
+            "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
+            "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
+            "/etc/dovecot/conf.d/20-pop3.conf:3:}",
+        ),
+    )
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert conf.refusals == ()
     assert dovecot_conf.certificate(conf.dovecot or "") == certs.COPIES["dovecot"]
@@ -331,7 +345,7 @@ def test_kept_copies_are_not_refused_for_other_certificates():
 
 def test_postfix_warning_only_while_main_cf_names_the_copy():
     fact = after_watch()
-    fact["postconf"] = dict(SNAKEOIL)
+    fact = replace(fact, postconf=dict(SNAKEOIL))
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert not any(w.startswith("postfix:") for w in conf.warnings)
     # set again: the watcher follows renewals again, no warning
@@ -354,11 +368,15 @@ def test_fact_files_ask_for_every_copy_without_settings():
 
 def test_kept_copies_beaten_in_a_block_are_not_expected_on_every_port():
     fact = after_watch()
-    fact["dovecot_tree"] += [
-        "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
-        "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
-        "/etc/dovecot/conf.d/20-pop3.conf:3:}",
-    ]
+    fact = replace(
+        fact,
+        dovecot_tree=(
+            *fact.dovecot_tree,
+            "/etc/dovecot/conf.d/20-pop3.conf:1:protocol pop3 {",
+            "/etc/dovecot/conf.d/20-pop3.conf:2:  ssl_cert = </etc/ssl/pop3.pem",
+            "/etc/dovecot/conf.d/20-pop3.conf:3:}",
+        ),
+    )
     conf = host_conf.render(validate({}, "mx1"), fact)
     assert "cert dovecot" not in (conf.verify or "")
     assert "cert dovecot" in (host_conf.render(validate({}, "mx1"), after_watch()).verify or "")

@@ -38,21 +38,21 @@ postfix
 
 def test_mailhost_fact_parses_every_section():
     info = MailHost().process(FACT_OUTPUT)
-    assert info["caps"].postfix == (3, 10, 13)
-    assert info["caps"].dovecot == (2, 4, 1)
-    assert info["caps"].openssl == (3, 5, 9)
-    assert info["postconf"] == {"smtpd_tls_security_level": "may", "tls_ffdhe_auto_groups": ""}
-    assert set(info["services"]) == {"smtp/inet", "submission/inet"}
-    assert info["master_params"] == {"submission/inet/syslog_name": "postfix/submission"}
-    assert info["files"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a"}
-    assert info["modes"] == {"/etc/dovecot/conf.d/99-mailtls.conf": "644"}
-    assert info["asked"] == {"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}
-    assert info["pending"] == {"postfix"}
+    assert info.caps.postfix == (3, 10, 13)
+    assert info.caps.dovecot == (2, 4, 1)
+    assert info.caps.openssl == (3, 5, 9)
+    assert info.postconf == {"smtpd_tls_security_level": "may", "tls_ffdhe_auto_groups": ""}
+    assert set(info.services) == {"smtp/inet", "submission/inet"}
+    assert info.master_params == {"submission/inet/syslog_name": "postfix/submission"}
+    assert info.files == {"/etc/dovecot/conf.d/99-mailtls.conf": "4f2a"}
+    assert info.modes == {"/etc/dovecot/conf.d/99-mailtls.conf": "644"}
+    assert info.asked == {"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}
+    assert info.pending == {"postfix"}
 
 
 def test_mailhost_fact_without_dovecot():
     out = [line for line in FACT_OUTPUT if not line.startswith("2.4.1")]
-    assert MailHost().process(out)["caps"].dovecot is None
+    assert MailHost().process(out).caps.dovecot is None
 
 
 def test_fact_command_quotes_paths():
@@ -73,8 +73,8 @@ def test_fact_command_keeps_quotes_in_paths(tmp_path):
         text=True,
     ).stdout.splitlines()
     info = fact.process(out)
-    assert info["asked"] == {str(odd)} and str(odd) in info["files"]
-    assert f"real {guard}" in info["guard"]
+    assert info.asked == {str(odd)} and str(odd) in info.files
+    assert f"real {guard}" in info.guard
 
 
 def test_hosts_list():
@@ -154,11 +154,11 @@ def test_mailhost_fact_dovecot_tree_section():
         "@@end",
     ]
     info = MailHost().process(out)
-    assert info["dovecot_tree"] == [
+    assert info.dovecot_tree == (
         "/etc/dovecot/dovecot.conf:87:!include_try local.conf",
         "/etc/dovecot/local.conf:2:ssl_cipher_list = ALL",
-    ]
-    assert MailHost().process(FACT_OUTPUT)["dovecot_tree"] == []  # stock host: nothing printed
+    )
+    assert MailHost().process(FACT_OUTPUT).dovecot_tree == ()  # stock host: nothing printed
     command = MailHost().command()
     assert (
         "{keys}" not in command
@@ -172,9 +172,9 @@ def test_mailhost_fact_oversize_section():
     mode: plan() sees it as absent (the certificate watcher is asked, and says why it refuses)."""
     out = FACT_OUTPUT[:-1] + ["@@oversize", "/srv/acme/huge.pem", "@@end"]
     info = MailHost().process(out)
-    assert info["oversize"] == {"/srv/acme/huge.pem"}
-    assert "/srv/acme/huge.pem" not in info["files"] and "/srv/acme/huge.pem" not in info["modes"]
-    assert MailHost().process(FACT_OUTPUT)["oversize"] == set()
+    assert info.oversize == {"/srv/acme/huge.pem"}
+    assert "/srv/acme/huge.pem" not in info.files and "/srv/acme/huge.pem" not in info.modes
+    assert MailHost().process(FACT_OUTPUT).oversize == set()
 
 
 def test_fact_reads_no_file_over_the_cap(tmp_path):
@@ -199,5 +199,5 @@ def test_fact_reads_no_file_over_the_cap(tmp_path):
     ).stdout.splitlines()
     assert time.monotonic() - started < 30
     info = fact.process(out)
-    assert set(info["files"]) == set(info["modes"]) == {str(small)}
-    assert info["oversize"] == {str(huge)}
+    assert set(info.files) == set(info.modes) == {str(small)}
+    assert info.oversize == {str(huge)}

@@ -183,15 +183,15 @@ def test_put_bytes_repairs_a_mode_the_fact_read(tmp_path, monkeypatch):
         ["sh", "-c", fact.command(files=(str(dest),))], capture_output=True, text=True
     )
     info = fact.process(out.stdout.splitlines())
-    assert info["files"][str(dest)] == ops.sha256(data) and info["modes"][str(dest)] == "644"
+    assert info.files[str(dest)] == ops.sha256(data) and info.modes[str(dest)] == "644"
 
     commands, said = _put_bytes(
         monkeypatch,
         data=data,
         dest=str(dest),
         mode="0755",
-        current_sha256=info["files"][str(dest)],
-        current_mode=info["modes"][str(dest)],
+        current_sha256=info.files[str(dest)],
+        current_mode=info.modes[str(dest)],
     )
     assert len(commands) == 1 and not said
     subprocess.run(["sh", "-c", commands[0].get_raw_value()], check=True)
