@@ -68,6 +68,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks import dovecot_conf, host_conf, ops, probes  # noqa: E402
+from tasks.assets import FILES, sha256  # noqa: E402
 from tasks.facts import HostFacts, MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.settings import validate  # noqa: E402
@@ -232,12 +233,12 @@ def floor_script(host: th.Host, info: HostFacts, kind: str) -> str:
         raise RuntimeError(f"{host.name}: the deploy would refuse this host: {conf.refusals}")
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
-    script = (ops.FILES / "mailtls-apply").read_bytes()
-    if info.files.get(ops.APPLY) != ops.sha256(script):
+    script = (FILES / "mailtls-apply").read_bytes()
+    if info.files.get(ops.APPLY) != sha256(script):
         lines.append(_write_file(ops.APPLY, script, "0755"))
     # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
     verify = conf.verify.encode()
-    if info.files.get(probes.VERIFY_PATH) != ops.sha256(verify):
+    if info.files.get(probes.VERIFY_PATH) != sha256(verify):
         lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
     todo = conf.postfix.missing_from(info.postconf, info.services, info.master_params)
     if safety_net:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 
+from tasks.assets import FILES, sha256
 from tasks.facts import HostFacts
-from tasks.ops import FILES, put_bytes, sha256
+from tasks.ops import put_bytes
 from tasks.settings import CERT_COPIES_DIR, Settings
 
 WATCH_BIN = "/usr/local/sbin/mailtls-cert-watch"

@@ -30,12 +30,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.ops import sha256
+from tasks.assets import FILES, sha256
 from tasks.policy import MIN_DH_BITS, Policy
 from tasks.settings import Settings, defaults
 
-FILES_DIR = Path(__file__).resolve().parent.parent / "files"
-ROTATE_SCRIPT = FILES_DIR / "mailtls-dh-rotate"
+ROTATE_SCRIPT = FILES / "mailtls-dh-rotate"
 ROTATE_BIN = "/usr/local/sbin/mailtls-dh-rotate"
 ROTATE_CONF = "/etc/mailtls/dh-rotate.conf"
 # Written by the script after it installed parameters: "made here, for these settings".
@@ -67,7 +66,7 @@ def dh_fact_files(settings: Settings) -> tuple[str, ...]:
 
 def shipped_group(bits: int) -> Path:
     """The RFC 7919 group of `bits` bits shipped in files/dh/."""
-    return FILES_DIR / "dh" / f"ffdhe{bits}.pem"
+    return FILES / "dh" / f"ffdhe{bits}.pem"
 
 
 def rotate_conf(settings: Settings) -> str:

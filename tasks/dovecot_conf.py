@@ -14,13 +14,13 @@ from __future__ import annotations
 import fnmatch
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import jinja2
 
+from tasks.assets import FILES
 from tasks.policy import HostCaps, Policy
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "files" / "dovecot"
+TEMPLATES = FILES / "dovecot"
 CONF_PATH = "/etc/dovecot/conf.d/99-mailtls.conf"  # read after Debian's 10-ssl.conf: ours wins
 
 # login_log_format_elements: each version's default plus the negotiated protocol and cipher.

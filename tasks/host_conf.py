@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tasks import certs, dovecot_conf, postfix_conf, probes
+from tasks.assets import sha256
 from tasks.facts import HostFacts
-from tasks.ops import sha256
 from tasks.policy import Policy
 from tasks.postfix_conf import PostfixConf
 from tasks.settings import Settings

@@ -20,6 +20,7 @@ from pyinfra.facts.files import FindInFile, Sha256File
 from pyinfra.operations import crontab
 
 from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
+from tasks.assets import FILES
 from tasks.facts import HostFacts, MailHost
 from tasks.policy import GATES, PROFILES, HostCaps, Policy, minver
 from tasks.settings import Settings, data_defaults, host_settings
@@ -77,7 +78,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     """
     settings = settings or settings_for(host)
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
-    apply_script = (ops.FILES / "mailtls-apply").read_bytes()
+    apply_script = (FILES / "mailtls-apply").read_bytes()
     # Where the DH file goes is checked against the host (links, certificates, shared
     # directories) only for profiles that write one.
     guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""

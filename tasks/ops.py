@@ -9,7 +9,6 @@ the end of the run): see files/mailtls-apply.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import shlex
 from collections.abc import Mapping
@@ -19,20 +18,16 @@ from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, FunctionCommand, QuoteString, StringCommand, operation
 from pyinfra.api.hiddenvalue import HiddenValue
 
+from tasks.assets import sha256
 from tasks.facts import CronNameLines
 from tasks.postfix_conf import PostfixConf
 
-FILES = Path(__file__).resolve().parent.parent / "files"
 APPLY = "/usr/local/sbin/mailtls-apply"
 POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")
 DAEMONS = ("postfix", "dovecot")
 # Files up to this size travel inside the command (base64): one round trip instead of three
 # (mkdir, SFTP upload, rename). Linux caps one argument (the `sh -c` script) at 128 KiB.
 INLINE_MAX = 48 * 1024
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def apply_command(action: str, daemons: str, run: str | None) -> str:

@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from tasks import certs, dovecot_conf, host_conf, postfix_conf
+from tasks.assets import sha256
 from tasks.facts import HostFacts, MailHost
-from tasks.ops import sha256
 from tasks.policy import HostCaps, resolve
 from tasks.settings import validate
 

@@ -11,6 +11,7 @@ import pytest
 from pyinfra.api import FileUploadCommand, StringCommand
 
 from tasks import nodelay, ops
+from tasks.assets import sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -183,7 +184,7 @@ def test_put_bytes_repairs_a_mode_the_fact_read(tmp_path, monkeypatch):
         ["sh", "-c", fact.command(files=(str(dest),))], capture_output=True, text=True
     )
     info = fact.process(out.stdout.splitlines())
-    assert info.files[str(dest)] == ops.sha256(data) and info.modes[str(dest)] == "644"
+    assert info.files[str(dest)] == sha256(data) and info.modes[str(dest)] == "644"
 
     commands, said = _put_bytes(
         monkeypatch,
@@ -206,7 +207,7 @@ def test_put_bytes_same_bytes_and_mode_is_a_noop(monkeypatch, current_mode):
         data=data,
         dest="/usr/local/sbin/x",
         mode="0755",
-        current_sha256=ops.sha256(data),
+        current_sha256=sha256(data),
         current_mode=current_mode,
     )
     assert commands == [] and said == ["/usr/local/sbin/x is up to date"]
@@ -218,7 +219,7 @@ def test_put_bytes_other_bytes_upload_whatever_the_mode(monkeypatch):
         data=b"new\n",
         dest="/etc/x",
         mode="0644",
-        current_sha256=ops.sha256(b"old\n"),
+        current_sha256=sha256(b"old\n"),
         current_mode="644",
     )
     assert (

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from tasks import dovecot_conf, probes
-from tasks.ops import FILES
+from tasks.assets import FILES
 from tasks.policy import HostCaps, resolve
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
