@@ -67,10 +67,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tasks import dovecot_conf, host_conf, ops, probes  # noqa: E402
+from tasks import host_conf, ops  # noqa: E402
 from tasks.assets import FILES, sha256  # noqa: E402
+from tasks.dovecot import conf as dovecot_conf  # noqa: E402
 from tasks.facts import HostFacts, MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
+from tasks.safety import verify as verify_conf  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
 from testhosts import image  # noqa: E402
@@ -238,8 +240,8 @@ def floor_script(host: th.Host, info: HostFacts, kind: str) -> str:
         lines.append(_write_file(ops.APPLY, script, "0755"))
     # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
     verify = conf.verify.encode()
-    if info.files.get(probes.VERIFY_PATH) != sha256(verify):
-        lines.append(_write_file(probes.VERIFY_PATH, verify, "0644"))
+    if info.files.get(verify_conf.VERIFY_PATH) != sha256(verify):
+        lines.append(_write_file(verify_conf.VERIFY_PATH, verify, "0644"))
     todo = conf.postfix.missing_from(info.postconf, info.services, info.master_params)
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
-from tasks.dovecot_conf import CONF_PATH, POLICY_KEYS
+from tasks.dovecot.conf import CONF_PATH, POLICY_KEYS
 from tasks.policy import HostCaps, parse_version
 
 # The most the fact reads of a file it is asked about (ours and certificates are a few KiB).

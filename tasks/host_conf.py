@@ -18,11 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tasks import certs, dovecot_conf, postfix_conf, probes
 from tasks.assets import sha256
+from tasks.certs import plan as certs
+from tasks.dovecot import conf as dovecot_conf
 from tasks.facts import HostFacts
 from tasks.policy import Policy
-from tasks.postfix_conf import PostfixConf
+from tasks.postfix import conf as postfix_conf
+from tasks.postfix.conf import PostfixConf
+from tasks.safety import verify as verify_conf
 from tasks.settings import Settings
 
 
@@ -35,7 +38,9 @@ class HostConf:
     # Why the deploy must not touch this host (file:line or service, and what to remove): set
     # when something outside our files would override the policy. Empty: go ahead.
     refusals: tuple[str, ...]
-    verify: str | None  # probes.VERIFY_PATH: what mailtls-apply's commit checks; None when refused
+    verify: (
+        str | None
+    )  # verify_conf.VERIFY_PATH: what mailtls-apply's commit checks; None when refused
     # For the log on every run: a daemon that keeps serving copies nothing renews any more.
     warnings: tuple[str, ...] = ()
     # Dovecot's certificate settings are unset and the checksum of our file does not tell what
@@ -108,9 +113,9 @@ def render(settings: Settings, info: HostFacts) -> HostConf:
             check_dc = False
     verify = None
     if postfix is not None and not refusals:
-        verify = probes.render(
+        verify = verify_conf.render(
             policy,
-            *probes.stable(postfix.main, postfix.params),
+            *verify_conf.stable(postfix.main, postfix.params),
             postfix.remove,
             None if dovecot is None else dovecot_conf.readback(dovecot),
             {"postfix": pf_cert, "dovecot": dc_cert if check_dc else None},

@@ -19,10 +19,14 @@ from pyinfra.api.host import Host
 from pyinfra.facts.files import FindInFile, Sha256File
 from pyinfra.operations import crontab
 
-from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
+from tasks import host_conf, nodelay, ops
 from tasks.assets import FILES
+from tasks.certs import plan as certs
+from tasks.dh import plan as dh
+from tasks.dovecot import conf as dovecot_conf
 from tasks.facts import HostFacts, MailHost
 from tasks.policy import GATES, PROFILES, HostCaps, Policy, minver
+from tasks.safety import verify as verify_conf
 from tasks.settings import Settings, data_defaults, host_settings
 
 # The certificate lines of our Dovecot file, both versions' (dovecot_conf.CERT_KEYS).
@@ -36,7 +40,7 @@ def fact_files(settings: Settings) -> tuple[str, ...]:
     return (
         ops.APPLY,
         dovecot_conf.CONF_PATH,
-        probes.VERIFY_PATH,
+        verify_conf.VERIFY_PATH,
         *dh.dh_fact_files(settings),
         *certs.fact_files(settings),
     )
@@ -119,15 +123,15 @@ def mail_tls(settings: Settings | None = None) -> None:
     # handshakes to try): one round trip.
     files, modes = info.files, info.modes
     ops.put_files(
-        name=f"mailtls-apply (check, reload, verify, roll back), {probes.VERIFY_PATH}",
+        name=f"mailtls-apply (check, reload, verify, roll back), {verify_conf.VERIFY_PATH}",
         files=(
             (apply_script, ops.APPLY, "0755", files.get(ops.APPLY), modes.get(ops.APPLY)),
             (
                 conf.verify.encode(),
-                probes.VERIFY_PATH,
+                verify_conf.VERIFY_PATH,
                 "0644",
-                files.get(probes.VERIFY_PATH),
-                modes.get(probes.VERIFY_PATH),
+                files.get(verify_conf.VERIFY_PATH),
+                modes.get(verify_conf.VERIFY_PATH),
             ),
         ),
     )

@@ -20,7 +20,7 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from tasks.assets import sha256
 from tasks.facts import CronNameLines
-from tasks.postfix_conf import PostfixConf
+from tasks.postfix.conf import PostfixConf
 
 APPLY = "/usr/local/sbin/mailtls-apply"
 POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")

@@ -10,7 +10,7 @@ import subprocess
 import time
 
 from conftest import run_pyinfra
-from tasks import dh
+from tasks.dh import plan as dh
 from tasks.facts import HostFacts, MailHost
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"

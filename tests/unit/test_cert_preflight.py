@@ -8,10 +8,13 @@ from dataclasses import replace
 
 import pytest
 
-from tasks import certs, dovecot_conf, host_conf, postfix_conf
+from tasks import host_conf
 from tasks.assets import sha256
+from tasks.certs import plan as certs
+from tasks.dovecot import conf as dovecot_conf
 from tasks.facts import HostFacts, MailHost
 from tasks.policy import HostCaps, resolve
+from tasks.postfix import conf as postfix_conf
 from tasks.settings import validate
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))

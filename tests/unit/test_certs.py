@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tasks import certs
 from tasks.assets import FILES, sha256
 from tasks.audit.facts import MailTlsLog
+from tasks.certs import plan as certs
 from tasks.settings import validate
 
 WATCH = FILES / "mailtls-cert-watch"

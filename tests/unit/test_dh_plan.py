@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import dh
+from tasks.dh import plan as dh
 from tasks.policy import HostCaps, resolve
 from tasks.settings import SettingsError, validate
 

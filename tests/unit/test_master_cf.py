@@ -3,8 +3,9 @@ only TLS-policy -o options touched."""
 
 import pytest
 
-from tasks import ops, postfix_conf
+from tasks import ops
 from tasks.policy import HostCaps, resolve
+from tasks.postfix import conf as postfix_conf
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 POLICY = resolve("intermediate", DEB12)

@@ -102,7 +102,7 @@ def test_commit_is_one_command_for_every_daemon_due():
 
 
 def test_postfix_settings_batches_what_postconf_keeps_in_order():
-    from tasks.postfix_conf import PostfixConf
+    from tasks.postfix.conf import PostfixConf
 
     conf = PostfixConf(
         main={
@@ -147,7 +147,7 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
 
 
 def test_postfix_conf_missing_from_a_converged_host_is_empty():
-    from tasks.postfix_conf import PostfixConf
+    from tasks.postfix.conf import PostfixConf
 
     conf = PostfixConf(
         main={"a": "1"},

@@ -6,9 +6,10 @@ import subprocess
 
 import pytest
 
-from tasks import dovecot_conf, probes
 from tasks.assets import FILES
+from tasks.dovecot import conf as dovecot_conf
 from tasks.policy import HostCaps, resolve
+from tasks.safety import verify as verify_conf
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
@@ -17,7 +18,7 @@ DH = "/etc/ssl/mailtls/dh.pem"
 
 def by_port(profile, caps=DEB12):
     out = {}
-    for p in probes.probes(resolve(profile, caps, dh_file=DH)):
+    for p in verify_conf.probes(resolve(profile, caps, dh_file=DH)):
         out.setdefault(p.port, {})[p.what] = p
     return out
 
@@ -78,7 +79,7 @@ def test_handshakes_per_port(profile, caps, per_port):
     login process or an smtpd each), so the forbidden TLS 1.2 classes share one."""
     found = by_port(profile, caps)
     assert {port: len(p) for port, p in found.items()} == per_port
-    assert sum(per_port.values()) == len(probes.probes(resolve(profile, caps, dh_file=DH)))
+    assert sum(per_port.values()) == len(verify_conf.probes(resolve(profile, caps, dh_file=DH)))
 
 
 def _openssl_ciphers(spec: str) -> set[str]:
@@ -92,9 +93,9 @@ def test_folded_probe_offers_exactly_what_one_probe_per_class_offered(dhe):
     """With this machine's OpenSSL: the folded cipher string selects the union of the three
     classes, no suite more (no ECDHE AEAD suite, which the server may accept) and none less (an
     `!` in it would drop kRSA's and kDHE's GCM suites)."""
-    classes = ["kRSA", probes.NON_AEAD] + (["kDHE"] if dhe else [])
-    separate = set().union(*(_openssl_ciphers(c + probes.LEGACY_CLIENT) for c in classes))
-    folded = _openssl_ciphers(probes.forbidden_tls12(dhe) + probes.LEGACY_CLIENT)
+    classes = ["kRSA", verify_conf.NON_AEAD] + (["kDHE"] if dhe else [])
+    separate = set().union(*(_openssl_ciphers(c + verify_conf.LEGACY_CLIENT) for c in classes))
+    folded = _openssl_ciphers(verify_conf.forbidden_tls12(dhe) + verify_conf.LEGACY_CLIENT)
     assert folded == separate
     assert "AES128-GCM-SHA256" in folded and "ECDHE-RSA-AES128-SHA" in folded
     assert ("DHE-RSA-AES128-GCM-SHA256" in folded) == dhe
@@ -169,7 +170,7 @@ def test_modern_refuses_tls12_where_tls_is_mandatory_not_on_25():
 
 def test_verify_file_lines_parse_as_mailtls_apply_reads_them():
     policy = resolve("intermediate", DEB12)
-    text = probes.render(
+    text = verify_conf.render(
         policy,
         {"tls_ffdhe_auto_groups": "", "smtpd_tls_ciphers": "high"},
         {"smtps/inet/smtpd_tls_security_level": "encrypt"},
@@ -188,7 +189,7 @@ def test_verify_file_lines_parse_as_mailtls_apply_reads_them():
             args, sep, what = rest.partition(" -- ")
             assert sep and what and " " not in what.split()[0] and expect in ("accept", "refuse")
             assert all(" " not in a for a in args.split(" "))
-    no_dovecot = probes.render(policy, {}, {}, (), None)
+    no_dovecot = verify_conf.render(policy, {}, {}, (), None)
     assert " dovecot " not in no_dovecot and "probe postfix 25 smtp" in no_dovecot
 
 
@@ -293,7 +294,7 @@ def test_preference_key_of_each_version(key):
 
 def test_verify_file_is_the_same_before_and_after_the_first_run():
     """The verify file must not rewrite itself on the second run (a no-op run changes nothing)."""
-    from tasks import postfix_conf
+    from tasks.postfix import conf as postfix_conf
 
     policy = resolve("intermediate", DEB12)
     stock = {"smtp/inet": "smtp inet n - y - - smtpd"}
@@ -304,7 +305,9 @@ def test_verify_file_is_the_same_before_and_after_the_first_run():
     assert first.params != second.params  # syslog_name only on the services it creates
 
     def render(conf):
-        return probes.render(policy, *probes.stable(conf.main, conf.params), conf.remove, {})
+        return verify_conf.render(
+            policy, *verify_conf.stable(conf.main, conf.params), conf.remove, {}
+        )
 
     assert render(first) == render(second)
 

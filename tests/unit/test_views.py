@@ -2,8 +2,9 @@
 
 import pytest
 
-from tasks import dovecot_conf, postfix_conf
+from tasks.dovecot import conf as dovecot_conf
 from tasks.policy import HostCaps, resolve
+from tasks.postfix import conf as postfix_conf
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
