@@ -72,6 +72,7 @@ from tasks.assets import FILES, sha256  # noqa: E402
 from tasks.dovecot import conf as dovecot_conf  # noqa: E402
 from tasks.facts import HostFacts, MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
+from tasks.postfix import apply as postfix_apply  # noqa: E402
 from tasks.safety import verify as verify_conf  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
@@ -246,7 +247,7 @@ def floor_script(host: th.Host, info: HostFacts, kind: str) -> str:
     if safety_net:
         lines.append(f"{apply} begin postfix {' '.join(ops.POSTFIX_FILES)}")
     # The least postconf can do, as the deploy does it: one run per kind of change.
-    lines += ops.postconf_commands(todo)
+    lines += postfix_apply.postconf_commands(todo)
     if safety_net:
         lines.append(f"{apply} written postfix {' '.join(ops.POSTFIX_FILES)}")
     else:  # what `written` does for main.cf: date it 2 s back, or Postfix waits for it to settle

@@ -20,6 +20,7 @@ from typing import Any
 
 from tasks.assets import sha256
 from tasks.certs import plan as certs
+from tasks.dh import plan as dh
 from tasks.dovecot import conf as dovecot_conf
 from tasks.facts import HostFacts
 from tasks.policy import Policy
@@ -32,6 +33,7 @@ from tasks.settings import Settings
 @dataclass(frozen=True)
 class HostConf:
     policy: Policy  # the profile resolved for what the host runs (its notes are for the user)
+    dh: dh.DhPlan  # the DH file, its rotation and cron job (legacy-dhe only; else their removal)
     cert_plan: certs.CertPlan  # what the certificate watcher does here; the files daemons name
     postfix: PostfixConf | None  # main.cf / master.cf settings; None when refused
     dovecot: str | None  # dovecot_conf.CONF_PATH's text; None where Dovecot is not installed
@@ -122,6 +124,7 @@ def render(settings: Settings, info: HostFacts) -> HostConf:
         )
     return HostConf(
         policy,
+        dh.plan(settings, policy, info.files),
         cert_plan,
         postfix,
         dovecot,

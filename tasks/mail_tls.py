@@ -16,17 +16,20 @@ from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.host import Host
-from pyinfra.facts.files import FindInFile, Sha256File
-from pyinfra.operations import crontab
+from pyinfra.facts.files import FindInFile
 
 from tasks import host_conf, nodelay, ops
-from tasks.assets import FILES
 from tasks.certs import plan as certs
+from tasks.certs.apply import apply_certs
 from tasks.dh import plan as dh
+from tasks.dh.apply import apply_dh
 from tasks.dovecot import conf as dovecot_conf
-from tasks.facts import HostFacts, MailHost
-from tasks.policy import GATES, PROFILES, HostCaps, Policy, minver
+from tasks.dovecot.apply import apply_dovecot
+from tasks.facts import MailHost
+from tasks.policy import GATES, PROFILES, HostCaps, minver
+from tasks.postfix.apply import apply_postfix
 from tasks.safety import verify as verify_conf
+from tasks.safety.apply import install_safety_net
 from tasks.settings import Settings, data_defaults, host_settings
 
 # The certificate lines of our Dovecot file, both versions' (dovecot_conf.CERT_KEYS).
@@ -82,7 +85,6 @@ def mail_tls(settings: Settings | None = None) -> None:
     """
     settings = settings or settings_for(host)
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
-    apply_script = (FILES / "mailtls-apply").read_bytes()
     # Where the DH file goes is checked against the host (links, certificates, shared
     # directories) only for profiles that write one.
     guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""
@@ -120,56 +122,22 @@ def mail_tls(settings: Settings | None = None) -> None:
         logger.info(f"{host.name}: Dovecot is not installed, skipping it")
 
     # The safety net, and what its commit verifies after each reload (read-back values and
-    # handshakes to try): one round trip.
-    files, modes = info.files, info.modes
-    ops.put_files(
-        name=f"mailtls-apply (check, reload, verify, roll back), {verify_conf.VERIFY_PATH}",
-        files=(
-            (apply_script, ops.APPLY, "0755", files.get(ops.APPLY), modes.get(ops.APPLY)),
-            (
-                conf.verify.encode(),
-                verify_conf.VERIFY_PATH,
-                "0644",
-                files.get(verify_conf.VERIFY_PATH),
-                modes.get(verify_conf.VERIFY_PATH),
-            ),
-        ),
-    )
+    # handshakes to try).
+    install_safety_net(conf.verify, info)
     # This run's id goes with every change it installs: its commit then knows whether another
     # commit on the host (the certificate watcher, a DH rotation) verified or rolled back its
     # change meanwhile.
     run = secrets.token_hex(8)
-    # The fact was read before the DH task could mark a reload pending: tell the commit directly.
-    # pyinfra 3.10 types a @deploy's call as an operation's (keyword arguments, OperationMeta
-    # result); a deploy returns its function's value.
-    dh_changed = cast(bool, apply_dh(settings=settings, policy=policy, info=info, run=run))
-    # Before the config that names the copies: they exist (checked) by the time it does.
-    cert_changed = cast(
-        "tuple[str, ...]",
-        certs.apply_certs(settings=settings, info=info, p=conf.cert_plan, run=run),
-    )
-
-    pf_op = ops.postfix_settings(
-        name="Postfix TLS settings (main.cf, master.cf)",
-        conf=conf.postfix,
-        postconf=info.postconf,
-        services=info.services,
-        master_params=info.master_params,
-        run=run,
-    )
-    reload = {"postfix": pf_op.will_change}
-
+    # Each feature applies its plan to the fact, in this order: the DH file and the certificate
+    # copies exist (checked) before the config that names them. The fact was read before the DH
+    # step could mark a reload pending: its result tells the commit directly. pyinfra 3.10 types
+    # a @deploy's call as an operation's (keyword arguments, OperationMeta result); a deploy
+    # returns its function's value.
+    dh_changed = cast(bool, apply_dh(settings=settings, p=conf.dh, info=info, run=run))
+    cert_changed = cast("tuple[str, ...]", apply_certs(info=info, p=conf.cert_plan, run=run))
+    reload = {"postfix": apply_postfix(conf.postfix, info, run)}
     if conf.dovecot is not None:
-        dc_op = ops.put_bytes(
-            name=f"Dovecot TLS settings ({dovecot_conf.CONF_PATH})",
-            data=conf.dovecot.encode(),
-            dest=dovecot_conf.CONF_PATH,
-            current_sha256=files.get(dovecot_conf.CONF_PATH),
-            current_mode=modes.get(dovecot_conf.CONF_PATH),
-            pending=("dovecot",),
-            run=run,
-        )
-        reload["dovecot"] = dc_op.will_change
+        reload["dovecot"] = apply_dovecot(conf.dovecot, info, run)
 
     # While a DH rotation runs, what is pending is left to it: it commits every daemon when it
     # installs its file (a re-run during that commit would reload a second time).
@@ -191,101 +159,3 @@ def mail_tls(settings: Settings | None = None) -> None:
         ops.commit(name="Postfix, Dovecot: check, reload, probe", daemons=daemons, run=run)
     else:
         host.noop("Postfix, Dovecot: nothing to check or reload")
-
-
-@deploy("DH parameters")
-def apply_dh(settings: Settings, policy: Policy, info: HostFacts, run: str | None = None) -> bool:
-    """Make policy.dh_file right for the profile; install or remove the rotation job.
-
-    Runs before the Postfix/Dovecot config step (which needs mailtls-apply on the host).
-    `info` is the MailHost fact read with files=DH_FACT_FILES (or dh_fact_files(settings)).
-    Returns True when the DH file changes in this run: Postfix and Dovecot then need a reload
-    even if their config does not change (a pending mark is also left, via mailtls-apply).
-
-    **Example:**
-
-    .. code:: python
-
-        info = host.get_fact(MailHost, files=dh.dh_fact_files(settings))
-        dh_changed = apply_dh(settings=settings, policy=policy, info=info)
-    """
-    files, modes = dict(info.files), info.modes
-    if policy.offers_dhe and settings.dh_file not in info.asked:
-        # The fact was not asked for this dh_file (a caller without dh_fact_files): read it now.
-        digest = host.get_fact(Sha256File, path=settings.dh_file)
-        if digest:
-            files[settings.dh_file] = digest
-    p = dh.plan(settings, policy, files)
-
-    dh_op = None
-    if p.params is not None and p.dh_file:
-        readers = ("postfix",) + (("dovecot",) if info.caps.dovecot else ())
-        dh_op = ops.put_bytes(
-            name=f"DH parameters: {p.params_why}",
-            data=p.params.read_bytes(),
-            dest=p.dh_file,
-            current_sha256=files.get(p.dh_file),
-            current_mode=modes.get(p.dh_file),
-            pending=readers,
-            run=run,
-        )
-    elif p.dh_file:
-        host.noop(f"{p.dh_file}: {p.params_why}")
-
-    if p.rotation_files:
-        ops.put_bytes(
-            name="DH rotation settings",
-            dest=dh.ROTATE_CONF,
-            data=dh.rotate_conf(settings).encode(),
-            current_sha256=files.get(dh.ROTATE_CONF),
-            current_mode=modes.get(dh.ROTATE_CONF),
-        )
-        ops.put_bytes(
-            name="DH rotation script",
-            data=dh.ROTATE_SCRIPT.read_bytes(),
-            dest=dh.ROTATE_BIN,
-            mode="0755",
-            current_sha256=files.get(dh.ROTATE_BIN),
-            current_mode=modes.get(dh.ROTATE_BIN),
-        )
-
-    if p.cron:
-        minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()
-        crontab.crontab(
-            name="DH rotation cron job",
-            command=dh.ROTATE_BIN,
-            cron_name=dh.CRON_NAME,
-            present=True,
-            minute=minute,
-            hour=hour,
-            day_of_month=day_of_month,
-            month=month,
-            day_of_week=day_of_week,
-        )
-    elif p.cron is not None:
-        # Found by its command, not its name: a name line left behind (a run that failed or
-        # died before cron_name_absent) names the admin's next job, which would be deleted.
-        crontab.crontab(name="No DH rotation cron job", command=dh.ROTATE_BIN, present=False)
-        ops.cron_name_absent(name="No DH rotation cron job name", cron_name=dh.CRON_NAME)
-
-    if p.rotation_files is False:
-        # After the cron job is gone. Removing the config also makes a generation still
-        # running discard its result rather than overwrite the file we just installed.
-        ops.absent(name="No DH rotation files", paths=[dh.ROTATE_CONF, dh.ROTATE_BIN], files=files)
-    elif p.rotation_files is None:  # none there: no operation (a call-stack walk per host)
-        host.noop("No DH rotation files: none there")
-
-    if p.start_generation:
-        logger.info(
-            f"{host.name}: DH: {p.generation_why}; generating {settings.dh_bits}-bit "
-            f"parameters in the background (unit {dh.ROTATE_UNIT}; "
-            "journalctl -t mailtls-dh-rotate)"
-        )
-        ops.start_generation(
-            name=f"Generate {settings.dh_bits}-bit DH parameters in the background",
-            unit=dh.ROTATE_UNIT,
-            command=dh.ROTATE_BIN,
-        )
-    elif p.dh_file and settings.dh_source == "generated":
-        host.noop(f"DH generation: {p.generation_why}")
-    return bool(dh_op and dh_op.will_change)

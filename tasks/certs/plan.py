@@ -10,8 +10,8 @@ valid now, key not readable by others), and only then replaces the copies and co
 mailtls-apply (check, reload, probe, roll back). A broken pair is never copied. See
 docs/certificates.md.
 
-Every decision comes from checksums the MailHost fact already read (`fact_files()`); `plan()`
-is pure.
+Every decision comes from checksums the MailHost fact already read (`fact_files()`); this module
+is the pure part (`plan()`), tasks/certs/apply.py applies it.
 
     >>> from tasks.settings import validate
     >>> s = validate({"postfix_cert_file": "/etc/le/live/mx/fullchain.pem",
@@ -26,12 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pyinfra import host, logger
-from pyinfra.api import QuoteString, StringCommand, deploy, operation
-
 from tasks.assets import FILES, sha256
-from tasks.facts import HostFacts
-from tasks.ops import put_bytes
 from tasks.settings import CERT_COPIES_DIR, Settings
 
 WATCH_BIN = "/usr/local/sbin/mailtls-cert-watch"
@@ -51,7 +46,7 @@ COPIES = {
     "postfix": (f"{CERT_COPIES_DIR}/postfix.pem", f"{CERT_COPIES_DIR}/postfix.pem"),
     "dovecot": (f"{CERT_COPIES_DIR}/dovecot.crt", f"{CERT_COPIES_DIR}/dovecot.key"),
 }
-_INSTALLED = (WATCH_BIN, WATCH_CONF, *UNIT_FILES, TIMER_LINK)
+INSTALLED = (WATCH_BIN, WATCH_CONF, *UNIT_FILES, TIMER_LINK)
 
 
 def sources(settings: Settings, has_dovecot: bool = True) -> dict[str, tuple[str, str]]:
@@ -68,7 +63,7 @@ def fact_files(settings: Settings) -> tuple[str, ...]:
     """Paths whose checksums plan() needs, for the MailHost fact's `files=`; and the copies of
     every daemon, which tell host_conf.render() whether a daemon whose settings are unset still
     serves them."""
-    out = [*_INSTALLED, *COPIES["postfix"], *COPIES["dovecot"]]
+    out = [*INSTALLED, *COPIES["postfix"], *COPIES["dovecot"]]
     for daemon, pair in sources(settings).items():
         out += [
             *pair,
@@ -116,7 +111,7 @@ def plan(settings: Settings, has_dovecot: bool, files: Mapping[str, str]) -> Cer
                 rejected.append(daemon)
                 continue
         refresh.append(daemon)  # also when a source is missing: the watcher says why, and fails
-    remove = not watch and any(p in files for p in _INSTALLED)
+    remove = not watch and any(p in files for p in INSTALLED)
     return CertPlan(watch, tuple(refresh), tuple(rejected), remove)
 
 
@@ -125,127 +120,3 @@ def served(daemon: str, settings: Settings, p: CertPlan) -> tuple[str | None, st
     if daemon in p.watch:
         return COPIES[daemon]
     return (getattr(settings, f"{daemon}_cert_file"), getattr(settings, f"{daemon}_key_file"))
-
-
-@operation(is_idempotent=False)
-def copy_pairs(daemons: tuple[str, ...], run: str | None = None):
-    """
-    Check each daemon's source pair and copy it to the files the daemon is configured with,
-    marking a reload pending (mailtls-apply begin); fails, changing nothing, on a broken pair.
-    Only call when plan() says so. The deploy's commit then reloads.
-
-    **Example:**
-
-    .. code:: python
-
-        copy_pairs(name="Certificate copies", daemons=("postfix",))
-    """
-    # MAILTLS_RUN: the deploy's run id, which the watcher's mailtls-apply install records.
-    env = [QuoteString(f"MAILTLS_RUN={run}")] if run else []
-    yield StringCommand(
-        *env, QuoteString(WATCH_BIN), "--deploy", *(QuoteString(d) for d in daemons)
-    )
-
-
-@operation()
-def timer_enabled(units_changed: bool, enabled: bool):
-    """
-    Enable and start the watcher's timer when it is not enabled yet or its units changed.
-
-    **Example:**
-
-    .. code:: python
-
-        timer_enabled(units_changed=op.will_change, enabled=TIMER_LINK in info.files)
-    """
-    if enabled and not units_changed:
-        host.noop(f"{TIMER} is enabled")
-        return
-    yield f"systemctl daemon-reload && systemctl enable --now {TIMER} && systemctl restart {TIMER}"
-
-
-@operation()
-def watcher_absent(files: Mapping[str, str]):
-    """
-    Stop, disable and remove the watcher (the copies stay: a config may still name them).
-
-    **Example:**
-
-    .. code:: python
-
-        watcher_absent(files=info.files)
-    """
-    if not any(p in files for p in _INSTALLED):
-        host.noop("no certificate watcher")
-        return
-    yield (
-        f"systemctl disable --now {TIMER} >/dev/null 2>&1; rm -f {' '.join(_INSTALLED)} && "
-        "systemctl daemon-reload"
-    )
-
-
-@deploy("Certificate renewals")
-def apply_certs(
-    settings: Settings, info: HostFacts, p: CertPlan, run: str | None = None
-) -> tuple[str, ...]:
-    """Install (or remove) the watcher and make the copies the daemons serve current.
-
-    Runs before the Postfix/Dovecot config steps, which name the copies (served()); `p` is
-    plan() for this host. Returns the daemons whose copies change in this run (they need the
-    commit).
-
-    **Example:**
-
-    .. code:: python
-
-        cert_changed = certs.apply_certs(settings=settings, info=info, p=conf.cert_plan)
-    """
-    files, modes = info.files, info.modes
-    if not p.watch:
-        if p.remove:
-            watcher_absent(name="No certificate watcher", files=files)
-        return ()
-    put_bytes(
-        name="Certificate watcher",
-        data=(FILES / "mailtls-cert-watch").read_bytes(),
-        dest=WATCH_BIN,
-        mode="0755",
-        current_sha256=files.get(WATCH_BIN),
-        current_mode=modes.get(WATCH_BIN),
-    )
-    put_bytes(
-        name="Certificate watcher settings",
-        data=watch_conf(p.watch).encode(),
-        dest=WATCH_CONF,
-        current_sha256=files.get(WATCH_CONF),
-        current_mode=modes.get(WATCH_CONF),
-    )
-    for daemon in p.rejected:
-        cert, _ = p.watch[daemon]
-        logger.warning(
-            f"{host.name}: {daemon}: the certificate/key at {cert} were refused by "
-            f"mailtls-cert-watch; the last good pair stays in service "
-            f"(cat {STATE_DIR}/{daemon}.status; journalctl -t mailtls-cert-watch)"
-        )
-    changed: tuple[str, ...] = ()
-    if p.refresh:
-        op = copy_pairs(
-            name=f"Certificate copies ({', '.join(p.refresh)})", daemons=p.refresh, run=run
-        )
-        changed = p.refresh if op.will_change else ()
-    units_changed = False
-    for dest, src in UNIT_FILES.items():
-        op = put_bytes(
-            name=f"Certificate watcher unit {src.name}",
-            data=src.read_bytes(),
-            dest=dest,
-            current_sha256=files.get(dest),
-            current_mode=modes.get(dest),
-        )
-        units_changed = units_changed or op.will_change
-    timer_enabled(
-        name=f"Certificate watcher timer ({TIMER})",
-        units_changed=units_changed,
-        enabled=TIMER_LINK in files,
-    )
-    return changed

@@ -142,7 +142,7 @@ def test_second_run_changes_nothing(deployed, suite):
 
 def test_hosts_alike_get_the_same_main_cf_bytes(fresh_host, suite):
     """Two stock hosts of a release, one run: byte-identical main.cf. postconf appends the ~13
-    new settings in one run, in an order fixed on every host (ops.postconf_commands; on
+    new settings in one run, in an order fixed on every host (postfix.apply.postconf_commands; on
     bookworm's Postfix 3.7, only with NORANDOMIZE: 13! orders otherwise)."""
     hosts = [fresh_host(suite), fresh_host(suite)]
     before = {h.ssh("sha256sum < /etc/postfix/main.cf").stdout for h in hosts}

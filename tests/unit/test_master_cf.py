@@ -3,8 +3,8 @@ only TLS-policy -o options touched."""
 
 import pytest
 
-from tasks import ops
 from tasks.policy import HostCaps, resolve
+from tasks.postfix import apply as postfix_apply
 from tasks.postfix import conf as postfix_conf
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
@@ -109,7 +109,7 @@ def test_legacy_smtps_is_reused_not_doubled_and_keeps_sasl():
     assert "smtps/inet/syslog_name" not in conf.params
     # a TLS-policy override that would beat main.cf's cipher list goes
     assert conf.unset == ("smtps/inet/tls_high_cipherlist",)
-    commands = ops.postconf_commands(conf.missing_from(MAIN, services, params))
+    commands = postfix_apply.postconf_commands(conf.missing_from(MAIN, services, params))
     assert not any(c.startswith("postconf -M") for c in commands)
     assert "postconf -PX smtps/inet/tls_high_cipherlist" in commands
 

@@ -12,6 +12,7 @@ from pyinfra.api import FileUploadCommand, StringCommand
 
 from tasks import nodelay, ops
 from tasks.assets import sha256
+from tasks.postfix import apply as postfix_apply
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,12 +127,12 @@ def test_postfix_settings_batches_what_postconf_keeps_in_order():
         "smtpd_tls_loglevel": "0",
         "smtpd_tls_eecdh_grade": "strong",
     }
-    (command,) = ops.postfix_settings._inner(
+    (command,) = postfix_apply.postfix_settings._inner(
         conf=conf, postconf=current, services={}, master_params={}, run="r1"
     )
     parts = command.split(" && ")
     # postconf edits copies in a private stage; mailtls-apply installs what changed, last
-    assert parts[0] == f"mkdir -p -m 0700 {ops.STAGE_DIR}"
+    assert parts[0] == f"mkdir -p -m 0700 {postfix_apply.STAGE_DIR}"
     assert parts[4] == f'cp -L {" ".join(ops.POSTFIX_FILES)} "$s"/'
     assert parts[5:9] == [
         # edited in place or appended, one run; appended in an order fixed on every host
