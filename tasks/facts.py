@@ -83,7 +83,7 @@ fi
 echo @@pending
 for f; do [ -e "$f" ] && echo "${f##*/}"; done
 g={guard}
-if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (tasks/dh.py)
+if [ -n "$g" ]; then  # where the DH file would go, and the TLS files it must not be (dh.host_refusal)
     echo @@guard
     {
         [ -L "$g" ] && echo "link $(readlink -- "$g")"

@@ -45,7 +45,7 @@ class SettingsError(ValueError):
 # paths. fullmatch, not `$`: `$` also matches before a trailing newline, which would end a config line.
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
 _MAX_PATH = 4095  # PATH_MAX less the terminating NUL
-# Where the certificate watcher keeps the copies the daemons serve (tasks/certs.py).
+# Where the certificate watcher keeps the copies the daemons serve (tasks/certs/plan.py).
 CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")

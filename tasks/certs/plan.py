@@ -77,7 +77,7 @@ def fact_files(settings: Settings) -> tuple[str, ...]:
 def watch_conf(pairs: Mapping[str, tuple[str, str]]) -> str:
     """Contents of WATCH_CONF: `DAEMON CERT KEY` lines (paths are validated: no spaces)."""
     lines = "".join(f"{d} {c} {k}\n" for d, (c, k) in pairs.items())
-    return "# Written by the mailtls deploy (tasks/certs.py); read by mailtls-cert-watch.\n" + lines
+    return "# Written by the mailtls deploy (tasks/certs/); read by mailtls-cert-watch.\n" + lines
 
 
 def state_line(cert_sha256: str, key_sha256: str) -> str:

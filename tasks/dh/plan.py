@@ -12,9 +12,8 @@ Two sources (host data `dh_source`):
 
 Every decision is made from checksums the MailHost fact already read (no extra round trips):
 pass `dh_fact_files(settings)` in its `files=`. This module is the pure part: `plan()` holds all
-the logic, `host_refusal()` judges where the file would go. `tasks.mail_tls.apply_dh()` turns a
-plan into operations (tasks/ops.py: put_bytes, absent, start_generation, cron_name_absent; fact
-tasks/facts.py: CronNameLines).
+the logic, `host_refusal()` judges where the file would go. tasks/dh/apply.py turns a plan
+into operations (tasks/ops.py: put_bytes, absent, start_generation, cron_name_absent).
 
     >>> from tasks.settings import validate
     >>> s = validate({"tls_profile": "legacy-dhe", "dh_source": "generated"}, "mx1")
@@ -53,8 +52,8 @@ GENERATED_BITS = (2048, 3072, 4096)
 
 DEFAULT_DH_FILE: str = defaults()["dh_file"]
 
-# Paths apply_dh() needs checksums of, for the MailHost fact's `files=`. A dh_file the fact was
-# not asked for costs apply_dh() one extra small fact (dh_fact_files() adds it).
+# Paths plan() needs checksums of, for the MailHost fact's `files=` (dh_fact_files() adds a
+# dh_file that is not the default).
 DH_FACT_FILES = (DEFAULT_DH_FILE, ROTATE_BIN, ROTATE_CONF, ROTATE_STAMP, ROTATE_RUNNING)
 
 
@@ -72,7 +71,7 @@ def shipped_group(bits: int) -> Path:
 def rotate_conf(settings: Settings) -> str:
     """Contents of ROTATE_CONF: what the script generates, and where."""
     return (
-        "# Written by the mailtls deploy (tasks/dh.py); read by mailtls-dh-rotate.\n"
+        "# Written by the mailtls deploy (tasks/dh/); read by mailtls-dh-rotate.\n"
         f"DH_FILE={settings.dh_file}\n"
         f"DH_BITS={settings.dh_bits}\n"
     )

@@ -1,4 +1,4 @@
-"""Certificate renewals: the pure plan (tasks/certs.py) and the watcher's checks of a pair
+"""Certificate renewals: the pure plan (tasks/certs/plan.py) and the watcher's checks of a pair
 (files/mailtls-cert-watch `check`, run here with this machine's openssl)."""
 
 from __future__ import annotations
