@@ -70,7 +70,8 @@ sys.path.insert(0, str(ROOT))
 from tasks import host_conf, ops  # noqa: E402
 from tasks.assets import FILES, sha256  # noqa: E402
 from tasks.dovecot import conf as dovecot_conf  # noqa: E402
-from tasks.facts import HostFacts, MailHost  # noqa: E402
+from tasks.facts import MailHost  # noqa: E402
+from tasks.host_facts import HostFacts
 from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.postfix import apply as postfix_apply  # noqa: E402
 from tasks.safety import verify as verify_conf  # noqa: E402

@@ -1,7 +1,7 @@
 """Everything the deploy writes for one host, computed from its settings and its MailHost fact.
 No I/O: tasks/mail_tls.py applies the result, bench/bench.py's floor writes the same bytes.
 
-    >>> from tasks.facts import HostFacts
+    >>> from tasks.host_facts import HostFacts
     >>> from tasks.policy import HostCaps
     >>> from tasks.settings import validate
     >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 15))
@@ -22,7 +22,7 @@ from tasks.assets import sha256
 from tasks.certs import plan as certs
 from tasks.dh import plan as dh
 from tasks.dovecot import conf as dovecot_conf
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 from tasks.policy import Policy
 from tasks.postfix import conf as postfix_conf
 from tasks.postfix.conf import PostfixConf

@@ -18,16 +18,14 @@ deploy.py runs it for every host before any operation, so bad input never touche
 from __future__ import annotations
 
 import difflib
-import re
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from tasks import validators
 from tasks.policy import (
     DEFAULT_RESUMPTION,
-    MIN_DH_BITS,
-    PORTS,
     PROFILES,
     REQUIRED_PORTS,
     RESUMPTION,
@@ -41,10 +39,6 @@ class SettingsError(ValueError):
     """Bad host data: one line naming the key and the host."""
 
 
-# Paths go into main.cf, master.cf, Dovecot config and shell commands: allow only plain absolute
-# paths. fullmatch, not `$`: `$` also matches before a trailing newline, which would end a config line.
-_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
-_MAX_PATH = 4095  # PATH_MAX less the terminating NUL
 # Where the certificate watcher keeps the copies the daemons serve (tasks/certs/plan.py).
 CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
 # Where certificates and keys live: a DH file there would overwrite one of them.
@@ -63,136 +57,6 @@ _SHARED_DIRS = (
     "/run/user/",
     "/var/spool/postfix/",
 )
-# Cron fields: (name, lowest, highest); day of week 7 is Sunday, as 0.
-_CRON_FIELDS = (
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 7),
-)
-# [0-9], not \d: \d also matches other scripts' digits (Arabic-Indic, fullwidth), which cron refuses.
-_CRON_ITEM = re.compile(r"(\*|([0-9]+)(?:-([0-9]+))?)(?:/([0-9]+))?", re.ASCII)
-_BOOL_WORDS = {"on": True, "off": False, "yes": True, "no": False, "true": True, "false": False}
-
-
-def _bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.lower()]
-    raise ValueError("expected true/false (or on/off)")
-
-
-def _choice(*allowed: Any) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if isinstance(value, str) and value.isdigit() and int(value) in allowed:
-            value = int(value)
-        if isinstance(value, bool) or value not in allowed:
-            raise ValueError(f"expected one of {', '.join(map(str, allowed))}")
-        return value
-
-    return check
-
-
-def _path_or_none(value: Any) -> str | None:
-    """A plain absolute file path, normalised: '/etc/ssl//certs/./x.pem' -> '/etc/ssl/certs/x.pem'
-    (so comparisons with other paths cannot be walked around)."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not _SAFE_PATH.fullmatch(value) or "/../" in value + "/":
-        raise ValueError("expected an absolute path of letters, digits and ._/+- only")
-    if value.endswith("/") or value.endswith("/.") or len(value) > _MAX_PATH:
-        raise ValueError("expected the path of a file (no trailing /, at most 4095 characters)")
-    return re.sub(r"/(\./)+", "/", re.sub(r"/+", "/", value + "/"))[:-1]
-
-
-def _path(value: Any) -> str:
-    path = _path_or_none(value)
-    if path is None:
-        raise ValueError("a path is required")
-    return path
-
-
-def _dh_bits(value: Any) -> int:
-    if isinstance(value, str) and value.isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError("expected 2048, 3072 or 4096")
-    if value < MIN_DH_BITS:
-        raise ValueError(f"{value}-bit DH is breakable (Logjam); {MIN_DH_BITS} bits at least")
-    return _choice(2048, 3072, 4096)(value)
-
-
-def _cron_field(text: str, name: str, low: int, high: int) -> None:
-    for item in text.split(","):
-        m = _CRON_ITEM.fullmatch(item)
-        if not m:
-            raise ValueError(f"{name} field {text!r}: expected *, N, N-M, */S or N-M/S")
-        first, last, step = m.group(2), m.group(3), m.group(4)
-        for number in (first, last):
-            if number is not None and not low <= int(number) <= high:
-                raise ValueError(f"{name} field {text!r}: {int(number)} is outside {low}-{high}")
-        if first is not None and last is not None and int(first) > int(last):
-            raise ValueError(f"{name} field {text!r}: range {first}-{last} runs backwards")
-        if step is not None and not 1 <= int(step) <= high:
-            raise ValueError(f"{name} field {text!r}: step {int(step)} is outside 1-{high}")
-
-
-def _cron(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("expected five cron fields, e.g. '17 4 * * 0'")
-    parts = value.split()
-    # Only digits and * / , -: no @reboot, names, % (a newline to cron) or shell characters.
-    if len(parts) != 5:
-        raise ValueError(
-            "expected five cron fields (minute hour day-of-month month day-of-week), "
-            "e.g. '17 4 * * 0'"
-        )
-    for part, (name, low, high) in zip(parts, _CRON_FIELDS, strict=True):
-        _cron_field(part, name, low, high)
-    return " ".join(parts)
-
-
-def _ports(value: Any) -> tuple[int, ...]:
-    # --data audit_ports=25 arrives as the int 25 (pyinfra parses --data values)
-    one = isinstance(value, int) and not isinstance(value, bool)
-    items = value.split(",") if isinstance(value, str) else [value] if one else value
-    if not isinstance(items, (list, tuple)):
-        raise ValueError("expected comma-separated ports, e.g. '25,587,465,143,993'")
-    ports = []
-    for item in items:
-        text = str(item).strip()
-        if not text and isinstance(item, str):
-            continue  # "25,587," as the audit always took it
-        if isinstance(item, bool) or not text.isdigit() or int(text) not in PORTS:
-            raise ValueError(
-                f"{text!r} is not a mail port this audit knows ({', '.join(map(str, PORTS))})"
-            )
-        if int(text) not in ports:
-            ports.append(int(text))
-    if not ports:
-        raise ValueError("expected at least one port")
-    return tuple(ports)
-
-
-def _hours(value: Any) -> float:
-    try:
-        hours = float(value) if not isinstance(value, bool) else -1.0
-    except (TypeError, ValueError):
-        raise ValueError("expected a number of hours, e.g. 24") from None
-    if not 0 < hours <= 24 * 366:  # also refuses nan and inf
-        raise ValueError("expected a number of hours above 0 and at most a year")
-    return hours
-
-
-def _json_path(value: Any) -> str | None:
-    """A controller-side path (relative or absolute, `{host}` allowed), or unset."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or any(c in value for c in "\0\n\r"):
-        raise ValueError("expected a file path on the controller")
-    return value
 
 
 @dataclass(frozen=True)
@@ -217,7 +81,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_profile",
         "intermediate",
-        _choice(*PROFILES),
+        validators.choice(*PROFILES),
         "TLS profile: intermediate (TLS >= 1.2, ECDHE + AEAD), modern (TLS 1.3 only where TLS "
         "is mandatory; port 25 keeps the intermediate floor), legacy-dhe (adds DHE suites and a "
         "DH file).",
@@ -225,14 +89,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_pq_hybrid",
         True,
-        _bool,
+        validators.boolean,
         "Offer the hybrid post-quantum group X25519MLKEM768 first where the host's OpenSSL is "
         ">= 3.5 (never on OpenSSL 3.0, where it breaks handshakes).",
     ),
     Setting(
         "tls_resumption",
         DEFAULT_RESUMPTION,
-        _choice(*RESUMPTION),
+        validators.choice(*RESUMPTION),
         "Session resumption: bounded (Postfix resumes TLS 1.2 by ticket with ticket keys usable "
         "for at most one hour, lifetime hint 4800 s; Dovecot issues no TLS 1.2 tickets) or off (no "
         "resumption: every session a full handshake). TLS 1.3 resumption always adds a fresh "
@@ -242,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "postfix_cert_file",
         None,
-        _path_or_none,
+        validators.path_or_none,
         "Postfix certificate (chain) as your ACME client writes it; with mailtls_cert_watch Postfix "
         "serves a checked copy, else smtpd_tls_cert_file names it; a setting that would serve "
         "another certificate (smtpd_tls_chain_files, an ECDSA pair, a master.cf -o) stops the "
@@ -252,13 +116,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "postfix_key_file",
         None,
-        _path_or_none,
+        validators.path_or_none,
         "Postfix private key, as for the certificate; unset keeps what main.cf has.",
     ),
     Setting(
         "dovecot_cert_file",
         None,
-        _path_or_none,
+        validators.path_or_none,
         "Dovecot certificate (chain), as for Postfix's (a certificate set after 99-mailtls.conf, "
         "in a block, or an alternative one stops the deploy). Unset keeps what Dovecot uses now: "
         "the one 99-mailtls.conf names stays named, the watcher's copy too (no longer renewed: "
@@ -267,13 +131,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "dovecot_key_file",
         None,
-        _path_or_none,
+        validators.path_or_none,
         "Dovecot private key; unset keeps what Dovecot uses now.",
     ),
     Setting(
         "postfix_submission",
         True,
-        _bool,
+        validators.boolean,
         "Create the submission service (587, STARTTLS required) in master.cf when no service "
         "listens on 587. Whatever serves 587 (submission, 587, [addr]:587) gets the "
         "mandatory-TLS policy.",
@@ -281,7 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "postfix_submissions",
         True,
-        _bool,
+        validators.boolean,
         "Create the submissions service (465, implicit TLS) in master.cf when no service "
         "listens on 465. Whatever serves 465 (smtps, submissions, 465, [addr]:465) gets the "
         "mandatory-TLS policy.",
@@ -289,39 +153,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "dh_source",
         "ffdhe3072",
-        _choice("ffdhe3072", "ffdhe4096", "generated"),
+        validators.choice("ffdhe3072", "ffdhe4096", "generated"),
         "DH parameters for profiles with DHE: an RFC 7919 group shipped in files/dh/ "
         "(ffdhe3072, ffdhe4096) or safe-prime parameters generated on the host (generated).",
     ),
     Setting(
         "dh_bits",
         3072,
-        _dh_bits,
+        validators.dh_bits,
         "Size of generated DH parameters: 2048, 3072 or 4096 (dh_source=generated only).",
     ),
     Setting(
         "dh_file",
         "/etc/ssl/mailtls/dh.pem",
-        _path,
+        validators.path,
         "Where the DH parameter file lives on the host (used by Postfix and Dovecot).",
     ),
     Setting(
         "dh_rotation",
         False,
-        _bool,
+        validators.boolean,
         "Regenerate the DH parameters by cron (dh_source=generated only; a fixed RFC 7919 "
         "group never changes, so rotating it would do nothing).",
     ),
     Setting(
         "dh_rotation_schedule",
         "17 4 * * 0",
-        _cron,
+        validators.cron,
         "Cron schedule (minute hour day-of-month month day-of-week) of the DH rotation.",
     ),
     Setting(
         "cert_watch",
         True,
-        _bool,
+        validators.boolean,
         "Follow certificate renewals (any ACME client): when the certificate or key files set "
         "above change, a timer checks the new pair, copies it to the files the daemons are "
         "configured with and reloads them through the safety net; a broken pair is never "
@@ -331,22 +195,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "audit_ports",
         ",".join(map(str, REQUIRED_PORTS)),
-        _ports,
+        validators.mail_ports,
         "Audit: TLS ports that must be open (closed = failure); 110/995 are scanned when they "
         "answer.",
     ),
-    Setting("audit_log_hours", 24, _hours, "Audit: window of the mail-log report, in hours."),
+    Setting(
+        "audit_log_hours", 24, validators.hours, "Audit: window of the mail-log report, in hours."
+    ),
     Setting(
         "audit_json",
         None,
-        _json_path,
+        validators.json_path,
         "Audit: where the JSON results go on the controller (`{host}` is replaced); unset: "
         "$MAILTLS_AUDIT_JSON, else audit-results/HOST.json.",
     ),
     Setting(
         "audit_exclude_self",
         True,
-        _bool,
+        validators.boolean,
         "Audit: leave the auditing controller's own handshakes out of the log report.",
     ),
 )
@@ -549,21 +415,3 @@ def defaults() -> dict[str, Any]:
 def data_defaults() -> dict[str, Any]:
     """{namespaced host-data key: default}, for `@deploy(data_defaults=...)`."""
     return {s.name: s.default for s in SETTINGS}
-
-
-def markdown_table() -> str:
-    """The README's settings table, generated from SETTINGS (a unit test keeps them equal)."""
-    rows = ["| key | old name (alias) | default | what it does |", "|---|---|---|---|"]
-    for s in SETTINGS:
-        default = (
-            "unset"
-            if s.default is None
-            else f"`{str(s.default).lower() if isinstance(s.default, bool) else s.default}`"
-        )
-        alias = f"`{s.key}`" if s.alias else "-"
-        rows.append(f"| `{s.name}` | {alias} | {default} | {s.doc} |")
-    return "\n".join(rows)
-
-
-if __name__ == "__main__":
-    print(markdown_table())

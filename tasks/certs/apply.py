@@ -24,7 +24,7 @@ from tasks.certs.plan import (
     CertPlan,
     watch_conf,
 )
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 from tasks.ops import put_bytes
 
 

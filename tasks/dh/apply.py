@@ -10,7 +10,7 @@ from pyinfra.operations import crontab
 from tasks import ops
 from tasks.dh import plan as dh
 from tasks.dh.plan import DhPlan
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 from tasks.settings import Settings
 
 

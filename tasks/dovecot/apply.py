@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tasks import ops
 from tasks.dovecot.conf import CONF_PATH
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 
 
 def apply_dovecot(text: str, info: HostFacts, run: str | None = None) -> bool:

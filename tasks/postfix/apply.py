@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pyinfra import host
 from pyinfra.api import operation
 
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 from tasks.ops import POSTFIX_FILES, apply_command
 from tasks.postfix.conf import PostfixConf
 

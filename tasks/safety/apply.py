@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tasks import ops
 from tasks.assets import FILES
-from tasks.facts import HostFacts
+from tasks.host_facts import HostFacts
 from tasks.safety.verify import VERIFY_PATH
 
 

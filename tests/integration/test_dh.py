@@ -11,7 +11,8 @@ import time
 
 from conftest import run_pyinfra
 from tasks.dh import plan as dh
-from tasks.facts import HostFacts, MailHost
+from tasks.facts import MailHost
+from tasks.host_facts import HostFacts
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"

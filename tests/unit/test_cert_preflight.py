@@ -12,7 +12,8 @@ from tasks import host_conf
 from tasks.assets import sha256
 from tasks.certs import plan as certs
 from tasks.dovecot import conf as dovecot_conf
-from tasks.facts import HostFacts, MailHost
+from tasks.facts import MailHost
+from tasks.host_facts import HostFacts
 from tasks.policy import HostCaps, resolve
 from tasks.postfix import conf as postfix_conf
 from tasks.settings import validate

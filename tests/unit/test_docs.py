@@ -1,16 +1,20 @@
-"""The README documents every setting exactly as tasks/settings.py defines it."""
+"""The README documents every setting and profile exactly as tasks/settings.py and
+tasks/policy.py define them, and its Layout section matches the tree."""
 
 from pathlib import Path
 
-from tasks.settings import markdown_table
+import pytest
+
+from tasks.tables import TABLES
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def test_readme_settings_table_is_generated_from_settings():
+@pytest.mark.parametrize("marker", TABLES)
+def test_readme_tables_are_generated_from_the_data(marker):
     text = README.read_text()
-    table = text.split("<!-- settings:begin -->\n", 1)[1].split("\n<!-- settings:end -->", 1)[0]
-    assert table == markdown_table(), "run `python -m tasks.settings` and paste it into README.md"
+    table = text.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"\n<!-- {marker}:end -->", 1)[0]
+    assert table == TABLES[marker](), "run `python -m tasks.tables` and paste it into README.md"
 
 
 ROOT = README.parent
@@ -44,3 +48,12 @@ def test_readme_layout_lists_every_file():
         if name not in words:
             missing.append(name)
     assert not missing, f"README's Layout section does not name: {missing}"
+
+
+def test_readme_layout_names_only_files_that_exist():
+    """The other way round: every path the Layout section names is in the checkout."""
+    layout = README.read_text().split("## Layout\n", 1)[1].split("\n```\n", 2)[1]
+    for line in layout.splitlines():
+        word = line.split(" ", 1)[0].rstrip(",")
+        if word and not line.startswith(" "):
+            assert (ROOT / word).exists(), f"README's Layout names {word}, which does not exist"
