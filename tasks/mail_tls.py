@@ -84,7 +84,7 @@ def mail_tls(settings: Settings | None = None) -> None:
         mail_tls()  # settings from host data (mailtls_tls_profile, mailtls_dh_source, ...)
     """
     settings = settings or settings_for(host)
-    nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
+    nodelay.for_host(host)  # whatever the inventory: no delayed-ACK stall per command from here on
     # Where the DH file goes is checked against the host (links, certificates, shared
     # directories) only for profiles that write one.
     guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""

@@ -103,7 +103,6 @@ GATES: dict[str, tuple[str, Version]] = {
     "tls_ffdhe_auto_groups": ("postfix", (3, 8)),  # the parameter exists
     "renegotiation_always_off": ("postfix", (3, 10)),  # no tls_ssl_options NO_RENEGOTIATION needed
     "dh1024_param_file_deprecated": ("postfix", (3, 9)),  # postconf warns while it is set
-    "dovecot_2_4_syntax": ("dovecot", (2, 4)),
 }
 
 
@@ -288,8 +287,8 @@ def minver(caps: HostCaps, feature: str) -> bool:
     absent component has none).
 
     >>> caps = HostCaps(postfix=(3, 10, 13), dovecot=None, openssl=(3, 5, 9))
-    >>> minver(caps, "pq_hybrid"), minver(caps, "dovecot_2_4_syntax")
-    (True, False)
+    >>> minver(caps, "pq_hybrid"), minver(caps, "dh1024_param_file_deprecated")
+    (True, True)
     """
     component, first = GATES[feature]
     version = getattr(caps, component)

@@ -1,9 +1,8 @@
-"""No garbage collection while the controller exits: 30 ms of every run, a tenth of a no-op.
+"""No garbage collection while the controller exits (a tenth of a no-op run: bench/README.md).
 
 When `pyinfra` returns, CPython's finalization runs full collections over every object the
-run left behind (~51,000 tracked here: pyinfra, paramiko, gevent, click, Jinja2), only to free
-memory the operating system takes back anyway. Measured side by side on a converged host (15
-alternated runs): the no-op re-run 361 -> 330 ms, 0.29 -> 0.27 CPU-s.
+run left behind (pyinfra, paramiko, gevent, click, Jinja2), only to free memory the operating
+system takes back anyway.
 
 `gc.freeze()` at exit moves them out of the collector's reach. It runs after pyinfra has
 disconnected every host and printed its results; objects are still freed by reference counting

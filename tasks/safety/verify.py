@@ -10,7 +10,7 @@ refusal is the server's, not the host's OpenSSL defaults.
 The forbidden TLS 1.2 suites are offered together, in one handshake per port: a server that enables
 any of them picks one and accepts, so a refusal proves that it enables none, as one handshake per
 class did (each handshake starts an openssl client and a Dovecot login process or an smtpd on the
-host: 5-15 ms of its CPU). When it is accepted, mailtls-apply names the class from the suite the
+host). When it is accepted, mailtls-apply names the class from the suite the
 server chose. TLS 1.1 and TLS 1.2 where the profile needs 1.3 stay on their own (a client offering
 more than one protocol gets the highest), as do the handshakes that must succeed.
 
