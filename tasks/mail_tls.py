@@ -133,7 +133,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     # step could mark a reload pending: its result tells the commit directly. pyinfra 3.10 types
     # a @deploy's call as an operation's (keyword arguments, OperationMeta result); a deploy
     # returns its function's value.
-    dh_changed = cast(bool, apply_dh(settings=settings, p=conf.dh, info=info, run=run))
+    dh_changed = cast(bool, apply_dh(p=conf.dh, info=info, run=run))
     cert_changed = cast("tuple[str, ...]", apply_certs(info=info, p=conf.cert_plan, run=run))
     reload = {"postfix": apply_postfix(conf.postfix, info, run)}
     if conf.dovecot is not None:

@@ -11,11 +11,10 @@ from tasks import ops
 from tasks.dh import plan as dh
 from tasks.dh.plan import DhPlan
 from tasks.host_facts import HostFacts
-from tasks.settings import Settings
 
 
 @deploy("DH parameters")
-def apply_dh(settings: Settings, p: DhPlan, info: HostFacts, run: str | None = None) -> bool:
+def apply_dh(p: DhPlan, info: HostFacts, run: str | None = None) -> bool:
     """Make the DH file what plan `p` says; install or remove the rotation files and job.
 
     Runs before the Postfix/Dovecot config step (which needs mailtls-apply on the host).
@@ -28,7 +27,7 @@ def apply_dh(settings: Settings, p: DhPlan, info: HostFacts, run: str | None = N
     .. code:: python
 
         conf = host_conf.render(settings, info)
-        dh_changed = apply_dh(settings=settings, p=conf.dh, info=info)
+        dh_changed = apply_dh(p=conf.dh, info=info)
     """
     files, modes = info.files, info.modes
 
@@ -51,7 +50,7 @@ def apply_dh(settings: Settings, p: DhPlan, info: HostFacts, run: str | None = N
         ops.put_bytes(
             name="DH rotation settings",
             dest=dh.ROTATE_CONF,
-            data=dh.rotate_conf(settings).encode(),
+            data=p.rotate_conf.encode(),
             current_sha256=files.get(dh.ROTATE_CONF),
             current_mode=modes.get(dh.ROTATE_CONF),
         )
@@ -65,7 +64,7 @@ def apply_dh(settings: Settings, p: DhPlan, info: HostFacts, run: str | None = N
         )
 
     if p.cron:
-        minute, hour, day_of_month, month, day_of_week = settings.dh_rotation_schedule.split()
+        minute, hour, day_of_month, month, day_of_week = p.schedule.split()
         crontab.crontab(
             name="DH rotation cron job",
             command=dh.ROTATE_BIN,
@@ -92,15 +91,15 @@ def apply_dh(settings: Settings, p: DhPlan, info: HostFacts, run: str | None = N
 
     if p.start_generation:
         logger.info(
-            f"{host.name}: DH: {p.generation_why}; generating {settings.dh_bits}-bit "
+            f"{host.name}: DH: {p.generation_why}; generating {p.bits}-bit "
             f"parameters in the background (unit {dh.ROTATE_UNIT}; "
             "journalctl -t mailtls-dh-rotate)"
         )
         ops.start_generation(
-            name=f"Generate {settings.dh_bits}-bit DH parameters in the background",
+            name=f"Generate {p.bits}-bit DH parameters in the background",
             unit=dh.ROTATE_UNIT,
             command=dh.ROTATE_BIN,
         )
-    elif p.dh_file and settings.dh_source == "generated":
+    elif p.dh_file and p.bits:
         host.noop(f"DH generation: {p.generation_why}")
     return bool(dh_op and dh_op.will_change)

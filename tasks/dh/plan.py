@@ -146,6 +146,10 @@ class DhPlan:
     start_generation: bool
     generation_why: str
     cron: bool | None
+    # From the settings, for the apply step (the settings stop at the plan).
+    bits: int = 0  # what the host generates (dh_source=generated), else 0
+    rotate_conf: str = ""  # ROTATE_CONF's text where rotation_files is True
+    schedule: str = ""  # the cron job's five fields where cron is True
 
 
 def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan:
@@ -210,4 +214,15 @@ def plan(settings: Settings, policy: Policy, files: Mapping[str, str]) -> DhPlan
                 "here (placeholder, other settings, or an interrupted run)"
             ),
         )
-    return DhPlan(dh_file, params, params_why, True, start, why, settings.dh_rotation)
+    return DhPlan(
+        dh_file,
+        params,
+        params_why,
+        True,
+        start,
+        why,
+        settings.dh_rotation,
+        bits=settings.dh_bits,
+        rotate_conf=rotate_conf(settings),
+        schedule=settings.dh_rotation_schedule,
+    )
