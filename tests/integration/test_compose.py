@@ -10,9 +10,9 @@ import re
 import subprocess
 import textwrap
 
-from conftest import PYINFRA, ROOT
+from probes import STOCK_TLS_PORTS as PORTS
 
-PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
+from conftest import PYINFRA, ROOT
 
 
 def handshake(address: str, port: int, *args: str) -> str | None:

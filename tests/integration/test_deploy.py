@@ -12,10 +12,10 @@ import time
 import uuid
 
 import pytest
+from probes import STOCK_TLS_PORTS as PORTS
 
 from conftest import PYINFRA, ROOT, run_pyinfra
 
-PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None}
 MANDATORY = (587, 465, 143, 993)
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
 
