@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import os
 import socket
 import struct
 import time
@@ -29,11 +28,10 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from tasks.audit.bounded import MAX_RECORD, Malformed, deadline
+from tasks.audit import wire
+from tasks.audit.wire import Malformed, deadline
 
 PSK_KE, PSK_DHE_KE = 0, 1
-_AES128_SHA256, _X25519 = 0x1301, 0x001D
-_SIGALGS = (0x0804, 0x0805, 0x0806, 0x0403, 0x0503, 0x0603, 0x0807, 0x0401, 0x0501, 0x0601)
 
 
 class ProbeError(Exception):
@@ -95,25 +93,15 @@ class _Keys:
         return header + self.aead.encrypt(self._nonce(), data + bytes([kind]), header)
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ProbeError("connection closed by the server")
-        data += chunk
-    return data
-
-
 def _record(sock: socket.socket) -> tuple[int, bytes, bytes]:
-    header = _recv_exact(sock, 5)
-    size = struct.unpack("!H", header[3:5])[0]
-    if size > MAX_RECORD:
-        raise Malformed(f"a {size}-byte TLS record")
-    body = _recv_exact(sock, size)
-    if header[0] == 21:
+    """The next record; an alert or the server hanging up is the server's answer (ProbeError)."""
+    try:
+        kind, header, body = wire.read_record(sock)
+    except wire.ConnectionClosed as exc:
+        raise ProbeError(str(exc)) from exc
+    if kind == wire.ALERT:
         raise ProbeError(f"TLS alert {body[1] if len(body) > 1 else '?'}")
-    return header[0], header, body
+    return kind, header, body
 
 
 class _Messages:
@@ -137,10 +125,6 @@ class _Messages:
 # --- messages -----------------------------------------------------------------------------------
 
 
-def _ext(kind: int, body: bytes) -> bytes:
-    return struct.pack("!HH", kind, len(body)) + body
-
-
 @dataclass
 class Ticket:
     ticket: bytes
@@ -152,68 +136,31 @@ class Ticket:
 def client_hello(
     share: bytes, server_name: str | None, modes: tuple[int, ...], ticket: Ticket | None = None
 ) -> bytes:
-    """A ClientHello handshake message; with `ticket`, its pre_shared_key and binder (last)."""
-    sigalgs = b"".join(struct.pack("!H", a) for a in _SIGALGS)
-    exts = (
-        _ext(43, b"\x02\x03\x04")
-        + _ext(10, struct.pack("!HH", 2, _X25519))
-        + _ext(51, struct.pack("!HHH", 4 + len(share), _X25519, len(share)) + share)
-        + _ext(13, struct.pack("!H", len(sigalgs)) + sigalgs)
-        + _ext(45, bytes([len(modes), *modes]))
-    )
-    if server_name and not server_name.replace(".", "").replace(":", "").isdigit():
-        name = server_name.encode()
-        exts += _ext(0, struct.pack("!HBH", len(name) + 3, 0, len(name)) + name)
-    binder_len = 0
+    """A ClientHello handshake message (X25519 share, TLS_AES_128_GCM_SHA256 only); with
+    `ticket`, its pre_shared_key and binder, last."""
+    psk, binder_len = b"", 0
     if ticket:
         age = (int((time.time() - ticket.received) * 1000) + ticket.age_add) % 2**32
         identity = struct.pack("!H", len(ticket.ticket)) + ticket.ticket + struct.pack("!I", age)
         binders = b"\x20" + bytes(32)
-        exts += _ext(
+        psk = wire.ext(
             41,
             struct.pack("!H", len(identity)) + identity + struct.pack("!H", len(binders)) + binders,
         )
         binder_len = 2 + len(binders)
-    body = (
-        b"\x03\x03"
-        + os.urandom(32)
-        + b"\x20"
-        + os.urandom(32)
-        + struct.pack("!HH", 2, _AES128_SHA256)
-        + b"\x01\x00"
-        + struct.pack("!H", len(exts))
-        + exts
+    msg = wire.client_hello(
+        (wire.X25519,),
+        shares=((wire.X25519, share),),
+        suites=(wire.AES128_GCM_SHA256,),
+        psk_modes=modes,
+        server_name=server_name,
+        last=psk,
     )
-    msg = b"\x01" + len(body).to_bytes(3, "big") + body
     if ticket:  # the binder signs the ClientHello up to the binders (RFC 8446 4.2.11.2)
         early = _extract(b"", ticket.psk)
         binder = _finished(_derive(early, "res binder", b""), msg[:-binder_len])
         msg = msg[:-32] + binder
     return msg
-
-
-def _server_hello(msg: bytes) -> tuple[dict[int, bytes], bytes]:
-    """(extensions, server random) of a ServerHello message."""
-    if msg[0] != 2:
-        raise ProbeError(f"expected ServerHello, got handshake type {msg[0]}")
-    random = msg[6:38]
-    pos = 38
-    pos += 1 + msg[pos]  # legacy session id
-    suite = struct.unpack("!H", msg[pos : pos + 2])[0]
-    if suite != _AES128_SHA256:
-        raise ProbeError(f"server chose suite 0x{suite:04x}")
-    pos += 3
-    end = pos + 2 + struct.unpack("!H", msg[pos : pos + 2])[0]
-    pos += 2
-    exts = {}
-    while pos + 4 <= end:
-        kind, size = struct.unpack("!HH", msg[pos : pos + 4])
-        exts[kind] = msg[pos + 4 : pos + 4 + size]
-        pos += 4 + size
-    return exts, random
-
-
-_HRR_RANDOM = hashlib.sha256(b"HelloRetryRequest").digest()
 
 
 def _handshake(
@@ -241,7 +188,7 @@ def _handshake_steps(
     key = X25519PrivateKey.generate()
     share = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     hello = client_hello(share, server_name, modes, ticket)
-    sock.sendall(b"\x16\x03\x01" + struct.pack("!H", len(hello)) + hello)
+    sock.sendall(wire.record(hello))
     kind, _, body = _record(sock)
     while kind == 20:  # middlebox-compatibility ChangeCipherSpec
         kind, _, body = _record(sock)
@@ -250,9 +197,14 @@ def _handshake_steps(
     msgs = _Messages().feed(body)
     if not msgs:
         raise ProbeError("ServerHello split across records")
-    exts, random = _server_hello(msgs[0])
-    if random == _HRR_RANDOM:
+    if msgs[0][0] != 2:
+        raise ProbeError(f"expected ServerHello, got handshake type {msgs[0][0]}")
+    answer = wire.server_hello(msgs[0])
+    if answer.suite != wire.AES128_GCM_SHA256:
+        raise ProbeError(f"server chose suite 0x{answer.suite:04x}")
+    if answer.retry:
         raise ProbeError("HelloRetryRequest")
+    exts = answer.extensions
     resumed, has_share = 41 in exts, 51 in exts
     if not want_ticket:
         return resumed, has_share, None

@@ -1,4 +1,5 @@
-"""Scan a mail host's TLS ports from the controller: sslyze as a library, plus a hybrid-PQ probe.
+"""Scan a mail host's TLS ports from the controller: the sslyze adapter, then our own probes
+(tasks/audit/probes.py) for what sslyze does not measure.
 
 All ports of a host go into ONE sslyze Scanner run (it scans them in parallel). The result is a
 list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
@@ -6,20 +7,11 @@ list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
     >>> hs = scan_host("10.213.0.2")            # doctest: +SKIP
     >>> [(p.port, p.state) for p in hs.ports]   # doctest: +SKIP
     [(25, 'open'), (587, 'closed'), ...]
-
-Hybrid PQ: nassl's OpenSSL (1.1/1.0) cannot offer X25519MLKEM768, and the controller's own
-OpenSSL is 3.0. probe_pq_hybrid() instead sends a hand-built TLS 1.3 ClientHello that lists
-only X25519MLKEM768 with no key share: a server that supports the group must answer with a
-HelloRetryRequest selecting it (RFC 8446 4.1.4); any other answer means it does not. No key
-material is needed, and the handshake is dropped right after the server's first message.
 """
 
 from __future__ import annotations
 
-import os
 import socket
-import ssl
-import struct
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,9 +30,15 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
-from tasks.audit.bounded import MAX_LINE, MAX_LINES, MAX_RECORD, Malformed, deadline
-from tasks.audit.psk_probe import ProbeError, probe_psk_modes
-from tasks.audit.verdict import MAIL_PORTS, AcceptedSuite, Certificate, PortScan, Resumed
+from tasks.audit.probes import (
+    _ip,
+    _retry,
+    probe_pq_hybrid,
+    probe_resumption,
+    probe_server_order,
+)
+from tasks.audit.verdict import AcceptedSuite, Certificate, PortScan
+from tasks.policy import PORTS
 
 OPT_TLS = {
     "smtp": ProtocolWithOpportunisticTlsEnum.SMTP,
@@ -76,8 +74,6 @@ FIRST_RUN_LIMITS = {
     "concurrent_server_scans_limit": 10,
 }
 RETRY_LIMITS = {"per_server_concurrent_connections_limit": 1, "concurrent_server_scans_limit": 2}
-X25519MLKEM768 = 0x11EC
-HRR_RANDOM = bytes.fromhex("CF21AD74E59A6111BE1D8C021E65B891C2A211167ABB8C5E079E09E2C8A8339C")
 
 
 @dataclass
@@ -101,7 +97,7 @@ class _Gathered:
 
 
 def _request(address: str, ip: str, port: int, commands=COMMANDS) -> ServerScanRequest:
-    starttls = MAIL_PORTS[port][1]
+    starttls = PORTS[port].starttls
     config = ServerNetworkConfiguration(
         tls_server_name_indication=address,
         tls_opportunistic_encryption=OPT_TLS[starttls] if starttls else None,
@@ -186,7 +182,7 @@ def _certificate(deployment) -> Certificate:
 def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     """Build a PortScan from what sslyze returned (after the retries). Pure: fake results work."""
     scan = PortScan(
-        port=port, service=MAIL_PORTS[port][0], state="open", ip=ip, retries=max(g.runs - 1, 0)
+        port=port, service=PORTS[port].service, state="open", ip=ip, retries=max(g.runs - 1, 0)
     )
     if g.connectivity is not None:
         kind, text = g.connectivity
@@ -244,13 +240,6 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     return scan
 
 
-def _ip(scan: PortScan) -> str:
-    """The address `scan` was made on (always set on a port that answered)."""
-    if scan.ip is None:
-        raise ValueError(f"port {scan.port}: no address scanned")
-    return scan.ip
-
-
 def addresses_of(address: str) -> list[str]:
     """Every address `address` resolves to (IPv4 and IPv6), in resolver order, each once."""
     infos = socket.getaddrinfo(address, None, proto=socket.IPPROTO_TCP)
@@ -303,7 +292,7 @@ def run_sslyze(
 
 def scan_host(
     address: str,
-    ports: tuple[int, ...] = tuple(MAIL_PORTS),
+    ports: tuple[int, ...] = tuple(PORTS),
     pq: bool = True,
     server_order: bool = False,
     expected: tuple[int, ...] | None = None,
@@ -318,7 +307,7 @@ def scan_host(
         host.ips = addresses_of(address)
     except (OSError, ServerHostnameCouldNotBeResolved) as exc:
         host.ports = [
-            PortScan(p, MAIL_PORTS[p][0], "error", f"cannot resolve {address}: {exc}")
+            PortScan(p, PORTS[p].service, "error", f"cannot resolve {address}: {exc}")
             for p in ports
         ]
         return host
@@ -348,299 +337,3 @@ def scan_host(
                 scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
     host.pq_seconds = time.monotonic() - start
     return host
-
-
-def _retry(probe, delays=(1.0, 3.0)):
-    """Run a (value, note) probe; while it returns None (could not tell), retry after a pause."""
-    value, note = probe()
-    for delay in delays:
-        if value is not None:
-            break
-        time.sleep(delay)
-        value, note = probe()
-    return value, note
-
-
-# --- our own probes: what sslyze does not measure ----------------------------------------------
-
-
-def _client_context(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # the certificate is judged from sslyze's CERTIFICATE_INFO
-    ctx.minimum_version = ctx.maximum_version = version
-    if ciphers:
-        ctx.set_ciphers(ciphers)
-    return ctx
-
-
-def _tls_connect(
-    ctx: ssl.SSLContext, ip: str, port: int, server_name: str, session=None, timeout: float = 10
-) -> ssl.SSLSocket:
-    """Connect, run the STARTTLS dialogue if the port has one, handshake, and read what the server
-    sends first (a TLS 1.3 server's tickets come after the handshake)."""
-    sock = socket.create_connection((ip, port), timeout=timeout)
-    # The whole dialogue, handshake included, within 2 x timeout: a server trickling bytes
-    # never trips the per-read timeout.
-    with deadline(sock, 2 * timeout):
-        try:
-            service = MAIL_PORTS[port][1]
-            if service:
-                _starttls(sock, service)
-            tls = ctx.wrap_socket(sock, server_hostname=server_name, session=session)
-        except BaseException:
-            sock.close()
-            raise
-        tls.settimeout(3)
-        try:
-            if service:  # the server waits for us after STARTTLS: ask something harmless
-                tls.sendall(b"a NOOP\r\n" if service == "imap" else b"NOOP\r\n")
-            tls.recv(512)
-        except OSError:
-            pass  # nothing to read is fine: only the session matters here
-    return tls
-
-
-def _resume_once(
-    ip: str, port: int, server_name: str, version: ssl.TLSVersion
-) -> tuple[bool | None, bool, int | None]:
-    """(resumed, ticket issued, lifetime hint) from two connections sharing one client context."""
-    ctx = _client_context(version)
-    with _tls_connect(ctx, ip, port, server_name) as first:
-        session = first.session
-    with _tls_connect(ctx, ip, port, server_name, session=session) as second:
-        resumed = second.session_reused
-    if session is None:  # no session from the first handshake: nothing could be resumed
-        return False, False, None
-    return (
-        resumed,
-        session.has_ticket,
-        (session.ticket_lifetime_hint if session.has_ticket else None),
-    )
-
-
-def probe_resumption(scan: PortScan, server_name: str) -> None:
-    """TLS 1.3 resumption and the lifetime hints (TLS 1.2 and 1.3) of `scan`'s port, with Python's
-    ssl (OpenSSL offers psk_dhe_ke). sslyze's SESSION_RESUMPTION gave the TLS 1.2 results."""
-    res: Resumed = scan.resumption
-    for proto, version in (
-        ("TLSv1.2", ssl.TLSVersion.TLSv1_2),
-        ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
-    ):
-        if proto not in scan.protocols:
-            continue
-        outcome, why = None, ""
-        for delay in (0.0, 1.0, 3.0):
-            time.sleep(delay)
-            try:
-                outcome = _resume_once(_ip(scan), scan.port, server_name, version)
-                break
-            except (OSError, ssl.SSLError, ConnectionError) as exc:
-                why = f"{type(exc).__name__}: {exc}"
-        if outcome is None:
-            scan.incomplete.append(f"{proto} resumption probe did not complete ({why})")
-            continue
-        resumed, issued, hint = outcome
-        if proto == "TLSv1.2":
-            res.tls12_ticket_issued, res.tls12_lifetime_hint = issued, hint
-            if res.tls12_ticket is None:
-                res.tls12_ticket = resumed and issued
-        else:
-            res.tls13, res.tls13_lifetime_hint = resumed, hint
-            res.tls13_psk_ke_only = _psk_ke(scan, server_name)
-
-
-def _psk_ke(scan: PortScan, server_name: str) -> str | None:
-    """What a client offering only psk_ke gets (None: no ticket to offer); retried like the rest."""
-    service = MAIL_PORTS[scan.port][1]
-    why = ""
-    for delay in (0.0, 1.0, 3.0):
-        time.sleep(delay)
-        try:
-            result = probe_psk_modes(
-                _ip(scan),
-                scan.port,
-                (lambda sock: _starttls(sock, service)) if service else None,
-                server_name,
-            )
-            return result.get("psk_ke")
-        except (ProbeError, OSError, ValueError) as exc:
-            why = f"{type(exc).__name__}: {exc}"
-    scan.incomplete.append(f"TLSv1.3 psk_ke probe did not complete ({why})")
-    return None
-
-
-def probe_server_order(ip: str, port: int, timeout: float = 10) -> tuple[bool | None, str]:
-    """Offer DHE before ECDHE in TLS 1.2: (True, ...) when the server still picks ECDHE."""
-    ctx = _client_context(
-        ssl.TLSVersion.TLSv1_2,
-        "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256:"
-        "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256",
-    )
-    try:
-        with _tls_connect(ctx, ip, port, ip, timeout=timeout) as tls:
-            cipher = tls.cipher()
-    except ssl.SSLError as exc:
-        return None, f"no TLS 1.2 handshake with DHE and ECDHE offered ({exc.reason or exc})"
-    except OSError as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-    if cipher is None:
-        return None, "no cipher negotiated"
-    chosen = cipher[0]
-    if chosen.startswith("ECDHE-"):
-        return True, f"client preferring DHE got {chosen}"
-    return False, f"client preferring DHE got {chosen}"
-
-
-# --- hybrid PQ probe -------------------------------------------------------------------------
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise ConnectionError("connection closed")  # an OSError, like timeouts
-        data += chunk
-    return data
-
-
-def _read_lines_until(sock: socket.socket, done) -> str:
-    """Read CRLF lines until done(line) is true; returns that line. Byte-wise: TLS follows.
-    A line over MAX_LINE bytes or more than MAX_LINES lines is no mail server's dialogue."""
-    line, lines = b"", 0
-    while True:
-        c = _recv_exact(sock, 1)
-        line += c
-        if len(line) > MAX_LINE:
-            raise ConnectionError(f"the server sent a line of over {MAX_LINE} bytes")
-        if c == b"\n":
-            text = line.decode(errors="replace").rstrip("\r\n")
-            if done(text):
-                return text
-            line, lines = b"", lines + 1
-            if lines > MAX_LINES:
-                raise ConnectionError(f"the server sent over {MAX_LINES} lines before answering")
-
-
-def _starttls(sock: socket.socket, service: str) -> None:
-    """Run the plaintext dialogue up to the TLS handshake; raise ConnectionError when refused."""
-    if service == "smtp":
-        _read_lines_until(sock, lambda line: line[:4] == "220 ")
-        sock.sendall(b"EHLO audit.mailtls.invalid\r\n")
-        _read_lines_until(sock, lambda line: line[3:4] == " ")
-        sock.sendall(b"STARTTLS\r\n")
-        reply = _read_lines_until(sock, lambda line: line[3:4] == " ")
-        ok = reply.startswith("220")
-    elif service == "imap":
-        _read_lines_until(sock, lambda line: line.startswith("* "))
-        sock.sendall(b"a STARTTLS\r\n")
-        ok = _read_lines_until(sock, lambda line: line.startswith("a ")).startswith("a OK")
-    else:
-        _read_lines_until(sock, lambda line: True)
-        sock.sendall(b"STLS\r\n")
-        ok = _read_lines_until(sock, lambda line: True).startswith("+OK")
-    if not ok:
-        raise ConnectionError(f"{service} STARTTLS refused")
-
-
-def pq_client_hello(group: int = X25519MLKEM768) -> bytes:
-    """A TLS 1.3 ClientHello record offering only `group`, with an empty key_share."""
-
-    def ext(kind: int, body: bytes) -> bytes:
-        return struct.pack("!HH", kind, len(body)) + body
-
-    sigalgs = b"".join(
-        struct.pack("!H", a)
-        for a in (
-            0x0804,
-            0x0805,
-            0x0806,
-            0x0403,
-            0x0503,
-            0x0603,
-            0x0807,
-            0x0808,
-            0x0401,
-            0x0501,
-            0x0601,
-        )
-    )
-    exts = (
-        ext(43, b"\x02\x03\x04")  # supported_versions: TLS 1.3
-        + ext(10, struct.pack("!HH", 2, group))  # supported_groups
-        + ext(51, b"\x00\x00")  # key_share: none, so the server must ask (HRR)
-        + ext(13, struct.pack("!H", len(sigalgs)) + sigalgs)
-    )
-    suites = struct.pack("!HHHH", 6, 0x1301, 0x1302, 0x1303)
-    body = b"\x03\x03" + os.urandom(32) + b"\x20" + os.urandom(32) + suites + b"\x01\x00"
-    body += struct.pack("!H", len(exts)) + exts
-    handshake = b"\x01" + len(body).to_bytes(3, "big") + body
-    return b"\x16\x03\x01" + struct.pack("!H", len(handshake)) + handshake
-
-
-def parse_pq_answer(record: bytes, group: int = X25519MLKEM768) -> tuple[bool, str]:
-    """Judge the server's first TLS record: (supported, explanation). Raises Malformed when a
-    HelloRetryRequest is cut short or its lengths do not add up."""
-    try:
-        return _parse_pq_answer(record, group)
-    except (IndexError, struct.error) as exc:
-        raise Malformed(f"malformed answer to the probe ({len(record)} bytes: {exc})") from exc
-
-
-def _parse_pq_answer(record: bytes, group: int) -> tuple[bool, str]:
-    if record[:1] == b"\x15":
-        return (
-            False,
-            f"server refused the group (TLS alert {record[6] if len(record) > 6 else '?'})",
-        )
-    if record[:1] != b"\x16" or record[5:6] != b"\x02":
-        return False, "unexpected answer to the probe"
-    random = record[11:43]
-    if random != HRR_RANDOM:
-        return False, "server answered without HelloRetryRequest"
-    pos = 43
-    pos += 1 + record[pos]  # session id
-    pos += 3  # cipher suite, compression
-    end = pos + 2 + struct.unpack("!H", record[pos : pos + 2])[0]
-    if end > len(record):
-        raise IndexError("extensions run past the record")
-    pos += 2
-    while pos + 4 <= end:
-        kind, size = struct.unpack("!HH", record[pos : pos + 4])
-        if kind == 51:
-            chosen = struct.unpack("!H", record[pos + 4 : pos + 6])[0]
-            if chosen == group:
-                return True, "HelloRetryRequest selected X25519MLKEM768"
-            return False, f"HelloRetryRequest selected group 0x{chosen:04x}"
-        pos += 4 + size
-    return False, "HelloRetryRequest without key_share"
-
-
-def probe_pq_hybrid(ip: str, port: int, timeout: float = 5) -> tuple[bool | None, str]:
-    """Does `ip:port` accept X25519MLKEM768? (True/False, why); (None, why) when the probe failed."""
-    starttls = MAIL_PORTS[port][1]
-    try:
-        sock = socket.create_connection((ip, port), timeout=timeout)
-    except OSError as exc:
-        return None, f"not checked: probe could not connect ({exc})"
-    # The dialogue and the answer within 4 x timeout (a trickle never trips the read timeout).
-    with sock, deadline(sock, 4 * timeout):
-        try:
-            if starttls:
-                _starttls(sock, starttls)
-            sock.sendall(pq_client_hello())
-        except OSError as exc:
-            return None, f"not checked: probe failed before the handshake ({exc})"
-        try:
-            head = _recv_exact(sock, 5)
-            size = struct.unpack("!H", head[3:5])[0]
-            if size > MAX_RECORD:
-                return None, f"not checked: the server sent a {size}-byte TLS record"
-            record = head + _recv_exact(sock, size)
-        except OSError as exc:  # OpenSSL servers without the group may just hang up
-            return False, f"no HelloRetryRequest: server ended the handshake ({exc})"
-    try:
-        return parse_pq_answer(record)
-    except Malformed as exc:
-        return None, f"not checked: {exc}"

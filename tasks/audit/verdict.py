@@ -30,10 +30,6 @@ from tasks.policy import (
     ticket_window,
 )
 
-# Port -> (service name, STARTTLS dialogue), a view of policy.PORTS for the sslyze adapter.
-MAIL_PORTS: dict[int, tuple[str, str | None]] = {
-    n: (p.service, p.starttls) for n, p in PORTS.items()
-}
 # A certificate this close to its end is a warning (expired is a failure).
 CERT_WARN_DAYS = 21
 # sslyze's group names for the policy's classic groups (prime256v1 is P-256 by either name).

@@ -52,7 +52,7 @@ def test_stock_host_fails_and_names_offenders(stock, suite, tmp_path):
 
 def test_pq_probe_agrees_with_openssl_on_the_host(stock, suite, tmp_path):
     """Our controller-side probe vs the host's own OpenSSL (3.5 on trixie, 3.0 on bookworm) over loopback."""
-    from tasks.audit.scan import probe_pq_hybrid
+    from tasks.audit.probes import probe_pq_hybrid
 
     host = stock[suite]
     for number in (25, 993):

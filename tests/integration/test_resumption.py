@@ -71,7 +71,7 @@ def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
     """A client that offers only psk_ke (tasks/audit/psk_probe.py) gets a full handshake on every port;
     the same client offering psk_dhe_ke resumes on Postfix's ports (the control)."""
     from tasks.audit.psk_probe import probe_psk_modes
-    from tasks.audit.scan import _starttls
+    from tasks.audit.wire import starttls
 
     host = deployed[suite]
     for port in POSTFIX + DOVECOT:
@@ -79,7 +79,7 @@ def test_tls13_resumption_always_has_a_fresh_ecdhe(deployed, suite):
         result = probe_psk_modes(
             host.address,
             port,
-            (lambda s, service=service: _starttls(s, service)) if service else None,
+            (lambda s, service=service: starttls(s, service)) if service else None,
         )
         print(port, result)
         assert result["ticket"] and result["psk_ke"] == "full handshake", (port, result)

@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 import pytest
 
-from tasks.audit import scan
+from tasks.audit import probes, wire
 from tasks.audit.psk_probe import ProbeError, probe_psk_modes
-from tasks.audit.verdict import MAIL_PORTS
+from tasks.policy import PORTS, Port
 
 # A generous bound that only keeps a regression from hanging the suite: the assertions are on
 # the result, not on the time.
@@ -59,7 +59,9 @@ def hostile(monkeypatch):
     def make(behave, starttls: str | None = None) -> int:
         server = Hostile(behave)
         made.append(server)
-        monkeypatch.setitem(MAIL_PORTS, server.port, ("hostile", starttls))
+        monkeypatch.setitem(
+            PORTS, server.port, Port(server.port, "dovecot", "hostile", starttls, ())
+        )
         return server.port
 
     yield make
@@ -111,7 +113,7 @@ def bounded(call: Callable[[], object]) -> object:
 
 def _hrr(extensions: bytes, ext_length: int | None = None) -> bytes:
     """A ServerHello record with the HelloRetryRequest random and these raw extensions."""
-    body = b"\x03\x03" + scan.HRR_RANDOM + b"\x00" + b"\x13\x01\x00"
+    body = b"\x03\x03" + wire.HRR_RANDOM + b"\x00" + b"\x13\x01\x00"
     body += struct.pack("!H", len(extensions) if ext_length is None else ext_length) + extensions
     handshake = b"\x02" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x03" + struct.pack("!H", len(handshake)) + handshake
@@ -129,21 +131,21 @@ TRUNCATED = [
 
 def test_a_trickled_greeting_ends_the_pq_probe_with_a_named_result(hostile):
     port = hostile(trickle, "smtp")
-    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    value, note = bounded(lambda: probes.probe_pq_hybrid("127.0.0.1", port, timeout=2))
     assert value is None and note.startswith("not checked"), note
 
 
 @pytest.mark.parametrize("record", TRUNCATED)
 def test_a_malformed_answer_to_the_pq_probe_is_not_checked_not_a_crash(hostile, record):
     port = hostile(answer(record))
-    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    value, note = bounded(lambda: probes.probe_pq_hybrid("127.0.0.1", port, timeout=2))
     assert value in (None, False), (value, note)
     assert note, note
 
 
 def test_a_truncated_hello_retry_request_is_named(hostile):
     port = hostile(answer(TRUNCATED[0], starttls=True), "smtp")
-    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    value, note = bounded(lambda: probes.probe_pq_hybrid("127.0.0.1", port, timeout=2))
     assert value is None and "malformed" in note, note
 
 
@@ -151,7 +153,7 @@ def test_a_trickled_greeting_ends_the_resumption_probe(hostile):
     port = hostile(trickle, "smtp")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     with pytest.raises(OSError):
-        bounded(lambda: scan._tls_connect(ctx, "127.0.0.1", port, "x", timeout=2))
+        bounded(lambda: probes._tls_connect(ctx, "127.0.0.1", port, "x", timeout=2))
 
 
 def test_an_endless_greeting_line_is_refused(hostile):
@@ -160,7 +162,7 @@ def test_an_endless_greeting_line_is_refused(hostile):
             conn.sendall(b"2" * 1024)
 
     port = hostile(flood, "smtp")
-    value, note = bounded(lambda: scan.probe_pq_hybrid("127.0.0.1", port, timeout=2))
+    value, note = bounded(lambda: probes.probe_pq_hybrid("127.0.0.1", port, timeout=2))
     assert value is None and "line of over" in note, note
 
 
@@ -176,6 +178,6 @@ def test_a_trickled_greeting_ends_the_psk_probe(hostile):
     with pytest.raises((ProbeError, OSError)):
         bounded(
             lambda: probe_psk_modes(
-                "127.0.0.1", port, lambda sock: scan._starttls(sock, "smtp"), timeout=2
+                "127.0.0.1", port, lambda sock: wire.starttls(sock, "smtp"), timeout=2
             )
         )

@@ -2,8 +2,9 @@
 
 import pytest
 
-from tasks.audit.scan import HRR_RANDOM, X25519MLKEM768, parse_pq_answer, pq_client_hello
+from tasks.audit.probes import parse_pq_answer, pq_client_hello
 from tasks.audit.verdict import AcceptedSuite, PortScan, classify_suite, judge_host, judge_port
+from tasks.audit.wire import HRR_RANDOM, X25519MLKEM768
 from tasks.policy import HostCaps, resolve
 
 CAPS = HostCaps(postfix=None, dovecot=None, openssl=(3, 0, 15))
