@@ -70,6 +70,7 @@ sys.path.insert(0, str(ROOT))
 from tasks import dovecot_conf, host_conf, ops, probes  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
 from tasks.mail_tls import fact_files  # noqa: E402
+from tasks.scripts import script  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
 from testhosts import image  # noqa: E402
@@ -232,9 +233,9 @@ def floor_script(host: th.Host, info: dict, kind: str) -> str:
         raise RuntimeError(f"{host.name}: the deploy would refuse this host: {conf.refusals}")
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
-    script = (ops.FILES / "mailtls-apply").read_bytes()
-    if info["files"].get(ops.APPLY) != ops.sha256(script):
-        lines.append(_write_file(ops.APPLY, script, "0755"))
+    apply_script = script("mailtls-apply")
+    if info["files"].get(ops.APPLY) != ops.sha256(apply_script):
+        lines.append(_write_file(ops.APPLY, apply_script, "0755"))
     # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
     verify = conf.verify.encode()
     if info["files"].get(probes.VERIFY_PATH) != ops.sha256(verify):
@@ -363,7 +364,7 @@ def _times_cpu(text: str) -> float:
 
 def dh_prepare(host: th.Host) -> None:
     """Install the rotation script (as the DH task would) and the shipped RFC 7919 groups."""
-    data = (ROOT / "files" / "mailtls-dh-rotate").read_bytes()
+    data = script("mailtls-dh-rotate")
     cmds = [_write_file(ROTATE_BIN, data, "0755")]
     for bits in (3072, 4096):
         cmds.append(

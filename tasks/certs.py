@@ -30,11 +30,13 @@ from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 
 from tasks.ops import FILES, put_bytes, sha256
-from tasks.settings import CERT_COPIES_DIR, Settings
+from tasks.scripts import CONTRACT, script
+from tasks.settings import CERT_COPIES_DIR as CERT_COPIES_DIR  # re-exported: its old home
+from tasks.settings import Settings
 
-WATCH_BIN = "/usr/local/sbin/mailtls-cert-watch"
-WATCH_CONF = "/etc/mailtls/cert-watch.conf"
-STATE_DIR = "/var/lib/mailtls/cert-watch"
+WATCH_BIN = CONTRACT["CERT_WATCH_BIN"]
+WATCH_CONF = CONTRACT["CERT_WATCH_CONF"]
+STATE_DIR = CONTRACT["CERT_WATCH_STATE"]
 SERVICE = "mailtls-cert-watch.service"
 TIMER = "mailtls-cert-watch.timer"
 UNIT_FILES = {
@@ -43,11 +45,10 @@ UNIT_FILES = {
 }
 # Exists (a symlink to the timer) exactly while the timer is enabled: the fact sees it for free.
 TIMER_LINK = f"/etc/systemd/system/timers.target.wants/{TIMER}"
-# The files each daemon is configured with: (certificate, key). files/mailtls-cert-watch's
-# served_files() names the same.
+# The files each daemon is configured with: (certificate, key), in CERT_COPIES_DIR.
 COPIES = {
-    "postfix": (f"{CERT_COPIES_DIR}/postfix.pem", f"{CERT_COPIES_DIR}/postfix.pem"),
-    "dovecot": (f"{CERT_COPIES_DIR}/dovecot.crt", f"{CERT_COPIES_DIR}/dovecot.key"),
+    "postfix": (CONTRACT["SERVED_POSTFIX"], CONTRACT["SERVED_POSTFIX"]),
+    "dovecot": (CONTRACT["SERVED_DOVECOT_CERT"], CONTRACT["SERVED_DOVECOT_KEY"]),
 }
 _INSTALLED = (WATCH_BIN, WATCH_CONF, *UNIT_FILES, TIMER_LINK)
 
@@ -205,7 +206,7 @@ def apply_certs(
         return ()
     put_bytes(
         name="Certificate watcher",
-        data=(FILES / "mailtls-cert-watch").read_bytes(),
+        data=script("mailtls-cert-watch"),
         dest=WATCH_BIN,
         mode="0755",
         current_sha256=files.get(WATCH_BIN),

@@ -21,6 +21,7 @@ from pyinfra.operations import crontab
 from tasks import certs, dh, dovecot_conf, host_conf, nodelay, ops, probes
 from tasks.facts import MailHost
 from tasks.policy import PROFILES, HostCaps, Policy
+from tasks.scripts import script
 from tasks.settings import Settings, data_defaults, host_settings
 
 # The certificate lines of our Dovecot file, both versions' (dovecot_conf.CERT_KEYS).
@@ -75,7 +76,7 @@ def mail_tls(settings: Settings | None = None) -> None:
     """
     settings = settings or settings_for(host)
     nodelay.for_host(host)  # whatever the inventory: no 40 ms stall per command from here on
-    apply_script = (ops.FILES / "mailtls-apply").read_bytes()
+    apply_script = script("mailtls-apply")
     # Where the DH file goes is checked against the host (links, certificates, shared
     # directories) only for profiles that write one.
     guard = settings.dh_file if PROFILES[settings.tls_profile].uses_dh_file else ""
@@ -235,7 +236,7 @@ def apply_dh(settings: Settings, policy: Policy, info: dict, run: str | None = N
         )
         ops.put_bytes(
             name="DH rotation script",
-            data=dh.ROTATE_SCRIPT.read_bytes(),
+            data=script(dh.ROTATE_SCRIPT.name),
             dest=dh.ROTATE_BIN,
             mode="0755",
             current_sha256=files.get(dh.ROTATE_BIN),

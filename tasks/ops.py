@@ -21,9 +21,10 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from tasks.facts import CronNameLines
 from tasks.postfix_conf import PostfixConf
+from tasks.scripts import CONTRACT
 
 FILES = Path(__file__).resolve().parent.parent / "files"
-APPLY = "/usr/local/sbin/mailtls-apply"
+APPLY = CONTRACT["APPLY"]
 POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")
 DAEMONS = ("postfix", "dovecot")
 # Files up to this size travel inside the command (base64): one round trip instead of three
@@ -306,7 +307,7 @@ def postconf_commands(todo: PostfixConf, config_dir: str | None = None) -> list[
 
 # Where postconf edits copies of main.cf and master.cf before mailtls-apply installs them:
 # root-only, beside mailtls-apply's other state.
-STAGE_DIR = "/var/lib/mailtls/stage"
+STAGE_DIR = CONTRACT["STAGE"]
 
 
 def postfix_edit(todo: PostfixConf, run: str | None = None) -> str:

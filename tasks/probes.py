@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.policy import Policy
+from tasks.scripts import CONTRACT
 
-VERIFY_PATH = "/etc/mailtls/verify.conf"
+VERIFY_PATH = CONTRACT["VERIFY"]
 
 # Every TLS port each daemon may serve, with its STARTTLS protocol (None: implicit TLS).
 # mailtls-apply probes the ones that listen.

@@ -26,6 +26,7 @@ from typing import Any
 
 from tasks.audit.verdict import DEFAULT_EXPECTED_PORTS, MAIL_PORTS
 from tasks.policy import DEFAULT_RESUMPTION, MIN_DH_BITS, PROFILES, RESUMPTION
+from tasks.scripts import CONTRACT
 
 
 class SettingsError(ValueError):
@@ -37,7 +38,7 @@ class SettingsError(ValueError):
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*")
 _MAX_PATH = 4095  # PATH_MAX less the terminating NUL
 # Where the certificate watcher keeps the copies the daemons serve (tasks/certs.py).
-CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
+CERT_COPIES_DIR = CONTRACT["SERVED"]
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
 # Directories others can write to (Debian): root would write the DH file through a name they can

@@ -113,11 +113,15 @@ def test_conf_and_fact_files():
 
 
 def test_the_watcher_script_and_the_module_name_the_same_copies():
+    """Both take them from the contract of files/mailtls-common.sh (tasks/scripts.py)."""
     text = WATCH.read_text()
-    assert 'postfix) echo "$SERVED/postfix.pem"' in text
-    assert 'dovecot) echo "$SERVED/dovecot.crt $SERVED/dovecot.key"' in text
-    assert f"SERVED={certs.CERT_COPIES_DIR}\n" in text and f"STATE={certs.STATE_DIR}\n" in text
-    assert f"CONF={certs.WATCH_CONF}\n" in text
+    assert 'postfix) echo "$SERVED_POSTFIX"' in text
+    assert 'dovecot) echo "$SERVED_DOVECOT_CERT $SERVED_DOVECOT_KEY"' in text
+    assert "CONF=$CERT_WATCH_CONF\n" in text and '"$CERT_WATCH_STATE/$d.good"' in text
+    assert {
+        "postfix": (f"{certs.CERT_COPIES_DIR}/postfix.pem", f"{certs.CERT_COPIES_DIR}/postfix.pem"),
+        "dovecot": (f"{certs.CERT_COPIES_DIR}/dovecot.crt", f"{certs.CERT_COPIES_DIR}/dovecot.key"),
+    } == certs.COPIES
 
 
 # --- the watcher's check of a pair ------------------------------------------------------------------
