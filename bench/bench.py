@@ -68,13 +68,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tasks import host_conf, ops  # noqa: E402
-from tasks.assets import FILES, sha256  # noqa: E402
+from tasks.assets import sha256  # noqa: E402
 from tasks.dovecot import conf as dovecot_conf  # noqa: E402
 from tasks.facts import MailHost  # noqa: E402
 from tasks.host_facts import HostFacts
 from tasks.mail_tls import fact_files  # noqa: E402
 from tasks.postfix import apply as postfix_apply  # noqa: E402
 from tasks.safety import verify as verify_conf  # noqa: E402
+from tasks.scripts import script  # noqa: E402
 from tasks.settings import validate  # noqa: E402
 from testhosts import hosts as th  # noqa: E402
 from testhosts import image  # noqa: E402
@@ -237,9 +238,9 @@ def floor_script(host: th.Host, info: HostFacts, kind: str) -> str:
         raise RuntimeError(f"{host.name}: the deploy would refuse this host: {conf.refusals}")
     apply = f"{ops.APPLY}"
     lines = ["set -e"]
-    script = (FILES / "mailtls-apply").read_bytes()
-    if info.files.get(ops.APPLY) != sha256(script):
-        lines.append(_write_file(ops.APPLY, script, "0755"))
+    apply_script = script("mailtls-apply")
+    if info.files.get(ops.APPLY) != sha256(apply_script):
+        lines.append(_write_file(ops.APPLY, apply_script, "0755"))
     # What the commit verifies (read-back, negative probes): the deploy writes it in any case.
     verify = conf.verify.encode()
     if info.files.get(verify_conf.VERIFY_PATH) != sha256(verify):
@@ -368,7 +369,7 @@ def _times_cpu(text: str) -> float:
 
 def dh_prepare(host: th.Host) -> None:
     """Install the rotation script (as the DH task would) and the shipped RFC 7919 groups."""
-    data = (ROOT / "files" / "mailtls-dh-rotate").read_bytes()
+    data = script("mailtls-dh-rotate")
     cmds = [_write_file(ROTATE_BIN, data, "0755")]
     for bits in (3072, 4096):
         cmds.append(

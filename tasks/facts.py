@@ -9,11 +9,12 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 from tasks.dovecot.conf import CONF_PATH, POLICY_KEYS
 from tasks.host_facts import READ_MAX, HostFacts
 from tasks.policy import HostCaps, parse_version
+from tasks.scripts import CONTRACT
 
 # Held for their whole run by files/mailtls-dh-rotate (LOCK) and files/mailtls-cert-watch (.lock).
 # The fact never takes DH_ROTATE_LOCK (it reads /proc/PID/fdinfo): a rotation must never skip for it.
-DH_ROTATE_LOCK = "/var/lib/mailtls/lock/dh-rotate.lock"
-CERT_WATCH_LOCK = "/var/lib/mailtls/cert-watch/.lock"
+DH_ROTATE_LOCK = CONTRACT["DH_ROTATE_LOCK"]
+CERT_WATCH_LOCK = CONTRACT["CERT_WATCH_LOCK"]
 
 # Each section starts with a `@@name` line. Missing daemons print nothing in their section.
 # The postconf runs (a few ms each) go at the same time, into a temporary directory, and the
@@ -61,7 +62,7 @@ EOF
 $st
 EOF
 fi
-marks=/var/lib/mailtls/pending
+marks={pending}
 set -- "$marks"/*
 if [ -e "$1" ]; then  # whose reload is it? (nothing to ask on a converged host: no process)
     # A certificate check takes seconds: let one that runs finish (and commit what it began).
@@ -153,6 +154,7 @@ class MailHost(FactBase[HostFacts]):
             .replace("{ours}", CONF_PATH.rsplit("/", 1)[1])
             .replace("{cert_lock}", CERT_WATCH_LOCK)
             .replace("{rotate_lock}", DH_ROTATE_LOCK)
+            .replace("{pending}", CONTRACT["PENDING"])
             .replace("{read_max}", str(READ_MAX))
         )
 

@@ -20,8 +20,9 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from tasks.assets import sha256
 from tasks.facts import CronNameLines
+from tasks.scripts import CONTRACT
 
-APPLY = "/usr/local/sbin/mailtls-apply"
+APPLY = CONTRACT["APPLY"]
 POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")
 DAEMONS = ("postfix", "dovecot")
 # Files up to this size travel inside the command (base64): one round trip instead of three

@@ -33,6 +33,7 @@ from tasks.policy import (
     Policy,
     resolve,
 )
+from tasks.scripts import CONTRACT
 
 
 class SettingsError(ValueError):
@@ -40,7 +41,7 @@ class SettingsError(ValueError):
 
 
 # Where the certificate watcher keeps the copies the daemons serve (tasks/certs/plan.py).
-CERT_COPIES_DIR = "/etc/ssl/mailtls/served"
+CERT_COPIES_DIR = CONTRACT["SERVED"]
 # Where certificates and keys live: a DH file there would overwrite one of them.
 _CERT_DIRS = ("/etc/ssl/certs/", "/etc/ssl/private/")
 # Directories others can write to (Debian): root would write the DH file through a name they can

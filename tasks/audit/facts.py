@@ -12,8 +12,9 @@ from typing import Any
 from pyinfra.api import FactBase
 
 from tasks.policy import parse_version
+from tasks.scripts import CONTRACT
 
-CERT_STATUS = "/var/lib/mailtls/cert-watch"  # files/mailtls-cert-watch writes DAEMON.status there
+CERT_STATUS = CONTRACT["CERT_WATCH_STATE"]  # files/mailtls-cert-watch writes DAEMON.status there
 _PATTERN = "TLS connection established from|SSL_accept error from|-login: "
 
 

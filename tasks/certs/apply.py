@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pyinfra import host, logger
 from pyinfra.api import QuoteString, StringCommand, deploy, operation
 
-from tasks.assets import FILES
 from tasks.certs.plan import (
     INSTALLED,
     STATE_DIR,
@@ -26,6 +25,7 @@ from tasks.certs.plan import (
 )
 from tasks.host_facts import HostFacts
 from tasks.ops import put_bytes
+from tasks.scripts import script
 
 
 @operation(is_idempotent=False)
@@ -106,7 +106,7 @@ def apply_certs(info: HostFacts, p: CertPlan, run: str | None = None) -> tuple[s
         return ()
     put_bytes(
         name="Certificate watcher",
-        data=(FILES / "mailtls-cert-watch").read_bytes(),
+        data=script("mailtls-cert-watch"),
         dest=WATCH_BIN,
         mode="0755",
         current_sha256=files.get(WATCH_BIN),

@@ -27,11 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from tasks.assets import FILES, sha256
-from tasks.settings import CERT_COPIES_DIR, Settings
+from tasks.scripts import CONTRACT
+from tasks.settings import Settings
 
-WATCH_BIN = "/usr/local/sbin/mailtls-cert-watch"
-WATCH_CONF = "/etc/mailtls/cert-watch.conf"
-STATE_DIR = "/var/lib/mailtls/cert-watch"
+WATCH_BIN = CONTRACT["CERT_WATCH_BIN"]
+WATCH_CONF = CONTRACT["CERT_WATCH_CONF"]
+STATE_DIR = CONTRACT["CERT_WATCH_STATE"]
 SERVICE = "mailtls-cert-watch.service"
 TIMER = "mailtls-cert-watch.timer"
 UNIT_FILES = {
@@ -40,11 +41,10 @@ UNIT_FILES = {
 }
 # Exists (a symlink to the timer) exactly while the timer is enabled: the fact sees it for free.
 TIMER_LINK = f"/etc/systemd/system/timers.target.wants/{TIMER}"
-# The files each daemon is configured with: (certificate, key). files/mailtls-cert-watch's
-# served_files() names the same.
+# The files each daemon is configured with: (certificate, key), in the contract's SERVED.
 COPIES = {
-    "postfix": (f"{CERT_COPIES_DIR}/postfix.pem", f"{CERT_COPIES_DIR}/postfix.pem"),
-    "dovecot": (f"{CERT_COPIES_DIR}/dovecot.crt", f"{CERT_COPIES_DIR}/dovecot.key"),
+    "postfix": (CONTRACT["SERVED_POSTFIX"], CONTRACT["SERVED_POSTFIX"]),
+    "dovecot": (CONTRACT["SERVED_DOVECOT_CERT"], CONTRACT["SERVED_DOVECOT_KEY"]),
 }
 INSTALLED = (WATCH_BIN, WATCH_CONF, *UNIT_FILES, TIMER_LINK)
 

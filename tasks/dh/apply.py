@@ -11,6 +11,7 @@ from tasks import ops
 from tasks.dh import plan as dh
 from tasks.dh.plan import DhPlan
 from tasks.host_facts import HostFacts
+from tasks.scripts import script
 
 
 @deploy("DH parameters")
@@ -56,7 +57,7 @@ def apply_dh(p: DhPlan, info: HostFacts, run: str | None = None) -> bool:
         )
         ops.put_bytes(
             name="DH rotation script",
-            data=dh.ROTATE_SCRIPT.read_bytes(),
+            data=script(dh.ROTATE_SCRIPT.name),
             dest=dh.ROTATE_BIN,
             mode="0755",
             current_sha256=files.get(dh.ROTATE_BIN),

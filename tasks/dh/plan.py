@@ -31,13 +31,14 @@ from pathlib import Path
 
 from tasks.assets import FILES, sha256
 from tasks.policy import MIN_DH_BITS, Policy
+from tasks.scripts import CONTRACT
 from tasks.settings import Settings, defaults
 
 ROTATE_SCRIPT = FILES / "mailtls-dh-rotate"
-ROTATE_BIN = "/usr/local/sbin/mailtls-dh-rotate"
-ROTATE_CONF = "/etc/mailtls/dh-rotate.conf"
+ROTATE_BIN = CONTRACT["DH_ROTATE_BIN"]
+ROTATE_CONF = CONTRACT["DH_ROTATE_CONF"]
 # Written by the script after it installed parameters: "made here, for these settings".
-ROTATE_STAMP = "/var/lib/mailtls/dh-rotate.done"
+ROTATE_STAMP = CONTRACT["DH_ROTATE_STAMP"]
 ROTATE_UNIT = "mailtls-dh-rotate"
 # systemd keeps a transient unit's file here while the unit is loaded; with --collect it is
 # unloaded as soon as it ends (even on failure), so the file exists exactly while it runs.
@@ -78,8 +79,13 @@ def rotate_conf(settings: Settings) -> str:
 
 
 def rotate_stamp(dh_file: str, bits: int, dh_sha256: str) -> str:
-    """Contents the script writes to ROTATE_STAMP after installing parameters (same bytes)."""
-    return f"DH_FILE={dh_file}\nDH_BITS={bits}\nDH_SHA256={dh_sha256}\n"
+    """Contents the script writes to ROTATE_STAMP after installing parameters (same bytes: the
+    contract's printf format, DH_STAMP_FORMAT).
+
+    >>> rotate_stamp("/etc/ssl/mailtls/dh.pem", 3072, "4f2a")
+    'DH_FILE=/etc/ssl/mailtls/dh.pem\\nDH_BITS=3072\\nDH_SHA256=4f2a\\n'
+    """
+    return CONTRACT["DH_STAMP_FORMAT"].replace("\\n", "\n") % (dh_file, bits, dh_sha256)
 
 
 def host_refusal(dh_file: str, guard: Sequence[str]) -> str | None:

@@ -12,6 +12,7 @@ from pyinfra.api import operation
 from tasks.host_facts import HostFacts
 from tasks.ops import POSTFIX_FILES, apply_command
 from tasks.postfix.conf import PostfixConf
+from tasks.scripts import CONTRACT
 
 
 def postconf_commands(todo: PostfixConf, config_dir: str | None = None) -> list[str]:
@@ -54,7 +55,7 @@ def postconf_commands(todo: PostfixConf, config_dir: str | None = None) -> list[
 
 # Where postconf edits copies of main.cf and master.cf before mailtls-apply installs them:
 # root-only, beside mailtls-apply's other state.
-STAGE_DIR = "/var/lib/mailtls/stage"
+STAGE_DIR = CONTRACT["STAGE"]
 
 
 def postfix_edit(todo: PostfixConf, run: str | None = None) -> str:

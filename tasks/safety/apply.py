@@ -5,9 +5,9 @@ round trip; and the commit itself (tasks/ops.py: commit)."""
 from __future__ import annotations
 
 from tasks import ops
-from tasks.assets import FILES
 from tasks.host_facts import HostFacts
 from tasks.safety.verify import VERIFY_PATH
+from tasks.scripts import script
 
 
 def install_safety_net(verify: str, info: HostFacts) -> None:
@@ -24,7 +24,7 @@ def install_safety_net(verify: str, info: HostFacts) -> None:
         name=f"mailtls-apply (check, reload, verify, roll back), {VERIFY_PATH}",
         files=(
             (
-                (FILES / "mailtls-apply").read_bytes(),
+                script("mailtls-apply"),
                 ops.APPLY,
                 "0755",
                 files.get(ops.APPLY),

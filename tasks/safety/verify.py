@@ -27,8 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.policy import Policy, ports_of
+from tasks.scripts import CONTRACT
 
-VERIFY_PATH = "/etc/mailtls/verify.conf"
+VERIFY_PATH = CONTRACT["VERIFY"]
 
 
 LEGACY_CLIENT = ":@SECLEVEL=0"

@@ -11,7 +11,7 @@ import time
 
 from conftest import run_pyinfra
 from tasks.dh import plan as dh
-from tasks.facts import MailHost
+from tasks.facts import DH_ROTATE_LOCK, MailHost
 from tasks.host_facts import HostFacts
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
@@ -316,7 +316,7 @@ def test_the_fact_sees_a_rotation_without_making_one_skip(fresh_host):
     run_pyinfra(host, "deploy.py", *data)
     assert wait_until(lambda: not generating(host), timeout=600), "generation never ended"
     host.ssh("/usr/local/sbin/mailtls-apply begin postfix /etc/postfix/main.cf")  # a reload pending
-    lock = "/var/lib/mailtls/lock/dh-rotate.lock"
+    lock = DH_ROTATE_LOCK
     rotate = f"{dh.ROTATE_BIN} -f /root/dh-test.pem -b 4096"  # minutes: killed long before
 
     # The instant a command the fact runs under `flock LOCK` lasts, stretched so that a rotation

@@ -15,8 +15,8 @@ import ssl
 import pytest
 
 from conftest import run_pyinfra
+from tasks.ops import APPLY
 
-APPLY = "/usr/local/sbin/mailtls-apply"
 LEGACY_SMTPS = (
     "smtps inet n - y - - smtpd -o smtpd_tls_wrappermode=yes -o smtpd_sasl_auth_enable=yes "
     "-o smtpd_client_restrictions=permit_sasl_authenticated,reject"

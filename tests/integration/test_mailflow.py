@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from conftest import run_pyinfra
+from tasks.dh import plan as dh
 
 MIN_MESSAGES = 500
 MAX_MESSAGES = 2500  # bound on the load, whatever happens (never reached in ~250 s)
@@ -29,7 +30,7 @@ PROFILES = (
 # Two profile cycles; the rotation runs while legacy-dhe (generated parameters) is in place.
 ROTATIONS_PER_CYCLE = (3, 2)
 ROTATIONS = sum(ROTATIONS_PER_CYCLE)
-ROTATE = "/usr/local/sbin/mailtls-dh-rotate"
+ROTATE = dh.ROTATE_BIN
 FORWARD_SECRET_TLS12 = ("ECDHE-", "DHE-")
 
 

@@ -10,7 +10,9 @@ import time
 from test_dh import dhe_bits
 from test_safety import output, pending, run_and_kill, tls
 
-from conftest import ROOT, run_pyinfra
+from conftest import run_pyinfra
+from tasks.facts import DH_ROTATE_LOCK
+from tasks.scripts import script
 
 DH_FILE = "/etc/ssl/mailtls/dh.pem"
 LEGACY = ("--data", "tls_profile=legacy-dhe")
@@ -149,11 +151,11 @@ def test_locks_no_other_user_can_hold(fresh_host):
     for lock in ("mailtls-apply.lock", "mailtls-dh-rotate.lock"):
         host.ssh(f"setsid {nobody} flock /run/lock/{lock} sleep 900 >/dev/null 2>&1 </dev/null &")
     assert host.ssh("pgrep -u nobody -c flock").stdout.strip() == "2"
-    # The script from this tree, where the deploy (which installs it only for generated
-    # parameters) leaves it alone.
+    # The script from this tree as the deploy installs it (its library inlined), where the
+    # deploy (which installs it only for generated parameters) leaves it alone.
     subprocess.run(
         host.ssh_argv("cat > /root/mailtls-dh-rotate && chmod 0755 /root/mailtls-dh-rotate"),
-        input=(ROOT / "files" / "mailtls-dh-rotate").read_bytes(),
+        input=script("mailtls-dh-rotate"),
         check=True,
         timeout=60,
     )
@@ -168,7 +170,7 @@ def test_locks_no_other_user_can_hold(fresh_host):
 
     # A rotation that holds the lock for longer than the bound (12 h): the next one warns on
     # stderr and in syslog and exits 1 (cron mails it); before the bound it leaves quietly (75).
-    lock = "/var/lib/mailtls/lock/dh-rotate.lock"
+    lock = DH_ROTATE_LOCK
     host.ssh(f"setsid flock {lock} sleep 900 >/dev/null 2>&1 </dev/null & sleep 0.5")
     res = host.ssh(f"{rotate}", check=False)
     assert res.returncode == 75 and not res.stderr, (res.returncode, res.stderr)

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from tasks.assets import FILES, sha256
 from tasks.audit.facts import MailTlsLog
 from tasks.certs import plan as certs
-from tasks.settings import validate
+from tasks.settings import CERT_COPIES_DIR, validate
 
 WATCH = FILES / "mailtls-cert-watch"
 LE = "/etc/letsencrypt/live/mx.example.org"
@@ -54,7 +54,7 @@ def on_host(cert="c1", key="k1", good=True, copies=True, rejected=False) -> dict
 def test_first_run_makes_the_copies_and_points_the_daemons_at_them():
     p = certs.plan(settings(), True, {})
     assert p.refresh == ("postfix", "dovecot") and not p.remove
-    assert certs.served("postfix", settings(), p) == (f"{certs.CERT_COPIES_DIR}/postfix.pem",) * 2
+    assert certs.served("postfix", settings(), p) == (f"{CERT_COPIES_DIR}/postfix.pem",) * 2
     assert certs.served("dovecot", settings(), p) == certs.COPIES["dovecot"]
 
 
@@ -113,11 +113,15 @@ def test_conf_and_fact_files():
 
 
 def test_the_watcher_script_and_the_module_name_the_same_copies():
+    """Both take them from the contract of files/mailtls-common.sh (tasks/scripts.py)."""
     text = WATCH.read_text()
-    assert 'postfix) echo "$SERVED/postfix.pem"' in text
-    assert 'dovecot) echo "$SERVED/dovecot.crt $SERVED/dovecot.key"' in text
-    assert f"SERVED={certs.CERT_COPIES_DIR}\n" in text and f"STATE={certs.STATE_DIR}\n" in text
-    assert f"CONF={certs.WATCH_CONF}\n" in text
+    assert 'postfix) echo "$SERVED_POSTFIX"' in text
+    assert 'dovecot) echo "$SERVED_DOVECOT_CERT $SERVED_DOVECOT_KEY"' in text
+    assert "CONF=$CERT_WATCH_CONF\n" in text and '"$CERT_WATCH_STATE/$d.good"' in text
+    assert {
+        "postfix": (f"{CERT_COPIES_DIR}/postfix.pem", f"{CERT_COPIES_DIR}/postfix.pem"),
+        "dovecot": (f"{CERT_COPIES_DIR}/dovecot.crt", f"{CERT_COPIES_DIR}/dovecot.key"),
+    } == certs.COPIES
 
 
 # --- the watcher's check of a pair ------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 TASKS = Path(__file__).resolve().parents[2] / "tasks"
 # Lowest first. A module may import its own layer and those below; every module is in one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("data", ("tasks.policy", "tasks.assets")),
+    ("data", ("tasks.policy", "tasks.assets", "tasks.scripts")),
     ("settings", ("tasks.validators", "tasks.settings", "tasks.tables", "tasks.host_facts")),
     (
         "views",

@@ -6,10 +6,10 @@ import subprocess
 
 import pytest
 
-from tasks.assets import FILES
 from tasks.dovecot import conf as dovecot_conf
 from tasks.policy import HostCaps, resolve
 from tasks.safety import verify as verify_conf
+from tasks.scripts import script
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
@@ -103,8 +103,9 @@ def test_folded_probe_offers_exactly_what_one_probe_per_class_offered(dhe):
 
 
 def _apply_function(*names: str) -> str:
-    """Shell functions of files/mailtls-apply, by name (the script itself needs root to run)."""
-    text = (FILES / "mailtls-apply").read_text()
+    """Shell functions of mailtls-apply as installed, by name (the script itself needs root to
+    run)."""
+    text = script("mailtls-apply").decode()
     out = []
     for name in names:
         start = text.index(f"\n{name}() {{") + 1

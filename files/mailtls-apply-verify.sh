@@ -1,0 +1,272 @@
+# shellcheck shell=sh
+# mailtls-apply-verify.sh: mailtls-apply's checks after a reload, what the daemon really serves.
+# Sourced by mailtls-apply (inlined there at install, like mailtls-common.sh: tasks/scripts.py);
+# it uses mailtls-apply's since_log, running and listening. Nothing here changes a file or a
+# daemon: each function answers from its arguments, prints why a check failed and returns 1.
+#
+# The deploy's $VERIFY (tasks/probes.py) lines: `postconf NAME=VALUE` (postconf -n must show it),
+# `postconf-P SVC/TYPE/NAME=VALUE` (postconf -P), `postconf-X NAME` (must be gone), `doveconf
+# NAME=VALUE` (every protocol), `probe DAEMON PORT STARTTLS|- accept|refuse ARGS... -- WHAT` (a
+# handshake from this host), `cert DAEMON FILE` (every accepted handshake of DAEMON presents
+# FILE's first certificate).
+
+# Address a local client can reach for a listening TCP port ("" when nothing listens): its
+# first listening address, a wildcard as loopback. From SOCKETS (one `ss` for every probe of a
+# verify).
+local_address() {  # PORT SOCKETS
+    while read -r _ _ _ a _; do  # State Recv-Q Send-Q Local-Address:Port Peer...
+        case "$a" in *:"$1") ;; *) continue ;; esac
+        case "$a" in
+            \*:* | 0.0.0.0:*) echo "127.0.0.1:$1" ;;
+            \[::\]:*) echo "[::1]:$1" ;;
+            *) echo "$a" ;;
+        esac
+        return 0
+    done <<EOF
+$2
+EOF
+}
+
+# A probe's verdict is whether the handshake completes: s_client only reports the certificate,
+# never refuses it. Loading the system trust store for each probe (~140 certificates, half the
+# CPU a probe costs on Debian 12) would be wasted.
+tls_client() {  # S_CLIENT-ARGS...: openssl s_client, bounded in time, no trust store, no input
+    timeout 15 openssl s_client -no-CAfile -no-CApath -no-CAstore "$@" </dev/null
+}
+
+s_client() {  # ADDRESS STARTTLS-PROTOCOL|"" [S_CLIENT-ARGS...]: s_client's -brief output
+    s_addr=$1 s_starttls=$2
+    shift 2
+    tls_client -connect "$s_addr" ${s_starttls:+-starttls "$s_starttls"} -brief "$@" 2>&1
+}
+
+# Does OUTPUT have a line that starts with TEXT? A `case`, not `echo | grep`: two processes
+# fewer per handshake, of the ~30 a commit makes.
+has_line() {  # OUTPUT TEXT
+    case "
+$1" in *"
+$2"*) return 0 ;; esac
+    return 1
+}
+
+handshake() {  # handshake ADDRESS [starttls-protocol]
+    has_line "$(s_client "$1" "${2:-}")" 'CONNECTION ESTABLISHED'
+}
+
+# The positive probe: one handshake on the daemon's first TLS port that listens (tried 3 times).
+probe() {  # DAEMON LOGMARK SOCKETS
+    case "$1" in
+        postfix) addr=$(local_address 25 "$3"); proto=smtp ;;
+        dovecot) addr=$(local_address 993 "$3"); proto=
+                 [ -n "$addr" ] || { addr=$(local_address 143 "$3"); proto=imap; } ;;
+    esac
+    [ -n "$addr" ] || return 0  # no TLS port to probe
+    for _ in 1 2 3; do
+        handshake "$addr" "$proto" && return 0
+        sleep 1
+    done
+    # The most telling line: what could not be loaded, else the last TLS-related one.
+    hints=$(since_log "$1" "$2" | grep -Eiw 'tls|ssl|certificate|key|config|configuration')
+    hint=$(echo "$hints" | grep -Ei 'cannot|can.t|mismatch|disabling' | tail -n 1)
+    [ -n "$hint" ] || hint=$(echo "$hints" | tail -n 1)
+    echo "TLS handshake on $addr failed after reload${hint:+ ($hint)}"
+    return 1
+}
+
+# Parameter names the deploy manages, one per line (a warning naming one fails the commit).
+managed_names() {
+    sed -n -e 's/^postconf \([^=]*\)=.*/\1/p' -e 's/^postconf-X \(.*\)/\1/p' \
+        -e 's/^postconf-P [^=]*\/\([^/=]*\)=.*/\1/p' "$VERIFY" | sort -u
+}
+
+# Postfix warnings that mean the change did not take as written: postconf's about the new files
+# and those logged since the reload that name a parameter the deploy manages (unknown, unused,
+# ignored), master's duplicate entry on a mail port, any fatal or panic. Warnings about the
+# admin's own settings are theirs: they do not fail our change.
+# "support for parameter X will be removed" (smtpd_tls_dh1024_param_file on 3.9+ under
+# legacy-dhe): still in effect, and the deploy says so; not a failure.
+still_used='will be removed'
+postfix_warnings() {  # LOGMARK
+    names=$(managed_names)
+    { postconf -n 2>&1 >/dev/null; postconf -M 2>&1 >/dev/null; postconf -P 2>&1 >/dev/null; } |
+        grep -Ei 'warning|fatal|error' | grep -wF "$names" | grep -v "$still_used" | sort -u
+    logged=$(since_log postfix "$1")
+    echo "$logged" | grep -E ' (fatal|panic):|duplicate master\.cf entry for service "[^"]*" \((25|465|587)\)'
+    echo "$logged" | grep -F 'warning:' | grep -wF "$names" | grep -v "$still_used"
+}
+
+# The settings the daemon reads back are those the policy sets.
+readback() {  # DAEMON LOGMARK
+    [ -r "$VERIFY" ] || return 0
+    case "$1" in
+    postfix)
+        w=$(postfix_warnings "$2" | tail -n 3)
+        [ -z "$w" ] || { echo "Postfix warned: $(echo "$w" | tr '\n' ' ')"; return 1; }
+        n=$(postconf -n 2>/dev/null) P=$(postconf -P 2>/dev/null)
+        while IFS=' ' read -r kind rest; do
+            name=${rest%%=*} value=${rest#*=}
+            case "$kind" in
+                postconf) have=$n ;;
+                postconf-P) have=$P ;;
+                postconf-X) echo "$n" | grep -q "^$name = " &&
+                                { echo "main.cf still sets $name"; return 1; }; continue ;;
+                *) continue ;;
+            esac
+            want="$name = $value"; [ -n "$value" ] || want="$name ="
+            echo "$have" | grep -qxF "$want" || {
+                got=$(echo "$have" | grep -F "$name = " | head -n 1)
+                echo "Postfix reads ${got:-no $name} where the policy sets $want"; return 1; }
+        done < "$VERIFY" ;;
+    dovecot)
+        protos=$(doveconf -h protocols 2>/dev/null |
+            awk '{ if ($2 == "=") { if ($3 == "yes") print $1 } else for (i = 1; i <= NF; i++) print $i }')
+        keys=$(sed -n 's/^doveconf \([^=]*\)=.*/\1/p' "$VERIFY")
+        [ -n "$keys" ] || return 0
+        for proto in "" $protos; do
+            # a filter/name query prints "filter {", "  name = value", "}": compare the lines
+            # shellcheck disable=SC2086 # keys: one setting name per word
+            got=$(doveconf ${proto:+-f protocol=$proto} $keys 2>/dev/null | sed 's/^[[:space:]]*//')
+            while IFS=' ' read -r kind rest; do
+                [ "$kind" = doveconf ] || continue
+                name=${rest%%=*} value=${rest#*=} leaf=${name##*/}
+                want="$leaf = $value"; [ -n "$value" ] || want="$leaf ="
+                echo "$got" | grep -qxF "$want" && continue
+                name=$leaf
+                where=$(grep -rnE "^[[:space:]]*${name}[[:space:]]*=" /etc/dovecot 2>/dev/null |
+                        grep -v '/99-mailtls\.conf:' | tr '\n' ' ')
+                echo "Dovecot${proto:+ (protocol $proto)} serves $(echo "$got" | grep -F "$name = " | head -n 1)," \
+                     "not $want: set by ${where:-a file outside /etc/dovecot}-- remove it there"
+                return 1
+            done < "$VERIFY"
+        done ;;
+    esac
+}
+
+# What to remove, read from the suite a forbidden TLS 1.2 handshake got (an OpenSSL name): RSA
+# key exchange (no key-exchange prefix), DHE key exchange, a non-AEAD suite, or both; nothing
+# for an ECDHE AEAD suite.
+forbidden_class() {
+    c=
+    case "$1" in
+        ECDHE-*) ;;
+        DHE-*|EDH-*|ADH-*) c="DHE key exchange" ;;
+        AES*|CAMELLIA*|ARIA*|DES-*|IDEA*|RC4*|SEED*|NULL*) c="RSA key exchange" ;;
+    esac
+    case "$1" in
+        *GCM*|*CHACHA20*|*CCM*) ;;
+        *) c="${c:+$c and }a non-AEAD suite" ;;
+    esac
+    echo "$c"
+}
+
+# A handshake that must be refused was accepted: say what it got and, for TLS 1.2, which class
+# of suite that is (one probe offers all the forbidden ones: the admin must know which to remove).
+accepted() {  # PORT WHAT S_CLIENT-OUTPUT
+    proto=$(echo "$3" | sed -n 's/^Protocol version: //p')
+    suite=$(echo "$3" | sed -n 's/^Ciphersuite: //p')
+    c=
+    [ "$proto" != TLSv1.2 ] || c=$(forbidden_class "$suite")
+    if [ -n "$c" ]; then
+        echo "port $1 accepted TLS 1.2 with $c: $proto $suite (probe: $2)"
+    else
+        echo "port $1 accepted $2: $proto $suite"
+    fi
+}
+
+# Every probe line of DAEMON, for each port that listens, all at the same time; and, where the
+# config names a certificate (CERT-FILE, its fingerprint WANT), which one each port serves.
+# Prints what a port accepted that it must refuse, or refused that it must accept. They start
+# with the positive probe, not after it: a connection the port did not take (a listener Postfix
+# re-creates in its reload) is no refusal and is tried again, as is a handshake that must
+# succeed (the positive probe's three tries, 1 s apart).
+negative_probes() {  # DAEMON SOCKETS CERT-FILE WANT
+    [ -r "$VERIFY" ] || return 0
+    out=$(mktemp -d) || return 1
+    i=0 cert_ports=
+    while IFS=' ' read -r kind d port starttls expect rest; do
+        [ "$kind" = probe ] && [ "$d" = "$1" ] || continue
+        addr=$(local_address "$port" "$2")
+        [ -n "$addr" ] || continue
+        i=$((i + 1)) args=${rest%% -- *} what=${rest#* -- }
+        [ "$starttls" != - ] || starttls=
+        if [ -n "$4" ] && [ "$expect" = accept ]; then
+            case " $cert_ports " in *" $port "*) ;; *)
+                cert_ports="$cert_ports $port"
+                served_cert "$port" "$addr" "$starttls" "$3" "$4" > "$out/c$port" 2>/dev/null & ;;
+            esac
+        fi
+        (
+            try=1
+            while :; do
+                # shellcheck disable=SC2086 # args: s_client's words from verify.conf
+                r=$(s_client "$addr" "$starttls" $args)
+                ok=
+                has_line "$r" 'CONNECTION ESTABLISHED' && ok=1
+                noconn=
+                has_line "$r" 'connect:errno=' && noconn=1
+                { [ "$try" -lt 3 ] && [ -z "$ok" ] && { [ -n "$noconn" ] || [ "$expect" = accept ]; }; } ||
+                    break
+                try=$((try + 1)); sleep 1
+            done
+            if [ -n "$ok" ]; then
+                [ "$expect" = refuse ] && accepted "$port" "$what" "$r"
+            elif [ "$expect" = accept ]; then
+                echo "port $port refused $what, which the profile allows"
+            elif [ -n "$noconn" ]; then
+                echo "port $port took no connection for $what (it must refuse it)"
+            fi
+        ) > "$out/$i" 2>/dev/null &
+    done < "$VERIFY"
+    wait
+    bad=$(cat "$out"/* 2>/dev/null)
+    rm -rf "$out"
+    [ -z "$bad" ] || { echo "negative probes: $(echo "$bad" | tr '\n' ';' | sed -e 's/;$//' -e 's/;/; /g')"; return 1; }
+}
+
+# SHA-256 fingerprint of the first certificate in a PEM stream (a key before it is skipped).
+fingerprint() { openssl x509 -noout -fingerprint -sha256 2>/dev/null | sed 's/^.*=//'; }
+
+# Does PORT (at ADDRESS, STARTTLS protocol or "") serve the certificate the config names (WANT,
+# CERT-FILE's fingerprint)? Prints why not. s_client prints the certificate only without
+# -brief: one handshake of its own per port, tried again while the port takes no connection.
+served_cert() {  # PORT ADDRESS STARTTLS CERT-FILE WANT
+    for _ in 1 2 3; do
+        got=$(tls_client -connect "$2" ${3:+-starttls "$3"} 2>/dev/null | fingerprint)
+        [ -z "$got" ] || break
+        sleep 1
+    done
+    [ "$got" = "$5" ] ||
+        echo "port $1 serves the certificate ${got:-(none)}, not $4's ($5), which the config names: a setting outside mailtls names another"
+}
+
+# After a reload: the daemon still runs, listens where it did (BEFORE, from its master MPID),
+# serves what the policy says, with the certificate the config names (verify.conf `cert DAEMON
+# FILE`, where the deploy sets one). The positive probe, the read-back and the probes of
+# verify.conf run at the same time; the first that failed, in that order, says why.
+verify() {  # DAEMON LOGMARK MPID BEFORE
+    cert_file='' want_cert=''
+    [ -r "$VERIFY" ] && cert_file=$(sed -n "s/^cert $1 //p" "$VERIFY" | head -n 1)
+    # A file that holds no certificate makes the daemon fail its handshakes, which the probes
+    # report with the daemon's own words: nothing to compare with then.
+    [ -z "$cert_file" ] || want_cert=$(fingerprint < "$cert_file" 2>/dev/null)
+    running "$1" || { echo "$1 is not running after the reload"; return 1; }
+    sockets=$(ss -Hltnp 2>/dev/null)  # after the reload: for this and every probe
+    now=$(listening "$3" "$sockets")
+    gone=$(printf '%s\n' "$4" | grep -vxF -e "$now" | grep . | tr '\n' ' ')
+    [ -z "$gone" ] || { echo "$1 no longer listens on $gone after the reload"; return 1; }
+    v=$(mktemp -d) || { echo "cannot create a temporary directory"; return 1; }
+    probe "$1" "$2" "$sockets" > "$v/1" &
+    pids=$!
+    readback "$1" "$2" > "$v/2" &
+    pids="$pids $!"
+    negative_probes "$1" "$sockets" "$cert_file" "$want_cert" > "$v/3" &
+    pids="$pids $!"
+    rc=0 n=0
+    for pid in $pids; do  # in the order they started: their outputs are 1, 2, 3
+        n=$((n + 1))
+        wait "$pid" && continue
+        [ "$rc" = 0 ] && { cat "$v/$n"; rc=1; }
+    done
+    rm -rf "$v"
+    return "$rc"
+}
