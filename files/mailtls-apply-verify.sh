@@ -4,7 +4,7 @@
 # it uses mailtls-apply's since_log, running and listening. Nothing here changes a file or a
 # daemon: each function answers from its arguments, prints why a check failed and returns 1.
 #
-# The deploy's $VERIFY (tasks/probes.py) lines: `postconf NAME=VALUE` (postconf -n must show it),
+# The deploy's $VERIFY (tasks/safety/verify.py) lines: `postconf NAME=VALUE` (postconf -n must show it),
 # `postconf-P SVC/TYPE/NAME=VALUE` (postconf -P), `postconf-X NAME` (must be gone), `doveconf
 # NAME=VALUE` (every protocol), `probe DAEMON PORT STARTTLS|- accept|refuse ARGS... -- WHAT` (a
 # handshake from this host), `cert DAEMON FILE` (every accepted handshake of DAEMON presents

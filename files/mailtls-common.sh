@@ -22,7 +22,7 @@
 APPLY=/usr/local/sbin/mailtls-apply
 DH_ROTATE_BIN=/usr/local/sbin/mailtls-dh-rotate
 CERT_WATCH_BIN=/usr/local/sbin/mailtls-cert-watch
-# What mailtls-apply commit verifies after a reload, written by the deploy (tasks/probes.py).
+# What mailtls-apply commit verifies after a reload, written by the deploy (tasks/safety/verify.py).
 VERIFY=/etc/mailtls/verify.conf
 DH_ROTATE_CONF=/etc/mailtls/dh-rotate.conf
 CERT_WATCH_CONF=/etc/mailtls/cert-watch.conf
