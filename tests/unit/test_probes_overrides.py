@@ -16,7 +16,7 @@ DH = "/etc/ssl/mailtls/dh.pem"
 
 
 def by_port(profile, caps=DEB12):
-    out = {}
+    out: dict[int, dict[str, probes.Probe]] = {}
     for p in probes.probes(resolve(profile, caps, dh_file=DH)):
         out.setdefault(p.port, {})[p.what] = p
     return out
