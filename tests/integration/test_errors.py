@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from test_safety import grand_total, hosts_file_line, output, pending, snapshot, tls
+from test_safety import established, grand_total, hosts_file_line, output, pending, snapshot
 
 from conftest import PYINFRA, ROOT, run_pyinfra
 
@@ -28,7 +28,7 @@ def test_a_host_that_fails_at_run_time_does_not_stop_the_others(fresh_host, tmp_
     assert len(said) == 1 and f"[{bad.name}] {bad.name}: Postfix is not installed" in said[0], out[
         -3000:
     ]
-    assert pending(good) == "" and tls(good.address, 25)[0] == "TLSv1.3"
+    assert pending(good) == "" and established(good.address, 25)[0] == "TLSv1.3"
     assert "Mail TLS" in out and f"[{good.name}] Success" in out, out[-3000:]
     assert not bad.ssh("ls /usr/local/sbin/mailtls-apply 2>/dev/null; true").stdout  # untouched
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import probes
 import pytest
+from probes import Probe
 
 from conftest import PREFIX, SUITES, _up, run_pyinfra
 from testhosts import hosts as th
@@ -48,16 +50,16 @@ def _names(variant: str) -> list[str]:
 @dataclass
 class Snapshot:
     postfix: dict  # non-TLS part (probes.non_tls_postfix)
-    master: dict  # 'name/type' -> the whole `postconf -M` line
-    dovecot: list
+    master: dict[str, str]  # 'name/type' -> the whole `postconf -M` line
+    dovecot: list[str]
     checksums: str
-    services: dict  # port -> [master.cf services]
-    listeners: dict  # port -> ['addr process', ...]
-    sasl: dict = field(default_factory=dict)  # port -> '235 ...' or the failure
-    active: list = field(default_factory=list)
+    services: dict[int, list[str]]  # port -> [master.cf services]
+    listeners: dict[int, list[str]]  # port -> ['addr process', ...]
+    sasl: dict[int, str] = field(default_factory=dict)  # port -> '235 ...' or the failure
+    active: list[str] = field(default_factory=list)
 
 
-def _snapshot(host, sasl_ports=()) -> Snapshot:
+def _snapshot(host: th.Host, sasl_ports: Iterable[int] = ()) -> Snapshot:
     state = probes.postfix_state(host)
     return Snapshot(
         postfix=probes.non_tls_postfix(state),
@@ -72,14 +74,22 @@ def _snapshot(host, sasl_ports=()) -> Snapshot:
 
 
 @dataclass
-class Lived:
+class Observed:
+    """A shaped host, observed before the deploy."""
+
     host: th.Host
     variant: str
     before: Snapshot
-    deploy: subprocess.CompletedProcess | None  # the first run
-    after: Snapshot | None = None
-    probes: list = field(default_factory=list)
-    rerun: object = None
+
+
+@dataclass
+class Lived(Observed):
+    """The same host after the first deploy, observed again."""
+
+    deploy: subprocess.CompletedProcess  # the first run
+    after: Snapshot
+    probes: list[Probe]
+    rerun: subprocess.CompletedProcess | None  # the second run, when the first converged
 
     @property
     def refuses(self) -> tuple[str, str] | None:
@@ -87,11 +97,10 @@ class Lived:
 
     @property
     def output(self) -> str:
-        assert self.deploy is not None, "not deployed yet"
         return self.deploy.stdout + self.deploy.stderr
 
 
-def _observe(host, variant: str) -> Lived:
+def _observe(host: th.Host, variant: str) -> Observed:
     sasl_ports = next((SASL[n] for n in _names(variant) if n in SASL), ())
     before = _snapshot(host, sasl_ports)
     assert all(r.startswith("235") for r in before.sasl.values()), (
@@ -99,19 +108,20 @@ def _observe(host, variant: str) -> Lived:
         before.sasl,
     )  # the shape works
     probes.deliver(host)
-    return Lived(host, variant, before, deploy=None)
+    return Observed(host, variant, before)
 
 
-def _deploy_and_check(lived: Lived) -> Lived:
-    host = lived.host
-    lived.deploy = run_pyinfra(host, check=False)
-    lived.after = _snapshot(host, lived.before.sasl.keys())
-    lived.probes = probes.negative_probes(host.address, probes.tls_ports(host))
+def _deploy_and_check(observed: Observed) -> Lived:
+    host = observed.host
+    deploy = run_pyinfra(host, check=False)
+    after = _snapshot(host, observed.before.sasl.keys())
+    found = probes.negative_probes(host.address, probes.tls_ports(host))
+    lived = Lived(host, observed.variant, observed.before, deploy, after, found, rerun=None)
     print(
-        f"{host.name} ({host.suite}, {lived.variant}): deploy exit {lived.deploy.returncode}; probes after it:"
+        f"{host.name} ({host.suite}, {lived.variant}): deploy exit {deploy.returncode}; probes after it:"
     )
     print("\n".join(f"  {'ok ' if p.ok else 'BAD'} {p}" for p in lived.probes))
-    if lived.refuses is None and lived.deploy.returncode == 0:
+    if lived.refuses is None and deploy.returncode == 0:
         lived.rerun = run_pyinfra(host, check=False)
     return lived
 
@@ -233,6 +243,7 @@ def test_second_run_changes_nothing(lived, suite):
 
 def test_refuses_naming_the_override(lived, suite):
     one = _refusing(lived, suite)
+    assert one.refuses is not None  # _refusing() skipped the others
     path, line = one.refuses
     accepted = "\n".join(str(p) for p in one.probes if not p.ok)
     assert one.deploy.returncode != 0, (

@@ -154,11 +154,9 @@ def test_no_mail_is_lost_while_deploys_and_dh_rotations_reload_the_daemons(fresh
     for t in threads:
         t.start()
 
-    deploys, dh_sums, rotation_times = (
-        0,
-        {h.name: set() for h in hosts},
-        {h.name: [] for h in hosts},
-    )
+    deploys = 0
+    dh_sums: dict[str, set[str]] = {h.name: set() for h in hosts}
+    rotation_times: dict[str, list[float]] = {h.name: [] for h in hosts}
 
     def rotate(host) -> None:
         rotation_times[host.name].append(_rotate(host))

@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from test_dh import dhe_bits
-from test_safety import output, pending, run_and_kill, tls
+from test_safety import established, output, pending, run_and_kill, tls
 
 from conftest import run_pyinfra
 from tasks.facts import DH_ROTATE_LOCK
@@ -77,7 +77,9 @@ def test_a_shared_dh_file_stays_under_the_daemon_that_committed_with_it(fresh_ho
         assert pending(host) == "", attempt
         dovecot_starts_afresh(host)
         assert dhe_bits(host.address, 993) == 3072, attempt  # Dovecot: the new profile, DHE
-        assert tls(host.address, 25)[0] == "TLSv1.3", attempt  # Postfix: its previous config
+        assert established(host.address, 25)[0] == "TLSv1.3", (
+            attempt
+        )  # Postfix: its previous config
         if attempt == 1:  # the second run has no new DH file to write, hence none to keep
             assert f"kept {DH_FILE}, which dovecot runs with" in line, line
     # Postfix accepts once its certificate is right: both run the profile, nothing else to do.
@@ -134,7 +136,7 @@ def test_rollback_of_a_symlinked_config_keeps_the_link(fresh_host, suite):
     assert host.ssh(f"readlink {conf}").stdout.strip() == "/srv/dovecot/tls.conf"
     assert host.ssh("sha256sum < /srv/dovecot/tls.conf").stdout == before
     assert not host.ssh("ls -A /srv/dovecot /etc/dovecot/conf.d | grep mailtls-; true").stdout
-    assert tls(host.address, 993)[0] == "TLSv1.3"
+    assert established(host.address, 993)[0] == "TLSv1.3"
     # A change the daemon accepts goes through the link too.
     run_pyinfra(host, "deploy.py", "--data", "tls_profile=modern")
     assert host.ssh(f"readlink {conf}").stdout.strip() == "/srv/dovecot/tls.conf"

@@ -38,14 +38,17 @@ def pending(host) -> str:
     return host.ssh("ls -A /var/lib/mailtls/pending 2>/dev/null; true").stdout.strip()
 
 
-def _session(sock: ssl.SSLSocket) -> tuple:
+Session = tuple[str, str, str]  # protocol, cipher, sha256 of the server certificate
+
+
+def _session(sock: ssl.SSLSocket) -> Session:
     """(protocol, cipher, certificate SHA-256) of an established TLS socket."""
-    cipher, cert = sock.cipher(), sock.getpeercert(True)
-    assert cipher is not None and cert is not None
-    return sock.version(), cipher[0], hashlib.sha256(cert).hexdigest()
+    version, cipher, cert = sock.version(), sock.cipher(), sock.getpeercert(True)
+    assert version is not None and cipher is not None and cert is not None
+    return version, cipher[0], hashlib.sha256(cert).hexdigest()
 
 
-def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> tuple | None:
+def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> Session | None:
     """One handshake from the controller (STARTTLS on 25): (protocol, cipher, sha256 of the
     server certificate), or None when it fails."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -65,6 +68,13 @@ def tls(address: str, port: int, max_version: ssl.TLSVersion | None = None) -> t
             return _session(sock)
     except (ssl.SSLError, smtplib.SMTPException, OSError):
         return None
+
+
+def established(address: str, port: int) -> Session:
+    """tls() where the handshake must succeed: fails the test when it does not."""
+    session = tls(address, port)
+    assert session is not None, f"no TLS handshake with {address}:{port}"
+    return session
 
 
 def served(host) -> dict:
@@ -418,7 +428,7 @@ def test_a_reload_left_pending_by_a_dead_run_happens_on_the_next_run(fresh_host,
     for port in (25, 993):  # still the old config: TLS 1.2 refused
         for _ in range(3):
             assert tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None, port
-        assert tls(host.address, port)[0] == "TLSv1.3", port
+        assert established(host.address, port)[0] == "TLSv1.3", port
 
     res = run_pyinfra(host)
     lines = res.stderr.splitlines()
@@ -521,7 +531,7 @@ def test_connection_cut_mid_run_then_rerun_converges(fresh_host, deployed, suite
     )
     assert snapshot(host).replace(host.name, "") == snapshot(reference).replace(reference.name, "")
     for port in (25, 993):
-        assert tls(host.address, port)[:2] == tls(reference.address, port)[:2], port
+        assert established(host.address, port)[:2] == established(reference.address, port)[:2], port
     assert not host.ssh("ls /etc/dovecot/conf.d /etc/postfix | grep mailtls-new; true").stdout
     again = run_pyinfra(host)
     assert grand_total(again)[3] == "-", again.stderr[-3000:]
@@ -548,7 +558,8 @@ def test_unreachable_host_fails_alone_and_the_other_converges(fresh_host):
     assert f"[{good.name}] Success" in out, out[-3000:]
     assert took < 120, took
     assert pending(good) == ""
-    assert tls(good.address, 25)[0] == "TLSv1.3" and tls(good.address, 993)[0] == "TLSv1.3"
+    assert established(good.address, 25)[0] == "TLSv1.3"
+    assert established(good.address, 993)[0] == "TLSv1.3"
     assert grand_total(run_pyinfra(good))[3] == "-"
 
 

@@ -89,7 +89,7 @@ def test_teardown_is_clean_and_up_recovers_after_kill():
     assert not (th.STATE_DIR / f"{name}.json").exists()
     assert th.get(name) is None
     # no process of the container survives (the nspawn and everything in its cgroups)
-    assert not Path(f"/proc/{again.pid}").exists() or not th._is_our_nspawn(again.pid, name)
+    assert not Path(f"/proc/{again.pid}").exists() or not th._is_our_nspawn(again.pid, again)
 
 
 def _cli(registry: Path, *args: str) -> subprocess.CompletedProcess:

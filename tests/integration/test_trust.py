@@ -7,7 +7,7 @@ from __future__ import annotations
 import shlex
 import ssl
 
-from test_safety import output, tls
+from test_safety import established, output, tls
 
 from conftest import run_pyinfra
 
@@ -42,7 +42,7 @@ def test_log_lines_any_user_can_write_do_not_roll_a_commit_back(fresh_host, suit
     assert "injected" not in output(res)
     for port in (465, 993):  # the change is served: TLS 1.2 refused where TLS is mandatory
         assert tls(host.address, port, ssl.TLSVersion.TLSv1_2) is None, port
-        assert tls(host.address, port)[0] == "TLSv1.3", port
+        assert established(host.address, port)[0] == "TLSv1.3", port
     host.ssh(f"pkill -u {USER}; true")
 
 

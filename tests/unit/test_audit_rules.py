@@ -6,8 +6,10 @@ from __future__ import annotations
 import dataclasses
 import socket
 import traceback
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace as NS
+from typing import Any
 
 import pytest
 from sslyze import ScanCommand
@@ -226,7 +228,7 @@ class FakeScanner:
 
 def run(script, expected=None):
     FakeScanner.runs, FakeScanner.script = [], script
-    slept = []
+    slept: list[float] = []
     gathered = run_sslyze(
         "mx.test",
         [("10.0.0.2", 993), ("10.0.0.2", 25)],
@@ -386,8 +388,8 @@ def test_session_id_resumption_fails():
 # --- certificate -------------------------------------------------------------------------------
 
 
-def cert(**kw):
-    base = dict(
+def cert(**kw: Any) -> Certificate:
+    base = Certificate(
         subject="CN=mx.example.org",
         names=["mx.example.org"],
         key_type="RSA",
@@ -396,7 +398,7 @@ def cert(**kw):
         not_after=(NOW + timedelta(days=300)).isoformat(),
         chain_length=1,
     )
-    return Certificate(**(base | kw))
+    return replace(base, **kw)
 
 
 def test_expired_certificate_fails_close_one_warns():

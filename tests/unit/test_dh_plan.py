@@ -265,7 +265,8 @@ def test_host_refusal(dh_file, guard, why):
     ],
 )
 def test_unsupported_hosts_named_in_one_line(caps, why):
-    assert why in unsupported(caps)
+    said = unsupported(caps)
+    assert said is not None and why in said, said
 
 
 def test_supported_hosts():

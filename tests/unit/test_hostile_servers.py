@@ -11,6 +11,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -21,6 +22,8 @@ from tasks.policy import PORTS, Port
 # A generous bound that only keeps a regression from hanging the suite: the assertions are on
 # the result, not on the time.
 HANG = 60
+
+T = TypeVar("T")
 
 
 class Hostile:
@@ -92,23 +95,24 @@ def answer(record: bytes, starttls: bool = False) -> Callable[[socket.socket], N
     return behave
 
 
-def bounded(call: Callable[[], object]) -> object:
+def bounded(call: Callable[[], T]) -> T:
     """call() in a thread; fail if it has not returned after HANG seconds."""
-    out: dict[str, object] = {}
+    values: list[T] = []
+    errors: list[Exception] = []
 
     def run() -> None:
         try:
-            out["value"] = call()
+            values.append(call())
         except Exception as exc:  # what the probe raised is the result under test
-            out["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     thread.join(HANG)
     assert not thread.is_alive(), f"still waiting after {HANG} s"
-    if "error" in out:
-        raise out["error"]  # type: ignore[misc]
-    return out["value"]
+    if errors:
+        raise errors[0]
+    return values[0]
 
 
 def _hrr(extensions: bytes, ext_length: int | None = None) -> bytes:

@@ -24,7 +24,8 @@ def test_rfc3339_file_counts():
         "X25519": 1,
         "not logged": 2,
     }  # 3.10's 'x25519'
-    assert abs(smtpd.share_forward_secret - 2 / 3) < 1e-9
+    share = smtpd.share_forward_secret
+    assert share is not None and abs(share - 2 / 3) < 1e-9, share
     # 2.4 ssl_security lines, a 2.3 line with only "TLS", one with ssl_security after session=, one plaintext
     assert (imap.sessions, imap.details_unknown, imap.plaintext, imap.forward_secret) == (
         5,
@@ -54,8 +55,10 @@ def test_window_and_excluded_clients():
 
 def test_traditional_timestamp_year_rollover():
     jan = datetime(2027, 1, 1, 0, 10, tzinfo=UTC)
-    assert parse_time("Dec 31 23:59:59 mx x: y", jan)[0].year == 2026
-    assert parse_time("Jan  1 00:05:00 mx x: y", jan)[0] == datetime(2027, 1, 1, 0, 5, tzinfo=UTC)
+    dec31 = parse_time("Dec 31 23:59:59 mx x: y", jan)
+    jan1 = parse_time("Jan  1 00:05:00 mx x: y", jan)
+    assert dec31 is not None and dec31[0].year == 2026, dec31
+    assert jan1 is not None and jan1[0] == datetime(2027, 1, 1, 0, 5, tzinfo=UTC), jan1
 
 
 def test_rfc3339_offsets_and_other_lines():
@@ -64,6 +67,7 @@ def test_rfc3339_offsets_and_other_lines():
         "established from a[192.0.2.7]: TLSv1.2 with cipher DHE-RSA-AES256-GCM-SHA384 (256/256 bits)",
         NOW,
     )
+    assert e is not None
     assert e.time == datetime(2026, 11, 28, 17, 30, 0, 100000, tzinfo=UTC)
     assert (e.service, e.client, e.protocol, e.cipher) == (
         "postfix/submissions/smtpd",

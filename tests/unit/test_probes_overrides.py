@@ -17,7 +17,7 @@ DH = "/etc/ssl/mailtls/dh.pem"
 
 
 def by_port(profile, caps=DEB12):
-    out = {}
+    out: dict[int, dict[str, verify_conf.Probe]] = {}
     for p in verify_conf.probes(resolve(profile, caps, dh_file=DH)):
         out.setdefault(p.port, {})[p.what] = p
     return out

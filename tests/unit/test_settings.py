@@ -3,7 +3,10 @@ host and the key; each good value is accepted and normalised."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import pytest
+from pyinfra.api.host import Host
 
 from tasks.settings import (
     NAMESPACE,
@@ -534,23 +537,28 @@ class _Host:
         merged = {**self._deploy_data, **data}
         self.data = type("Data", (), {"dict": lambda _self: dict(merged)})()
 
-    def get_deploy_data(self):
+    def get_deploy_data(self) -> dict:
         return self._deploy_data
+
+
+def _host(data: dict) -> Host:
+    """A _Host where settings_for() wants a pyinfra Host: it reads only what _Host has."""
+    return cast(Host, _Host(data))
 
 
 def test_inside_the_deploy_our_data_defaults_do_not_count_as_the_users_values():
     from tasks.mail_tls import settings_for
 
     # an old name in the inventory beats the namespaced default pyinfra merged in
-    assert settings_for(_Host({"tls_profile": "modern"})).tls_profile == "modern"
+    assert settings_for(_host({"tls_profile": "modern"})).tls_profile == "modern"
     assert (
-        settings_for(_Host({"dh_rotation_schedule": "1 2 * * *"})).dh_rotation_schedule
+        settings_for(_host({"dh_rotation_schedule": "1 2 * * *"})).dh_rotation_schedule
         == "1 2 * * *"
     )
-    assert settings_for(_Host({})) == validate({}, HOST)
+    assert settings_for(_host({})) == validate({}, HOST)
     # values the user gave are still checked, namespaced or not
     with pytest.raises(SettingsError, match="mailtls_tls_profile='x'"):
-        settings_for(_Host({"mailtls_tls_profile": "x"}))
+        settings_for(_host({"mailtls_tls_profile": "x"}))
 
 
 # --- issue 12: paths are normalised before they are compared; no shared directories; ASCII cron --
