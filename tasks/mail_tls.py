@@ -1,9 +1,11 @@
 """The mail TLS deploy as a reusable pyinfra @deploy: `from tasks.mail_tls import mail_tls`.
 
-One host, in order: read everything (one fact), compute its config (tasks/host_conf.py: the
-policy for what the host runs, both daemons' settings), then DH file (apply_dh, below) ->
-certificate copies -> Postfix -> Dovecot, then one commit that checks, reloads and probes each daemon
-whose config changed or whose reload is still pending from an interrupted run.
+One host, in order: read everything (one fact), make every plan (tasks/host_conf.py: the policy
+for what the host runs, DH, certificates, both daemons' settings, what the commit verifies),
+install the safety net, then each feature's apply step: DH file (tasks/dh/apply.py) ->
+certificate copies (tasks/certs/apply.py) -> Postfix -> Dovecot, then one commit that checks,
+reloads and probes each daemon whose config changed or whose reload is still pending from an
+interrupted run.
 """
 
 from __future__ import annotations
