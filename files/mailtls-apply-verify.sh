@@ -8,7 +8,8 @@
 # `postconf-P SVC/TYPE/NAME=VALUE` (postconf -P), `postconf-X NAME` (must be gone), `doveconf
 # NAME=VALUE` (every protocol), `probe DAEMON PORT STARTTLS|- accept|refuse ARGS... -- WHAT` (a
 # handshake from this host), `cert DAEMON FILE` (every accepted handshake of DAEMON presents
-# FILE's first certificate).
+# FILE's first certificate), `outbound SVC/TYPE MAX OFFER` (Postfix's TLS client with that
+# transport's groups sends a first ClientHello of at most MAX bytes, 0 = any, offering OFFER).
 
 # Address a local client can reach for a listening TCP port ("" when nothing listens): its
 # first listening address, a wildcard as loopback. From SOCKETS (one `ss` for every probe of a
@@ -239,6 +240,100 @@ served_cert() {  # PORT ADDRESS STARTTLS CERT-FILE WANT
         echo "port $1 serves the certificate ${got:-(none)}, not $4's ($5), which the config names: a setting outside mailtls names another"
 }
 
+# The first ClientHello in an `openssl s_server -trace` file: "BYTES|OFFERED|SHARES|SNI-HEX",
+# BYTES on the wire (record header included), the supported_groups and key_share group names
+# and the server_name extension's bytes in hex.
+client_hello_of() {  # TRACE-FILE
+    awk '
+    /^ *Length = / { len = $3 }
+    /ClientHello, Length=/ { if (seen) exit; seen = 1; inch = 1; size = len + 5; next }
+    inch && /^$/ { exit }
+    inch && /extension_type=/ { ext = $1; next }
+    inch && ext ~ /^extension_type=supported_groups/ { offered = offered " " $1 }
+    inch && ext ~ /^extension_type=key_share/ && $1 == "NamedGroup:" { shares = shares " " $2 }
+    inch && ext ~ /^extension_type=server_name/ && $2 == "-" {
+        for (i = 3; i <= NF && i <= 17; i++) if ($i ~ /^[0-9a-f][0-9a-f](-[0-9a-f][0-9a-f])?$/) {
+            b = $i; sub(/-/, "", b); sni = sni b
+        }
+    }
+    END { print size "|" offered "|" shares "|" sni }' "$1"
+}
+
+# What Postfix's TLS client sends with GROUPS (a tls_eecdh_auto_curves value; "" = main.cf's):
+# posttls-finger, the same TLS client code as smtp(8), to a throwaway s_server on loopback that
+# traces the handshake. posttls-finger sends a random SNI name that the ClientHello must carry:
+# a local user who connects first to the port cannot pass for our client. Prints
+# client_hello_of's line, nothing when no ClientHello came.
+client_hello() {  # GROUPS
+    d=$(mktemp -d) || return 1
+    (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -days 1 -subj /CN=mailtls-outbound-check -keyout "$d/key" -out "$d/cert") >/dev/null 2>&1
+    name="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n').mailtls.invalid"
+    want=$(printf %s "$name" | od -An -tx1 | tr -d ' \n')
+    line=
+    for _ in 1 2 3; do  # a port someone else took: another one
+        port=$(( $(od -An -N2 -tu2 /dev/urandom) % 28000 + 32000 ))
+        : > "$d/trace"
+        # -rev reads no stdin (at EOF s_server would stop before the handshake)
+        timeout 15 openssl s_server -accept "127.0.0.1:$port" -naccept 1 -rev -cert "$d/cert" \
+            -key "$d/key" -trace -msgfile "$d/trace" </dev/null >/dev/null 2>&1 &
+        spid=$!
+        for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+            ss -Hltn "sport = :$port" | grep -q . && break
+            kill -0 "$spid" 2>/dev/null || break
+            sleep 0.1
+        done
+        timeout 15 posttls-finger -w -c -l may -s "$name" ${1:+-o "tls_eecdh_auto_curves=$1"} \
+            "[127.0.0.1]:$port" >/dev/null 2>&1 &
+        fpid=$!
+        # posttls-finger then waits for a greeting s_server never sends: stop both once the
+        # server has answered the first ClientHello.
+        for _ in $(seq 50); do
+            grep -q '^Sent TLS Record' "$d/trace" 2>/dev/null && break
+            kill -0 "$spid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill "$fpid" "$spid" 2>/dev/null
+        wait "$fpid" "$spid" 2>/dev/null
+        line=$(client_hello_of "$d/trace")
+        case "${line##*|}" in *"$want") break ;; esac  # after the list's length and type
+        line=
+    done
+    rm -rf "$d"
+    [ -z "$line" ] || echo "${line%|*}"
+}
+
+# Every `outbound` line of $VERIFY, one handshake per distinct group setting: the client's
+# first ClientHello fits MAX bytes and offers OFFER. Prints what is wrong.
+outbound_probes() {
+    [ -r "$VERIFY" ] || return 0
+    grep -q '^outbound ' "$VERIFY" || return 0
+    P=$(postconf -P 2>/dev/null)
+    checked=
+    while IFS=' ' read -r kind svc max offer; do
+        [ "$kind" = outbound ] || continue
+        groups=$(echo "$P" | awk -v k="$svc/tls_eecdh_auto_curves" '$1 == k && $2 == "=" { sub(/^[^=]*= /, ""); print; exit }')
+        case "$checked" in *"|$groups $max $offer|"*) continue ;; esac
+        checked="$checked|$groups $max $offer|"
+        hello=$(client_hello "$groups")
+        if [ -z "$hello" ]; then
+            echo "outbound: no ClientHello from Postfix's TLS client with $svc's groups (${groups:-as main.cf sets them})"
+            return 1
+        fi
+        bytes=${hello%%|*} rest=${hello#*|}
+        offered=${rest%%|*} shares=${rest#*|}
+        if [ "$max" -gt 0 ] && [ "$bytes" -gt "$max" ]; then
+            echo "outbound: $svc sends a ClientHello of $bytes bytes (more than $max: over one TCP segment), key share$shares"
+            return 1
+        fi
+        if [ "$offer" != - ]; then
+            case " $offered " in *" $offer "*) ;; *)
+                echo "outbound: $svc does not offer $offer (offers$offered)"; return 1 ;;
+            esac
+        fi
+    done < "$VERIFY"
+}
+
 # After a reload: the daemon still runs, listens where it did (BEFORE, from its master MPID),
 # serves what the policy says, with the certificate the config names (verify.conf `cert DAEMON
 # FILE`, where the deploy sets one). The positive probe, the read-back and the probes of
@@ -261,8 +356,12 @@ verify() {  # DAEMON LOGMARK MPID BEFORE
     pids="$pids $!"
     negative_probes "$1" "$sockets" "$cert_file" "$want_cert" > "$v/3" &
     pids="$pids $!"
+    if [ "$1" = postfix ]; then
+        outbound_probes > "$v/4" &
+        pids="$pids $!"
+    fi
     rc=0 n=0
-    for pid in $pids; do  # in the order they started: their outputs are 1, 2, 3
+    for pid in $pids; do  # in the order they started: their outputs are 1, 2, 3, 4
         n=$((n + 1))
         wait "$pid" && continue
         [ "$rc" = 0 ] && { cat "$v/$n"; rc=1; }

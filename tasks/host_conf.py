@@ -121,6 +121,7 @@ def render(settings: Settings, info: HostFacts) -> HostConf:
             postfix.remove,
             None if dovecot is None else dovecot_conf.readback(dovecot),
             {"postfix": pf_cert, "dovecot": dc_cert if check_dc else None},
+            postfix_conf.clients(postfix),
         )
     return HostConf(
         policy,

@@ -37,6 +37,19 @@ TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA2
 PQ_HYBRID = "X25519MLKEM768"
 CLASSIC_GROUPS = ("X25519", "prime256v1", "secp384r1")
 
+# --- The client direction: the sessions Postfix's smtp/lmtp client opens (README "Outbound").
+# A ClientHello larger than one TCP segment is what old middleboxes and some servers fail on,
+# and where TLS is opportunistic a failed handshake means plaintext: the client's hello stays
+# under an Ethernet MSS (1,460 bytes), with room for tunnels, unless a setting asks otherwise.
+CLIENT_HELLO_MAX = 1400
+# Outbound groups where the hybrid group is not offered: Postfix 3.7's own default, broad (the
+# client must talk to every peer; narrowing it never adds forward secrecy).
+CLIENT_CLASSIC_GROUPS = ("X25519", "X448", "prime256v1", "secp521r1", "secp384r1")
+# How the client offers X25519MLKEM768: "deferred" (in supported_groups, with an X25519 key
+# share: its own share only when a server asks for it by HelloRetryRequest, as Postfix 3.11
+# does by default), "share" (its 1,216-byte key share in every ClientHello), "off".
+OUTBOUND_PQ = ("deferred", "share", "off")
+
 PROTOCOLS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
 MIN_DH_BITS = 2048
 
@@ -235,6 +248,7 @@ class Policy:
     dh_file: str | None = None
     notes: tuple[str, ...] = field(default=())
     resumption: Resumption = RESUMPTION[DEFAULT_RESUMPTION]
+    outbound_pq: str = "off"  # one of OUTBOUND_PQ: the client direction's hybrid group
 
     @property
     def name(self) -> str:
@@ -259,6 +273,12 @@ class Policy:
     @property
     def offers_dhe(self) -> bool:
         return any(s.startswith("DHE-") for s in self.tls12_suites)
+
+    @property
+    def client_hello_max(self) -> int | None:
+        """The bound on the client's first ClientHello, in bytes on the wire (None: unbounded,
+        the hybrid key share was asked for)."""
+        return None if self.outbound_pq == "share" else CLIENT_HELLO_MAX
 
     def floor(self, port: int) -> str:
         """The lowest protocol `port` may accept: the opportunistic floor where TLS is optional.
@@ -306,10 +326,12 @@ def resolve(
     pq_hybrid: bool = True,
     dh_file: str | None = None,
     resumption: str = DEFAULT_RESUMPTION,
+    outbound_pq_share: bool = False,
 ) -> Policy:
     """The policy for `profile` on a host with `caps`.
 
-    pq_hybrid: offer X25519MLKEM768 first where the host's OpenSSL can (>= 3.5).
+    pq_hybrid: offer X25519MLKEM768 first where the host's OpenSSL can (>= 3.5); the client
+    direction then offers it too, with a classic key share unless `outbound_pq_share`.
     dh_file: path of the DH parameter file on the host; required when the profile offers DHE.
     resumption: a key of RESUMPTION.
     """
@@ -338,6 +360,11 @@ def resolve(
         dh_file=dh_file,
         notes=tuple(notes),
         resumption=RESUMPTION[resumption],
+        outbound_pq=(
+            ("share" if outbound_pq_share else "deferred")
+            if offers_pq_hybrid(caps, pq_hybrid)
+            else "off"
+        ),
     )
 
 

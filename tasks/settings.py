@@ -105,6 +105,17 @@ SETTINGS: tuple[Setting, ...] = (
         alias=False,
     ),
     Setting(
+        "outbound_pq_share",
+        False,
+        validators.boolean,
+        "Outbound (Postfix's smtp/lmtp client, OpenSSL >= 3.5): also send the 1,216-byte "
+        "X25519MLKEM768 key share, so a PQ peer needs no HelloRetryRequest; every ClientHello "
+        "then spans two TCP segments (1,623 bytes), which some middleboxes and servers fail on. "
+        "Off: the hybrid group is offered with an X25519 share (517 bytes), as Postfix 3.11 does. "
+        'README "Outbound".',
+        alias=False,
+    ),
+    Setting(
         "postfix_cert_file",
         None,
         validators.path_or_none,
@@ -226,6 +237,7 @@ class Settings:
     tls_profile: str
     tls_pq_hybrid: bool
     tls_resumption: str
+    outbound_pq_share: bool
     postfix_cert_file: str | None
     postfix_key_file: str | None
     dovecot_cert_file: str | None
@@ -252,6 +264,7 @@ class Settings:
             pq_hybrid=self.tls_pq_hybrid,
             dh_file=self.dh_file,
             resumption=self.tls_resumption,
+            outbound_pq_share=self.outbound_pq_share,
         )
 
 

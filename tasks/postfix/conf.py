@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tasks.policy import HostCaps, Policy, minver, ports_of
+from tasks.policy import CLIENT_CLASSIC_GROUPS, HostCaps, Policy, minver, ports_of
 
 # Parameters the seed set that modern Postfix ignores and 3.9+ warns about: removed if present.
 OBSOLETE = ("smtpd_tls_eecdh_grade", "smtpd_tls_dh512_param_file")
@@ -69,6 +69,40 @@ OTHER_CERT_PARAMS = (
 )
 
 
+# The commands of master.cf services that open TLS sessions as a client: the SMTP client (smtp,
+# relay and any content-filter transport run it) and the LMTP client. tlsproxy takes the
+# client's groups from the smtp process that asks it (tls_proxy_client_param_proto.c).
+CLIENT_COMMANDS = ("smtp", "lmtp")
+# main.cf's group list is global: without a per-transport override the client would send the
+# server's list, hybrid group first, as its only key share (1,584 bytes on Debian 13).
+CLIENT_GROUPS = {
+    # Postfix 3.11's own default: OpenSSL's list with the hybrid key share deferred until a
+    # server asks for it (RELEASE_NOTES-3.11, postconf(5) tls_eecdh_auto_curves): 517 bytes.
+    "deferred": "?X25519MLKEM768:DEFAULT",
+    # OpenSSL's own default: X25519MLKEM768 and X25519 key shares, 1,623 bytes.
+    "share": "DEFAULT",
+    # No hybrid group: Postfix 3.7's default list, colon-separated (no spaces in a -o value).
+    "off": ":".join(CLIENT_CLASSIC_GROUPS),
+}
+
+
+CLIENT_GROUPS_PARAMS = ("tls_eecdh_auto_curves",)
+
+
+def client_cf(policy: Policy) -> dict[str, str]:
+    """The -o overrides of every client transport (CLIENT_COMMANDS): the outbound groups.
+
+    Everything else of the client stays as the admin has it, broad by default
+    (smtp_tls_protocols, smtp_tls_ciphers = medium, smtp_tls_security_level): opportunistic
+    outbound TLS is never narrowed into plaintext.
+
+    >>> from tasks.policy import HostCaps, resolve
+    >>> client_cf(resolve("intermediate", HostCaps((3, 10, 13), None, (3, 5, 9))))
+    {'tls_eecdh_auto_curves': '?X25519MLKEM768:DEFAULT'}
+    """
+    return {CLIENT_GROUPS_PARAMS[0]: CLIENT_GROUPS[policy.outbound_pq]}
+
+
 class MasterCfError(ValueError):
     """master.cf is in a shape the deploy must not guess about (e.g. two services, one port)."""
 
@@ -88,6 +122,31 @@ class Service:
         if self.command != "smtpd":
             return False
         return self.port in SMTPD_PORTS or self.key.endswith("/pass")
+
+    @property
+    def client(self) -> bool:
+        """A transport that runs an SMTP or LMTP client (CLIENT_COMMANDS)."""
+        return self.command in CLIENT_COMMANDS
+
+    def speaks_tls(self, main: Mapping[str, str], master_params: Mapping[str, str]) -> bool:
+        """Whether this client transport may use TLS: a TLS policy table, a security level
+        other than none, or (no level set) the pre-2.3 switches, as its -o or main.cf (`main`)
+        sets them.
+        The admin's `-o smtp_tls_security_level=none` on a content filter stays untouched.
+        """
+        if not self.client:
+            return False
+
+        def get(name: str) -> str:
+            param = f"{self.command}_{name}"
+            return master_params.get(f"{self.key}/{param}", main.get(param, ""))
+
+        level = get("tls_security_level")
+        if get("tls_policy_maps"):  # a policy table's entry beats the level (postconf(5))
+            return True
+        if level:  # set: the obsolete switches are ignored
+            return level != "none"
+        return "yes" in (get("use_tls"), get("enforce_tls"))
 
 
 def parse_service(key: str, line: str) -> Service:
@@ -114,6 +173,16 @@ def parse_service(key: str, line: str) -> Service:
 
 def _overlap(a: Service, b: Service) -> bool:
     return not a.host or not b.host or a.host == b.host
+
+
+def clients(conf: PostfixConf) -> tuple[str, ...]:
+    """The client transports `conf` gives the client direction's groups ('name/type').
+
+    >>> clients(PostfixConf({}, (), {}, {"smtp/unix/tls_eecdh_auto_curves": "DEFAULT"}))
+    ('smtp/unix',)
+    """
+    suffix = "/" + next(iter(CLIENT_GROUPS_PARAMS))
+    return tuple(k.removesuffix(suffix) for k in conf.params if k.endswith(suffix))
 
 
 def listeners(services: Mapping[str, str]) -> dict[int, list[Service]]:
@@ -241,11 +310,12 @@ def master_cf(
     submissions: bool = True,
     main: Mapping[str, str] | None = None,
     master_params: Mapping[str, str] | None = None,
+    current: Mapping[str, str] | None = None,
 ) -> MasterPlan:
     """The master.cf changes for the mail ports, found by what each service listens on.
 
     `present` is `postconf -M` keyed by 'name/type', `master_params` its `postconf -P`, `main` the
-    main.cf settings the deploy sets. 465 may be served by `smtps`, `submissions`, `465` or
+    main.cf settings the deploy sets, `current` main.cf's before (`postconf -n`). 465 may be served by `smtps`, `submissions`, `465` or
     `[addr]:465`, 587 by `submission` or `587`: an existing service is reused, never a second one
     created. A service that exists is hardened even when its enable setting is off: every TLS
     session it serves must follow the policy. Only TLS-policy -o options are set or removed;
@@ -254,6 +324,7 @@ def master_cf(
     """
     main = main or {}
     master_params = master_params or {}
+    after = {**(current or {}), **main}  # main.cf as it will be: the clients' TLS switches
     wanted = {587: submission, 465: submissions}
     by_port = listeners(present)
     create, params, unset, notes = {}, {}, [], []
@@ -281,8 +352,11 @@ def master_cf(
             params.update({f"{svc.key}/{k}": v for k, v in overrides.items()})
     # Every mail-facing smtpd (25, 465, 587, postscreen's "pass"): a TLS-policy -o override that
     # differs from main.cf goes, so main.cf's policy (or ours above) is what the service serves.
+    # Every client transport that may use TLS gets the client direction's groups.
     for key, line in present.items():
         svc = parse_service(key, line)
+        if svc.speaks_tls(after, master_params):
+            params.update({f"{key}/{k}": v for k, v in client_cf(policy).items()})
         if not svc.mail_facing:
             continue
         for param in sorted(POLICY_PARAMS):
@@ -308,7 +382,7 @@ def render(
     `services` and `postconf -P` `master_params`. Raises MasterCfError (nothing to change
     safely) when master.cf has two services on one mail port."""
     main = main_cf(policy, caps, current, cert_file, key_file)
-    plan = master_cf(policy, services, submission, submissions, main, master_params)
+    plan = master_cf(policy, services, submission, submissions, main, master_params, current)
     return PostfixConf(
         main=main,
         remove=removed(policy),

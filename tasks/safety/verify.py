@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tasks.policy import Policy, ports_of
+from tasks.policy import PQ_HYBRID, Policy, ports_of
 from tasks.scripts import CONTRACT
 
 VERIFY_PATH = CONTRACT["VERIFY"]
@@ -112,6 +112,32 @@ def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) ->
     ]
 
 
+@dataclass(frozen=True)
+class Outbound:
+    """The check of one client transport: the first ClientHello Postfix's TLS client sends with
+    the transport's groups (posttls-finger to a throwaway `openssl s_server` on loopback) is at
+    most `max_bytes` on the wire (0: unbounded) and offers `offers` (None: nothing required)."""
+
+    service: str  # 'name/type' of a master.cf client transport
+    max_bytes: int
+    offers: str | None
+
+    def line(self) -> str:
+        return f"outbound {self.service} {self.max_bytes} {self.offers or '-'}"
+
+
+def outbound(policy: Policy, clients: tuple[str, ...]) -> list[Outbound]:
+    """The outbound checks of the client transports `clients` under `policy`.
+
+    >>> from tasks.policy import HostCaps, resolve
+    >>> caps = HostCaps(postfix=(3, 10, 13), dovecot=None, openssl=(3, 5, 9))
+    >>> outbound(resolve("intermediate", caps), ("smtp/unix",))[0].line()
+    'outbound smtp/unix 1400 X25519MLKEM768'
+    """
+    offers = None if policy.outbound_pq == "off" else PQ_HYBRID
+    return [Outbound(svc, policy.client_hello_max or 0, offers) for svc in clients]
+
+
 # Set only on the first run (TLS off before, a service the deploy creates): a verify file with
 # them would differ on the next run and rewrite itself, and they are no TLS policy.
 FIRST_RUN_ONLY = ("smtpd_tls_security_level", "smtp_tls_security_level", "syslog_name")
@@ -133,6 +159,7 @@ def render(
     postfix_removed: tuple[str, ...],
     dovecot: dict[str, str] | None,
     certificates: dict[str, str | None] | None = None,
+    clients: tuple[str, ...] = (),
 ) -> str:
     """The verify file: settings each daemon must report after the reload, then the probes.
 
@@ -141,7 +168,8 @@ def render(
     gone (a warning naming one of these, or any of the above, fails the commit); dovecot: the
     TLS settings `doveconf -f protocol=P` must report for every protocol, None without Dovecot;
     certificates: {daemon: file} where the deploy names the certificate: every handshake that
-    must succeed on that daemon's ports presents the first certificate in that file.
+    must succeed on that daemon's ports presents the first certificate in that file;
+    clients: the master.cf client transports ('name/type'), each checked by `outbound`.
 
         >>> from tasks.policy import HostCaps, resolve
         >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=None, openssl=(3, 0, 20))
@@ -161,4 +189,5 @@ def render(
     daemons = ("postfix",) + (("dovecot",) if dovecot is not None else ())
     lines += [f"cert {d} {f}" for d, f in (certificates or {}).items() if f and d in daemons]
     lines += [probe.line() for probe in probes(policy, daemons)]
+    lines += [check.line() for check in outbound(policy, clients)]
     return "\n".join(lines) + "\n"

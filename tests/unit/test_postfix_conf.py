@@ -2,10 +2,15 @@
 only TLS-policy -o options touched."""
 
 import pytest
+from mastercf import postconf
 
-from tasks.policy import HostCaps, resolve
+from tasks.host_conf import render as host_render
+from tasks.host_facts import HostFacts
+from tasks.policy import CLIENT_HELLO_MAX, HostCaps, resolve
 from tasks.postfix import apply as postfix_apply
 from tasks.postfix import conf as postfix_conf
+from tasks.safety import verify as verify_conf
+from tasks.settings import validate
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 POLICY = resolve("intermediate", DEB12)
@@ -41,30 +46,6 @@ smtps     inet  n       -       y       -       -       smtpd
 #  -o syslog_name=postfix/submissions
 """
 )
-
-
-def postconf(master_cf: str) -> tuple[dict, dict]:
-    """What `postconf -M` and `postconf -P` report for a master.cf text (as the MailHost fact
-    keys them): active entries only, continuation lines joined."""
-    entries: list[str] = []
-    for line in master_cf.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        if line[0].isspace():
-            entries[-1] += " " + line.strip()
-        else:
-            entries.append(line.strip())
-    services, params = {}, {}
-    for entry in entries:
-        fields = entry.split()
-        key = f"{fields[0]}/{fields[1]}"
-        services[key] = " ".join(fields)
-        args = fields[8:]
-        for flag, value in zip(args, args[1:], strict=False):
-            if flag == "-o":
-                name, _, val = value.partition("=")
-                params[f"{key}/{name}"] = val
-    return services, params
 
 
 def plan(master_cf: str, **kw):
@@ -195,3 +176,134 @@ def test_converged_legacy_host_has_nothing_left_to_do():
     main = dict(MAIN, **conf.main)
     assert not conf.missing_from(main, services, params).params
     assert not conf.missing_from(main, services, params).unset
+
+
+# --- The client direction: Postfix's smtp/lmtp transports get groups of their own, so the
+# outbound ClientHello stays within one TCP segment while the server keeps its hybrid-first list.
+
+DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
+DEB14 = HostCaps(postfix=(3, 11, 7), dovecot=(2, 4, 5), openssl=(3, 6, 5))
+
+# Debian's master.cf client transports, plus a content filter that never does TLS.
+MASTER = """\
+smtp      inet  n       -       y       -       -       smtpd
+smtp      unix  -       -       y       -       -       smtp
+relay     unix  -       -       y       -       -       smtp
+        -o syslog_name=${multi_instance_name?{$multi_instance_name}:{postfix}}/$service_name
+lmtp      unix  -       -       y       -       -       lmtp
+local     unix  -       n       n       -       -       local
+amavis    unix  -       -       -       -       2       smtp
+  -o smtp_data_done_timeout=1200 -o smtp_tls_security_level=none
+"""
+CURVES = "tls_eecdh_auto_curves"
+
+
+def conf(caps, main=None, master=MASTER, **kw):
+    services, params = postconf(master)
+    policy = resolve("intermediate", caps, **kw)
+    return policy, postfix_conf.render(policy, caps, main or {}, services, params)
+
+
+@pytest.mark.parametrize(
+    "caps,groups",
+    [
+        (DEB12, "X25519:X448:prime256v1:secp521r1:secp384r1"),  # Postfix 3.7's own default
+        (DEB13, "?X25519MLKEM768:DEFAULT"),  # Postfix 3.11's own default, on 3.10
+        (DEB14, "?X25519MLKEM768:DEFAULT"),
+    ],
+)
+def test_every_tls_client_transport_gets_the_client_groups(caps, groups):
+    policy, pf = conf(caps)
+    clients = {k: v for k, v in pf.params.items() if k.endswith("/" + CURVES)}
+    # smtp and relay run the SMTP client with TLS (the deploy sets smtp_tls_security_level=may);
+    # lmtp has no TLS level on Debian, the amavis filter says none: both untouched.
+    assert clients == {"smtp/unix/" + CURVES: groups, "relay/unix/" + CURVES: groups}
+    assert postfix_conf.clients(pf) == ("smtp/unix", "relay/unix")
+    # the server side keeps the policy's list, hybrid group first where OpenSSL has it
+    assert pf.main[CURVES] == " ".join(policy.groups)
+    assert pf.main[CURVES].startswith("X25519MLKEM768") == (caps.openssl >= (3, 5))
+
+
+def test_only_the_groups_of_a_client_transport_change():
+    _, pf = conf(DEB13)
+    touched = {k.rsplit("/", 1)[0] for k in pf.params} | {k.rsplit("/", 1)[0] for k in pf.unset}
+    assert "amavis/unix" not in touched and "lmtp/unix" not in touched
+    assert [k for k in pf.params if k.startswith(("smtp/unix/", "relay/unix/"))] == [
+        "smtp/unix/" + CURVES,
+        "relay/unix/" + CURVES,
+    ]
+
+
+@pytest.mark.parametrize(
+    "main,extra,expect",
+    [
+        # LMTP with TLS in main.cf, a filter whose own -o asks for TLS, a policy table
+        ({"lmtp_tls_security_level": "may"}, "", {"smtp/unix", "relay/unix", "lmtp/unix"}),
+        (
+            {},
+            "out unix - - y - - smtp -o smtp_tls_security_level=encrypt\n",
+            {"smtp/unix", "relay/unix", "out/unix"},
+        ),
+        # a policy table's entries beat any level, the filter's own none included
+        (
+            {"smtp_tls_security_level": "none", "smtp_tls_policy_maps": "hash:/etc/postfix/tls"},
+            "",
+            {"smtp/unix", "relay/unix", "amavis/unix"},
+        ),
+        # the pre-2.3 switch counts only where no level is set (the filter's none wins)
+        ({"smtp_use_tls": "yes", "smtp_tls_security_level": ""}, "", {"smtp/unix", "relay/unix"}),
+    ],
+)
+def test_which_transports_may_use_tls(main, extra, expect):
+    _, pf = conf(DEB13, main, MASTER + extra)
+    assert set(postfix_conf.clients(pf)) == expect
+
+
+def test_an_smtp_client_the_admin_keeps_in_plaintext_is_left_alone():
+    # main.cf already sets a level (the deploy leaves it) and it is none: no TLS, nothing to set
+    services, params = postconf(MASTER)
+    policy = resolve("intermediate", DEB13)
+    main = {"smtp_tls_security_level": "none"}
+    main_cf = postfix_conf.main_cf(policy, DEB13, main)
+    plan = postfix_conf.master_cf(
+        policy, services, main=main_cf, master_params=params, current=main
+    )
+    # the deploy turns a none level into may: TLS stays available outbound, so the groups apply
+    assert main_cf["smtp_tls_security_level"] == "may"
+    assert "smtp/unix/" + CURVES in plan.params
+
+
+@pytest.mark.parametrize(
+    "kw,groups,max_bytes,offers",
+    [
+        ({}, "?X25519MLKEM768:DEFAULT", CLIENT_HELLO_MAX, "X25519MLKEM768"),
+        ({"outbound_pq_share": True}, "DEFAULT", 0, "X25519MLKEM768"),
+        ({"pq_hybrid": False}, "X25519:X448:prime256v1:secp521r1:secp384r1", CLIENT_HELLO_MAX, "-"),
+    ],
+)
+def test_the_hybrid_share_outbound_is_a_setting(kw, groups, max_bytes, offers):
+    policy, pf = conf(DEB13, **kw)
+    assert pf.params["smtp/unix/" + CURVES] == groups
+    lines = [c.line() for c in verify_conf.outbound(policy, postfix_conf.clients(pf))]
+    assert lines == [
+        f"outbound smtp/unix {max_bytes} {offers}",
+        f"outbound relay/unix {max_bytes} {offers}",
+    ]
+
+
+def test_a_converged_host_has_nothing_left_and_the_verify_file_checks_the_clients():
+    services, params = postconf(MASTER)
+    info = HostFacts(DEB13, postconf={}, services=services, master_params=params)
+    hc = host_render(validate({}, "mx1"), info)
+    assert hc.postfix is not None and hc.verify is not None
+    assert "outbound smtp/unix 1400 X25519MLKEM768" in hc.verify.splitlines()
+    assert "postconf-P smtp/unix/tls_eecdh_auto_curves=?X25519MLKEM768:DEFAULT" in hc.verify
+    applied = {**params, **hc.postfix.params}
+    main = {**info.postconf, **hc.postfix.main}
+    assert not hc.postfix.missing_from(main, {**services, **hc.postfix.services}, applied).params
+
+
+def test_the_setting_is_validated():
+    assert validate({"mailtls_outbound_pq_share": "yes"}, "mx1").outbound_pq_share is True
+    with pytest.raises(ValueError, match="mailtls_outbound_pq_share"):
+        validate({"mailtls_outbound_pq_share": "sometimes"}, "mx1")

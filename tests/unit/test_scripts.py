@@ -85,3 +85,37 @@ def test_the_contract_takes_only_what_both_sides_read_alike(line):
     text = f"{scripts._BEGIN}\nA=/a\n{line}\n{scripts._END}\n"
     with pytest.raises(ValueError):
         scripts.parse_contract(text)
+
+
+DATA = scripts.FILES.parent / "tests" / "unit" / "data"
+
+
+@pytest.mark.parametrize(
+    "sample,expect",
+    [
+        # Postfix 3.11's default on Debian 13: an X25519 share, the hybrid group still offered
+        (
+            "s_server-trace-deferred.txt",
+            "517| X25519MLKEM768 ecdh_x25519 secp256r1 ecdh_x448 secp384r1 secp521r1 ffdhe2048 "
+            "ffdhe3072| ecdh_x25519",
+        ),
+        # the server's list as the client's: its only share is the 1,216-byte hybrid one
+        (
+            "s_server-trace-pq-share.txt",
+            "1625| X25519MLKEM768 ecdh_x25519 secp256r1 secp384r1| X25519MLKEM768",
+        ),
+    ],
+)
+def test_the_outbound_check_reads_the_first_client_hello(sample, expect):
+    """client_hello_of (files/mailtls-apply-verify.sh) on `openssl s_server -trace` output
+    captured on a Debian 13 test host from posttls-finger with SNI 0123456789abcdef.mailtls.invalid."""
+    verify_sh = (scripts.FILES / "mailtls-apply-verify.sh").read_text()
+    out = subprocess.run(
+        ["sh", "-c", verify_sh + '\nclient_hello_of "$1"', "sh", str(DATA / sample)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    hello, _, sni = out.rpartition("|")
+    assert hello == expect
+    assert sni.endswith(b"0123456789abcdef.mailtls.invalid".hex())

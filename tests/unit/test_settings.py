@@ -498,6 +498,7 @@ def test_every_setting_is_covered():
         "audit_json": 5,
         "audit_exclude_self": "x",
         "cert_watch": "x",
+        "outbound_pq_share": "x",
     }
     assert set(bad) == {s.key for s in SETTINGS}, "a new setting needs its validation tests"
     for key, value in bad.items():
