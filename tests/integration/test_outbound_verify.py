@@ -1,0 +1,69 @@
+"""The commit's outbound check on real Debian 12 and 13 hosts: Postfix's own TLS client
+(posttls-finger) with each client transport's groups, traced by a throwaway s_server on
+loopback. A client hello over one TCP segment, or one without the hybrid group where it is
+due, fails the commit and rolls it back."""
+
+from __future__ import annotations
+
+from conftest import run_pyinfra
+
+APPLY = "/usr/local/sbin/mailtls-apply"
+VERIFY = "/etc/mailtls/verify.conf"
+CURVES = "smtp/unix/tls_eecdh_auto_curves"
+# The server's list as the client's (what main.cf alone gave the client before): its only key
+# share is the hybrid group's, 1,584-1,629 bytes on Debian 13.
+SERVER_LIST = "X25519MLKEM768:X25519:prime256v1:secp384r1"
+
+
+def commit_client_groups(host, groups: str):
+    """Set smtp/unix's groups through mailtls-apply, with verify.conf reading back that value
+    (so only the outbound check can object), and commit."""
+    return host.ssh(
+        f"sed -i 's|^postconf-P {CURVES}=.*|postconf-P {CURVES}={groups}|' {VERIFY} && "
+        f"{APPLY} begin postfix /etc/postfix/master.cf && "
+        f"postconf -P '{CURVES}={groups}' && "
+        f"{APPLY} written postfix /etc/postfix/master.cf && {APPLY} commit postfix",
+        check=False,
+    )
+
+
+def test_the_default_deploy_checks_every_client_transport(fresh_host, suite):
+    host = fresh_host(suite)
+    run_pyinfra(host, "deploy.py")
+    lines = host.ssh(f"grep '^outbound ' {VERIFY}").stdout.split("\n")
+    offer = "X25519MLKEM768" if suite != "bookworm" else "-"  # OpenSSL 3.0 has none to offer
+    assert [x for x in lines if x] == [
+        f"outbound smtp/unix 1400 {offer}",
+        f"outbound relay/unix 1400 {offer}",
+    ]
+
+
+def test_a_client_hello_over_one_segment_fails_the_commit(fresh_host):
+    host = fresh_host("trixie")
+    run_pyinfra(host, "deploy.py")
+    before = host.ssh("postconf -P").stdout
+    res = commit_client_groups(host, SERVER_LIST)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "outbound: smtp/unix sends a ClientHello of 16" in res.stderr, res.stderr
+    assert "key share X25519MLKEM768" in res.stderr, res.stderr
+    assert "rolled back" in res.stderr, res.stderr
+    assert host.ssh("postconf -P").stdout == before
+
+
+def test_a_client_that_does_not_offer_the_hybrid_group_fails_where_it_is_due(fresh_host):
+    host = fresh_host("trixie")
+    run_pyinfra(host, "deploy.py")
+    res = commit_client_groups(host, "X25519:prime256v1")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "outbound: smtp/unix does not offer X25519MLKEM768" in res.stderr, res.stderr
+    assert "rolled back" in res.stderr, res.stderr
+
+
+def test_the_hybrid_share_setting_lifts_the_bound(fresh_host):
+    host = fresh_host("trixie")
+    run_pyinfra(host, "deploy.py", "--data", "mailtls_outbound_pq_share=true")
+    assert host.ssh(f"postconf -Ph {CURVES}").stdout.strip() == "DEFAULT"
+    assert "outbound smtp/unix 0 X25519MLKEM768" in host.ssh(f"cat {VERIFY}").stdout
+    # and back: the bound again, the deferred share
+    run_pyinfra(host, "deploy.py")
+    assert host.ssh(f"postconf -Ph {CURVES}").stdout.strip() == "?X25519MLKEM768:DEFAULT"
