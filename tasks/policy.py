@@ -275,6 +275,21 @@ class Policy:
         return any(s.startswith("DHE-") for s in self.tls12_suites)
 
     @property
+    def group_tiers(self) -> tuple[tuple[str, ...], ...]:
+        """The server's groups by preference tier (OpenSSL >= 3.5 reads tiers split by `/`):
+        the hybrid group alone in the first, so a client that offers it with a classic key share
+        only (Postfix 3.11's client, and ours) is asked for it by HelloRetryRequest, while a
+        client that does not offer it gets a classic group with no extra round trip. In one
+        flat list OpenSSL would take the classic share it was sent.
+
+        >>> resolve("intermediate", HostCaps((3, 10, 13), None, (3, 5, 9))).group_tiers
+        (('X25519MLKEM768',), ('X25519', 'prime256v1', 'secp384r1'))
+        """
+        pq = tuple(g for g in self.groups if g == PQ_HYBRID)
+        rest = tuple(g for g in self.groups if g != PQ_HYBRID)
+        return (pq, rest) if pq else (rest,)
+
+    @property
     def client_hello_max(self) -> int | None:
         """The bound on the client's first ClientHello, in bytes on the wire (None: unbounded,
         the hybrid key share was asked for)."""

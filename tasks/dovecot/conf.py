@@ -51,7 +51,7 @@ def context(
         "min_protocol": policy.mandatory_min_protocol,
         "cipher_list": ":".join(policy.tls12_suites),
         "cipher_suites": ":".join(policy.tls13_suites),
-        "curve_list": ":".join(policy.groups),
+        "curve_list": "/".join(":".join(t) for t in policy.group_tiers),  # OpenSSL's syntax
         "prefer_server": policy.server_preference,
         "dh_file": policy.dh_file,
         "cert_file": cert_file,

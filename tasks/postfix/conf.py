@@ -262,7 +262,9 @@ def main_cf(
         "smtpd_tls_mandatory_ciphers": "high",
         "tls_high_cipherlist": ":".join(policy.tls12_suites),
         "tls_preempt_cipherlist": "yes" if policy.server_preference else "no",
-        "tls_eecdh_auto_curves": " ".join(policy.groups),
+        # Postfix splits the list at spaces and validates each word with OpenSSL: a tier
+        # boundary goes inside a word ("X25519MLKEM768/X25519 prime256v1 secp384r1").
+        "tls_eecdh_auto_curves": "/".join(" ".join(t) for t in policy.group_tiers),
         # The seed's "log the negotiated cipher": one summary line per TLS session.
         "smtpd_tls_loglevel": "1",
         "smtp_tls_loglevel": "1",
