@@ -4,8 +4,14 @@ tls_client.c, smtp_proto.c, smtp_trouble.c, log_adhoc.c) as 3.7 and 3.10 write t
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from tasks.audit.facts import _PATTERN
 from tasks.audit.logreport import ClientStats, ServiceStats, outbound_warnings, summarize
 
 NOW = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
@@ -298,3 +304,54 @@ def test_json_shape_of_a_client_service():
     assert set(service) == fields | {"destinations"}
     assert set(service["destinations"][MX]) == fields
     assert service["destinations"][MX]["groups"] == {"X25519": 1}
+
+
+SAMPLE = [
+    at(0, "postfix/smtp", 100, tls(MX, TLS13_37)),
+    at(1, "postfix/smtp", 100, sent("4XyZ1", "a@example.net", MX)),
+    at(2, "postfix-out/smtp", 101, f"SSL_connect error to {BROKEN}: -1"),
+    at(3, "postfix/relay/smtp", 102, "4XyZ2: Cannot start TLS: handshake failure"),
+    at(4, "postfix/lmtp", 103, "4XyZ3: lost connection with mx[192.0.2.1] while sending RCPT TO"),
+    at(
+        5,
+        "postfix/smtp",
+        104,
+        "4XyZ4: conversation with mx[192.0.2.1] timed out while sending MAIL FROM",
+    ),
+    at(6, "postfix/smtp", 105, "Verified TLS connection reused to " + MX + ": " + TLS13_37),
+    at(
+        7,
+        "postfix/smtpd",
+        106,
+        "Anonymous TLS connection established from c[10.0.0.9]: " + TLS12_ECDHE,
+    ),
+]
+UNRELATED = [
+    at(
+        8,
+        "postfix/local",
+        200,
+        "4XyZ5: to=<root@mx1>, orig_to=<root>, relay=local, delay=0.1, "
+        "delays=0.1/0/0/0, dsn=2.0.0, status=sent (delivered to mailbox)",
+    ),
+    at(9, "postfix/virtual", 201, sent("4XyZ6", "u@example.org", "virtual")),
+    at(10, "postfix/pipe", 202, sent("4XyZ7", "u@example.org", "dovecot")),
+    at(11, "postfix/qmgr", 203, "4XyZ8: from=<a@example.org>, size=512, nrcpt=1 (queue active)"),
+    at(12, "postfix/smtpd", 204, "connect from c[10.0.0.9]"),
+    at(13, "postfix/smtp", 205, "4XyZ9: enabling PIX workarounds for mx[192.0.2.1]:25"),
+    at(14, "postfix/cleanup", 206, "4XyZ9: message-id=<to=<x@y>>"),
+]
+
+
+@pytest.mark.skipif(shutil.which("grep") is None, reason="needs grep")
+def test_fact_pattern_fetches_client_lines_and_not_other_status_lines():
+    """The pattern as MailTlsLog's command runs it: single-quoted for the shell, `grep -E`."""
+    out = subprocess.run(
+        ["sh", "-c", f"grep -E '{_PATTERN}'"],
+        input="\n".join(SAMPLE + UNRELATED) + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LC_ALL": "C"},  # as the command: export LC_ALL=C
+    ).stdout.splitlines()
+    assert out == SAMPLE
