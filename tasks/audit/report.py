@@ -245,7 +245,7 @@ def print_report(
     for service, st in sorted(report.services.items()):
         if isinstance(st, ClientStats) and st.destinations:
             for line in destination_lines(service, st):
-                console.print(line)
+                console.print(Text(line))  # as Text: an IPv6 peer's ":a:" is no emoji code
     warnings = outbound_warnings(report)
     for w in warnings[:WARNINGS_SHOWN]:
         console.print(_styled("yellow", "  warn", f" {w}"))

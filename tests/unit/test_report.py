@@ -127,3 +127,10 @@ def test_weak_destinations_are_warnings_of_the_result_never_failures(monkeypatch
         services["postfix/smtp"]["destinations"]["rsa.example.com[203.0.113.20]:25"]["sessions"]
         == 1
     )
+
+
+def test_ipv6_destination_prints_as_logged():
+    """Rich reads ":a:" in a plain string as an emoji code; peers print as Text."""
+    peer = "mx.example.net[2001:a:b::1]:25"
+    out = rendered(lines=[OUT.format(0, 10, delivery("4C1", peer))])
+    assert f"    {peer} " in out, out
