@@ -15,12 +15,23 @@ from tasks.policy import parse_version
 from tasks.scripts import CONTRACT
 
 CERT_STATUS = CONTRACT["CERT_WATCH_STATE"]  # files/mailtls-cert-watch writes DAEMON.status there
-_PATTERN = "TLS connection established from|SSL_accept error from|-login: "
+# The server side's lines, then those of our own smtp/lmtp clients (any syslog_name: the process
+# name is the tag's last component): their TLS summaries and handshake failures, and of their
+# "QUEUEID: ..." lines only deliveries (to=<...>) and the three that end a TLS attempt, so that
+# every other daemon's status lines (local, virtual, pipe, qmgr) stay on the host. An ERE for
+# grep -E, without a single quote (the command quotes it); logreport.py reads what it selects.
+_PATTERN = (
+    "TLS connection established from|SSL_accept error from|-login: |"
+    r"postfix[^ ]*/[sl]mtp\[[0-9]+\]: ([A-Za-z]+ TLS connection (established|reused) to |"
+    "SSL_connect error to |"
+    "[0-9A-Za-z]+: (to=<|Cannot start TLS: |lost connection with |conversation with ))"
+)
 
 
 class MailTlsLog(FactBase):
     """The host's clock, the controller's address as the host sees it, the certificate watcher's
-    status per daemon, and the TLS lines of its mail log.
+    status per daemon, and the TLS lines of its mail log: the servers' and those of the
+    sessions its Postfix opens as a client (TLS summaries, failures, deliveries by smtp/lmtp).
 
     Returns {'now': aware datetime, 'ssh_client': str | None, 'source': str,
     'certs': {daemon: status line}, 'lines': [str]}: the newest `max_lines` lines of the last

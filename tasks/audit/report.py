@@ -19,13 +19,25 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.audit.logreport import PORTS, LogReport, summarize
+from tasks.audit.logreport import (
+    PORTS,
+    ClientStats,
+    LogReport,
+    is_client,
+    outbound_warnings,
+    summarize,
+    worst_destinations,
+)
 from tasks.audit.scan import HostScan, scan_host
 from tasks.audit.verdict import Expect, PortVerdict, judge_host, window
 from tasks.policy import REQUIRED_PORTS, HostCaps, Policy, offers_pq_hybrid
 from tasks.settings import Settings
 
 DEFAULT_JSON = "audit-results/{host}.json"
+# The outbound part of the console report stays within 100 columns: the destination's name
+# gets PEER_WIDTH of them; the console lists WARNINGS_SHOWN warnings, the JSON all of them.
+PEER_WIDTH = 56
+WARNINGS_SHOWN = 10
 
 
 def judged_against(settings: Settings, facts: dict) -> tuple[Policy, Expect]:
@@ -90,6 +102,36 @@ def _suites_cell(scan) -> str:
         }
     )
     return f"{len(scan.suites)}: " + ", ".join(kinds) if scan.suites else "-"
+
+
+def _fit(peer: str, width: int = PEER_WIDTH) -> str:
+    """`peer` in `width` columns: a long host name is cut, its [address]:port kept.
+
+    >>> _fit("a-very-long-relay-name.example.com[192.0.2.7]:25", 30)
+    'a-very-long-rel…[192.0.2.7]:25'
+    """
+    if len(peer) <= width:
+        return peer
+    tail = peer[peer.find("[") :] if "[" in peer else ""
+    return peer[: max(width - len(tail) - 1, 0)] + "…" + tail
+
+
+def destination_lines(service: str, stats: ClientStats) -> list[str]:
+    """A client service's worst destinations (worst_destinations) as lines of <= 100 columns:
+    TLS sessions, their forward-secret share, plaintext deliveries, failed handshakes."""
+    weak = sum(1 for s in stats.destinations.values() if s.weak)
+    lines = [
+        f"  {service}: {weak} of {len(stats.destinations)} destinations weak",
+        f"    {'destination':<{PEER_WIDTH}} {'TLS':>6} {'fs':>5} {'plain':>6} {'failed':>6}",
+    ]
+    for peer, s in worst_destinations(stats):
+        share = s.share_forward_secret
+        fs = "-" if share is None else f"{share:.0%}"
+        lines.append(
+            f"    {_fit(peer):<{PEER_WIDTH}} {s.sessions:>6} {fs:>5} {s.plaintext:>6} "
+            f"{s.failed_handshakes:>6}"
+        )
+    return lines
 
 
 def print_report(
@@ -187,7 +229,7 @@ def print_report(
         share = st.share_forward_secret
         logs.add_row(
             service,
-            PORTS.get(service, "?"),
+            PORTS.get(service) or ("out" if is_client(service) else "?"),
             str(st.sessions),
             "-"
             if share is None
@@ -200,6 +242,15 @@ def print_report(
             str(st.plaintext),
         )
     console.print(logs)
+    for service, st in sorted(report.services.items()):
+        if isinstance(st, ClientStats) and st.destinations:
+            for line in destination_lines(service, st):
+                console.print(Text(line))  # as Text: an IPv6 peer's ":a:" is no emoji code
+    warnings = outbound_warnings(report)
+    for w in warnings[:WARNINGS_SHOWN]:
+        console.print(_styled("yellow", "  warn", f" {w}"))
+    if len(warnings) > WARNINGS_SHOWN:
+        console.print(f"  ... and {len(warnings) - WARNINGS_SHOWN} more weak destinations (JSON)")
 
 
 def audit_host(
@@ -250,6 +301,8 @@ def audit_host(
             for p, v in zip(scan.ports, verdicts, strict=False)
         ],
         "unscanned_failures": [f for v in verdicts[len(scan.ports) :] for f in v.failures],
+        # Findings not of a port and never failures: today the weak outbound destinations.
+        "warnings": outbound_warnings(report),
         "log_report": report.to_dict()
         | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"
