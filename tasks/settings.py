@@ -110,7 +110,7 @@ SETTINGS: tuple[Setting, ...] = (
         validators.boolean,
         "Outbound (Postfix's smtp/lmtp client, OpenSSL >= 3.5): also send the 1,216-byte "
         "X25519MLKEM768 key share, so a PQ peer needs no HelloRetryRequest; every ClientHello "
-        "then spans two TCP segments (1,623 bytes), which some middleboxes and servers fail on. "
+        "then spans two TCP segments (1,628 bytes), which some middleboxes and servers fail on. "
         "Off: the hybrid group is offered with an X25519 share (517 bytes), as Postfix 3.11 does. "
         'README "Outbound".',
         alias=False,
