@@ -202,7 +202,17 @@ _ESTABLISHED = re.compile(
 
 def logged_sessions(lines: list[str]) -> list[Logged]:
     """The smtp client's TLS sessions in `journalctl -o short-iso` lines, with the ServerHellos
-    each read where smtp_tls_loglevel 2 logged them (OpenSSL's handshake states, per process)."""
+    each read where smtp_tls_loglevel 2 logged them (OpenSSL's handshake states, per process).
+    As Debian 13 logged its delivery to Debian 12 before the outbound change:
+
+    >>> at = "2026-12-07T14:32:31+00:00 mx postfix/smtp[1163]: "
+    >>> hello, to = "SSL_connect:SSLv3/TLS read server hello", "10.213.2.2[10.213.2.2]:25"
+    >>> (s,) = logged_sessions([at + f"setting up TLS connection to {to}", at + hello, at + hello,
+    ...     at + f"Untrusted TLS connection established to {to}: TLSv1.3 with cipher "
+    ...     "TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange x25519 server-signature RSA-PSS"])
+    >>> s.destination, s.group, s.round_trips
+    ('10.213.2.2[10.213.2.2]:25', 'x25519', '2 (HRR)')
+    """
     hellos: dict[str, int | None] = {}
     out = []
     for line in lines:
