@@ -12,17 +12,6 @@ Then every sender submits one message per destination with `sendmail`, and the t
 arrived and how: the ClientHello the recorder saw on the wire (its size: one packet or two; its
 groups and key shares), the sessions the sender logged, and the audit's outbound ledger.
 
-Two parts wait for code that is being written on other branches, and are written in full here,
-marked so they run once it is merged:
-- `OUTBOUND_GROUPS_LANDED`: the deploy gives Postfix's smtp client `-o tls_eecdh_auto_curves=
-  ?X25519MLKEM768:DEFAULT` on OpenSSL >= 3.5 (a ~517-byte ClientHello with an X25519 share that
-  still offers X25519MLKEM768), with `mailtls_outbound_pq_share` to send the ML-KEM share anyway;
-  known to have landed when that setting exists. Before it, Debian 13's ClientHello is 1,584
-  bytes, one X25519MLKEM768 share, and a classic-only server answers with a HelloRetryRequest.
-- `LEDGER_LANDED`: the audit's log report counts the smtp client's sessions,
-  `log_report.services["postfix/smtp"]` with `destinations` {"name[ip]:port": ...}; known to have
-  landed when the log summary of a Postfix smtp line has them.
-
 Run with `-s` (or `-rP`) to see the figures each test prints.
 """
 
@@ -35,15 +24,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import peers
 import pytest
 
 from conftest import PREFIX, _up, run_pyinfra
-from tasks.audit.logreport import summarize
-from tasks.settings import SETTINGS
 from testhosts import hosts as th
 
 SENDERS = ("bookworm", "trixie")
@@ -57,39 +43,6 @@ ONE_PACKET = 1400  # bytes: a ClientHello that fits one TCP segment on a 1,500-b
 # What the recorder's OpenSSL (the controller's, 3.0) does in TLS 1.3: a ClientHello with no
 # key share for one of these gets a HelloRetryRequest (one round trip more).
 CONTROLLER_GROUPS = (0x001D, 0x0017, 0x001E, 0x0019, 0x0018, 0x0100, 0x0101, 0x0102)
-
-PQ_SHARE_SETTING = next((s for s in SETTINGS if s.key == "outbound_pq_share"), None)
-OUTBOUND_GROUPS_LANDED = PQ_SHARE_SETTING is not None
-
-
-def _ledger_landed() -> bool:
-    """Whether this checkout's audit counts outbound sessions per destination: the log summary
-    of one Postfix smtp client line, asked the question the tests ask of the audit's JSON."""
-    now = datetime.now(UTC)
-    line = (
-        f"{now.isoformat()} mx postfix/smtp[7]: Untrusted TLS connection established to "
-        "a.test[192.0.2.1]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) "
-        "key-exchange X25519"
-    )
-    smtp = summarize([line], now=now).to_dict()["services"].get("postfix/smtp", {})
-    return "destinations" in smtp
-
-
-LEDGER_LANDED = _ledger_landed()
-needs_outbound_groups = pytest.mark.xfail(
-    not OUTBOUND_GROUPS_LANDED,
-    reason="the deploy's outbound groups (smtp -o tls_eecdh_auto_curves=?X25519MLKEM768:DEFAULT, "
-    "mailtls_outbound_pq_share) are not on this branch yet: Debian 13's smtp client still sends "
-    "one 1,216-byte X25519MLKEM768 key share",
-    strict=True,
-)
-needs_ledger = pytest.mark.xfail(
-    not LEDGER_LANDED,
-    reason="the audit's outbound ledger (log_report.services['postfix/smtp'].destinations) is "
-    "not on this branch yet",
-    strict=True,
-)
-
 
 # --- what the module sets up -----------------------------------------------------------------
 
@@ -452,7 +405,7 @@ def test_the_client_hello_offers_the_hybrid_group_where_openssl_has_it(outbound,
         assert hello.key_share_names == ("x25519",) and not retry
 
 
-@pytest.mark.parametrize("suite", ["bookworm", pytest.param("trixie", marks=needs_outbound_groups)])
+@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
 def test_the_client_hello_fits_one_packet_with_an_x25519_share(outbound, suite):
     hello = outbound.arrived[suite]["recorder"].hello
     assert hello is not None
@@ -483,14 +436,14 @@ def test_postfix_to_postfix_with_starttls(outbound):
         assert s.protocol == "TLSv1.3" and s.group and s.server_hellos, s
         if "bookworm" in (frm, receiver.suite):  # OpenSSL 3.0 on one end: X25519
             assert s.group.lower() == "x25519", s
-        else:  # both 3.5: the hybrid group, or X25519 where the client's share wins
-            assert s.group.lower() in ("x25519mlkem768", "x25519"), s
+        else:  # both 3.5: the server asks for the hybrid group the client offers (HRR)
+            assert s.group.lower() == "x25519mlkem768", s
+            assert s.server_hellos == 2, s
         if frm == "bookworm":  # its X25519 share is one the trixie server takes
             assert s.server_hellos == 1, s
     print("\n".join(report))
 
 
-@needs_outbound_groups
 def test_debian_13_to_debian_12_needs_no_retry(outbound):
     """After the outbound change Debian 13's first ClientHello carries an X25519 share, which
     Debian 12's Postfix takes: no HelloRetryRequest, one round trip less (before it: the
@@ -511,7 +464,6 @@ def test_the_audit_passes_with_outbound_sessions_in_the_log(audited, suite):
     )
 
 
-@needs_ledger
 def test_the_ledger_counts_each_destination(outbound, audited, suite):
     audit, host = audited[suite], outbound.hosts[suite]
     smtp = audit.smtp
@@ -557,7 +509,6 @@ def lower(groups: dict[str, int]) -> dict[str, int]:
     return {k.lower(): n for k, n in groups.items()}
 
 
-@needs_ledger
 def test_the_audit_warns_of_the_rsa_peer_and_still_passes(outbound, audited, suite):
     audit = audited[suite]
     rsa = outbound.peer(suite, "rsa")
@@ -575,11 +526,6 @@ def result_ok(audit: Audit) -> bool:
     return audit.result["ok"] and audit.run.returncode == 0
 
 
-@pytest.mark.skipif(
-    PQ_SHARE_SETTING is None,
-    reason="mailtls_outbound_pq_share is not a setting on this branch (tasks/settings.py): it "
-    "comes with the deploy's outbound groups",
-)
 def test_outbound_pq_share_sends_the_ml_kem_share(outbound):
     """With mailtls_outbound_pq_share=true the trixie client sends its X25519MLKEM768 share in
     the first ClientHello (two packets, no retry from a PQ server); the default comes back
