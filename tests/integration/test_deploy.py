@@ -57,6 +57,23 @@ def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
             assert established(s_client(host.address, port)), port
 
 
+@pytest.mark.parametrize(
+    "groups",
+    [
+        "X25519MLKEM768",  # a client that offers only the hybrid group
+        "X25519MLKEM768:*X25519",  # offers it with an X25519 key share only (Postfix 3.11's client)
+    ],
+)
+def test_the_server_asks_for_the_hybrid_group_a_client_offers(deployed, groups):
+    """The hybrid group is in a tier of its own on the server: negotiated whenever the client
+    offers it, by HelloRetryRequest when its share is a classic one (a flat list would take the
+    X25519 share)."""
+    host = deployed["trixie"]
+    for port in (25, 143, 993):
+        out = s_client("127.0.0.1", port, "-groups", groups, on_host=host)
+        assert "Negotiated TLS1.3 group: X25519MLKEM768" in out, (port, groups, out)
+
+
 @pytest.mark.parametrize("proto", ["-tls1", "-tls1_1"])
 def test_old_protocols_refused_everywhere(deployed, suite, proto):
     host = deployed[suite]
