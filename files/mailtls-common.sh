@@ -51,6 +51,11 @@ SERVED=/etc/ssl/mailtls/served
 SERVED_POSTFIX=$SERVED/postfix.pem
 SERVED_DOVECOT_CERT=$SERVED/dovecot.crt
 SERVED_DOVECOT_KEY=$SERVED/dovecot.key
+# The systemd units that run the daemons: Postfix's main instance runs in postfix@-.service
+# (Debian 12, under a oneshot postfix.service) or in postfix.service itself (Debian 13). One
+# that is failed is started by a commit; one that is inactive or disabled is left alone.
+POSTFIX_UNITS='postfix.service postfix@-.service'
+DOVECOT_UNITS=dovecot.service
 # ---- contract: end ----
 
 # syslog PRIORITY MESSAGE: to syslog, facility mail, tagged with the calling script's $TAG.

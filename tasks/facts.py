@@ -7,7 +7,7 @@ import shlex
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from tasks.dovecot.conf import CONF_PATH, POLICY_KEYS
-from tasks.host_facts import READ_MAX, HostFacts
+from tasks.host_facts import READ_MAX, HostFacts, Unit
 from tasks.policy import HostCaps, parse_version
 from tasks.scripts import CONTRACT
 
@@ -40,6 +40,21 @@ if [ -d /etc/dovecot ]; then
                         grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/6" 2>/dev/null
 fi &
 { echo @@openssl_version; openssl version; } > "$t/7" 2>/dev/null &
+# Whether each daemon runs (as mailtls-apply asks), else whether systemd reports a unit of it
+# failed; and whether it is enabled.
+if command -v systemctl >/dev/null; then
+    { echo @@units
+      if command -v postconf >/dev/null; then
+          s=inactive
+          if postfix status >/dev/null 2>&1; then s=active; else
+              for u in {postfix_units}; do systemctl is-failed --quiet "$u" && s=failed; done
+          fi
+          echo "postfix $(systemctl is-enabled postfix.service) $s"
+      fi
+      command -v dovecot >/dev/null &&
+          echo "dovecot $(systemctl is-enabled {dovecot_units}) $(systemctl is-active {dovecot_units})"
+    } > "$t/8" 2>/dev/null &
+fi
 echo @@asked
 printf '%s\n' {files}
 set --
@@ -156,6 +171,8 @@ class MailHost(FactBase[HostFacts]):
             .replace("{rotate_lock}", DH_ROTATE_LOCK)
             .replace("{pending}", CONTRACT["PENDING"])
             .replace("{read_max}", str(READ_MAX))
+            .replace("{postfix_units}", CONTRACT["POSTFIX_UNITS"])
+            .replace("{dovecot_units}", CONTRACT["DOVECOT_UNITS"])
         )
 
     def process(self, output: list[str]) -> HostFacts:
@@ -206,4 +223,9 @@ class MailHost(FactBase[HostFacts]):
             busy=lines("busy"),
             guard=lines("guard"),
             dovecot_tree=lines("dovecot_tree"),
+            units={
+                f[0]: Unit(enabled=f[1], active=f[2])
+                for f in (line.split() for line in lines("units"))
+                if len(f) == 3
+            },
         )

@@ -13,6 +13,28 @@ READ_MAX = 1024 * 1024
 
 
 @dataclass(frozen=True)
+class Unit:
+    """How systemd sees a daemon's unit (`systemctl is-enabled` / `is-active` words).
+
+    >>> Unit("enabled", "failed").state
+    'down'
+    """
+
+    enabled: str  # enabled, disabled, masked, static, ...
+    active: str  # active, inactive, failed, activating, ...
+
+    @property
+    def state(self) -> str:
+        """running; down (failed: it would not start or died, the commit starts it once its
+        config checks); stopped (inactive but enabled: the admin's, left alone); disabled."""
+        if self.active in ("active", "activating", "reloading"):
+            return "running"
+        if self.active == "failed":
+            return "down"
+        return "disabled" if self.enabled in ("disabled", "masked") else "stopped"
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What MailHost read from one host. Only ``caps`` is required, so tests and the benchmark
     can build one by hand.
@@ -53,3 +75,5 @@ class HostFacts:
     # checksum did not tell: host_conf.HostConf.read_dovecot_named); named_read says it did.
     dovecot_named: tuple[str, str] | None = None
     named_read: bool = False
+    # daemon -> its systemd unit's state; a daemon absent here is not installed or has no systemd
+    units: Mapping[str, Unit] = field(default_factory=dict)

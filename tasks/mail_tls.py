@@ -149,15 +149,40 @@ def mail_tls(settings: Settings | None = None) -> None:
             f"{host.name}: reload pending for {', '.join(sorted(info.pending))}: "
             "left to the DH rotation that is running (it commits every daemon)"
         )
+    # A daemon systemd reports failed (the morning after a release upgrade: a file the new
+    # version refuses, ours among them) is ours to bring back: the commit starts it once its
+    # config checks, and verifies it, with or without a change. One the admin stopped or
+    # disabled stays as it is, and the run says so.
+    down = tuple(d for d in reload if d in info.units and info.units[d].state == "down")
+    idle = {
+        d: info.units[d].state
+        for d in reload
+        if d in info.units and info.units[d].state in ("stopped", "disabled")
+    }
+    for d in down:
+        logger.warning(
+            f"{host.name}: {d} is down (systemd: its unit failed): the commit checks its "
+            "configuration, starts it and verifies it"
+        )
+    for d, st in idle.items():
+        why = "disabled" if st == "disabled" else "stopped (enabled, not running)"
+        logger.warning(
+            f"{host.name}: {d} is {why}: left as it is; its TLS configuration is written and "
+            "checked, and served once it starts"
+        )
     # One commit for both, after every change: the daemons are checked, reloaded and verified at
     # the same time. Nothing to commit (the scheduled re-run): no operation at all, since each
     # one costs the controller a call-stack walk per host.
     daemons = tuple(
         d
         for d, changed in reload.items()
-        if changed or dh_changed or d in cert_changed or d in pending
+        if changed or dh_changed or d in cert_changed or d in pending or d in down
     )
+    name = "Postfix, Dovecot: check, reload, probe"
+    if down:
+        name += f"; start {', '.join(down)} (down)"
     if daemons:
-        ops.commit(name="Postfix, Dovecot: check, reload, probe", daemons=daemons, run=run)
+        ops.commit(name=name, daemons=daemons, run=run)
     else:
-        host.noop("Postfix, Dovecot: nothing to check or reload")
+        left = "".join(f"; {d} {st}: left as it is" for d, st in idle.items())
+        host.noop(f"Postfix, Dovecot: nothing to check or reload{left}")

@@ -26,8 +26,10 @@ APPLY = CONTRACT["APPLY"]
 POSTFIX_FILES = ("/etc/postfix/main.cf", "/etc/postfix/master.cf")
 DAEMONS = ("postfix", "dovecot")
 # Files up to this size travel inside the command (base64): one round trip instead of three
-# (mkdir, SFTP upload, rename). Linux caps one argument (the `sh -c` script) at 128 KiB.
-INLINE_MAX = 48 * 1024
+# (mkdir, SFTP upload, rename). Linux caps one argument (the `sh -c` script) at 128 KiB: a
+# 64 KiB file is 86 KiB of base64, and put_files joins inline uploads only up to ARG_BUDGET.
+INLINE_MAX = 64 * 1024
+ARG_BUDGET = 100 * 1024
 
 
 def apply_command(action: str, daemons: str, run: str | None) -> str:
@@ -77,7 +79,8 @@ def _upload(
                 f'| base64 -d > "$t.mailtls-new" && {install}',
             )
         ]
-    tmp = f"{dest}.mailtls-new"
+    # Not "$t.mailtls-new" itself: for a plain file (t = dest) the mv would be onto itself.
+    tmp = f"{dest}.mailtls-upload"
     return [
         StringCommand(" && ".join(first)),
         FileUploadCommand(io.BytesIO(data), tmp),
@@ -141,6 +144,12 @@ def _put_commands(
     return _upload(data, dest, mode, pending=pending, run=run)
 
 
+def _joined(commands: list[StringCommand]) -> StringCommand:
+    return StringCommand(
+        *[part for i, c in enumerate(commands) for part in ((["&&"] if i else []) + list(c.bits))]
+    )
+
+
 @operation()
 def put_files(files: tuple[tuple[bytes, str, str, str | None, str | None], ...]):
     """Several `put_bytes` in one round trip: (data, dest, mode, current_sha256, current_mode)
@@ -157,12 +166,19 @@ def put_files(files: tuple[tuple[bytes, str, str, str | None, str | None], ...])
     if not any(per_file):
         host.noop(f"{', '.join(f[1] for f in files)} up to date")
         return
-    # One command each (inline uploads, chmods) joined into one; SFTP uploads on their own.
-    single = [c[0] for c in per_file if len(c) == 1]
-    if single:
-        yield StringCommand(
-            *[part for i, c in enumerate(single) for part in ((["&&"] if i else []) + list(c.bits))]
-        )
+    # One command each (inline uploads, chmods) joined, up to ARG_BUDGET of text per command;
+    # SFTP uploads on their own.
+    batch: list[StringCommand] = []
+    size = 0
+    for c in [c[0] for c in per_file if len(c) == 1]:
+        n = len(c.get_raw_value())
+        if batch and size + n > ARG_BUDGET:
+            yield _joined(batch)
+            batch, size = [], 0
+        batch.append(c)
+        size += n
+    if batch:
+        yield _joined(batch)
     for commands in per_file:
         if len(commands) > 1:
             yield from commands

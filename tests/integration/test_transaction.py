@@ -236,3 +236,28 @@ def test_the_commit_checks_which_certificate_each_port_serves(fresh_host, suite)
     assert "port 993 serves the certificate" in res.stderr, res.stderr
     assert "rolled back" in res.stderr, res.stderr
     assert host.ssh(f"ls {local}", check=False).returncode != 0
+
+
+def test_a_half_converged_commit_says_which_daemon_serves_what(fresh_host, suite):
+    """Postfix takes its change, Dovecot rejects its own (a local.conf that lowers the floor):
+    Dovecot is rolled back and the last line says which daemon serves the new configuration."""
+    host = fresh_host(suite)
+    run_pyinfra(host, "deploy.py")
+    local = "/etc/dovecot/local.conf"
+    res = host.ssh(
+        f"{APPLY} begin postfix /etc/postfix/main.cf && "
+        "postconf -e 'smtpd_banner = $myhostname ESMTP half' && "
+        f"{APPLY} written postfix /etc/postfix/main.cf && "
+        f"{APPLY} begin dovecot {local} && echo 'ssl_min_protocol = TLSv1.1' > {local} && "
+        f"{APPLY} written dovecot {local} && {APPLY} commit postfix dovecot",
+        check=False,
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "mailtls: half-converged: postfix serves the new TLS configuration; "
+        "dovecot (rolled back) does not"
+    ), res.stderr
+    assert any("dovecot rejected the new configuration" in x for x in lines), res.stderr
+    assert "ESMTP half" in host.ssh("postconf -h smtpd_banner").stdout  # Postfix kept its change
+    assert host.ssh(f"ls {local}", check=False).returncode != 0  # Dovecot's was rolled back

@@ -52,9 +52,29 @@ def test_failing_before_command_leaves_dest_alone(tmp_path):
     assert dest.read_bytes() == b"old\n"
 
 
-def test_large_files_go_by_sftp():
-    commands = ops._upload(b"x" * (ops.INLINE_MAX + 1), "/etc/x", "0644")
+def test_large_files_go_by_sftp(tmp_path):
+    data = b"x" * (ops.INLINE_MAX + 1)
+    dest = tmp_path / "x"
+    dest.write_bytes(b"old\n")
+    commands = ops._upload(data, str(dest), "0644")
     assert [type(c) for c in commands] == [StringCommand, FileUploadCommand, StringCommand]
+    # what SFTP would do, then the rename into place (it once moved the upload onto itself)
+    Path(commands[1].dest).write_bytes(commands[1].src.getvalue())
+    for c in (commands[0], commands[2]):
+        res = subprocess.run(["sh", "-c", c.get_raw_value()], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr
+    assert dest.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
+
+
+def test_inline_uploads_share_a_command_within_the_argument_budget():
+    big = ops.INLINE_MAX - 10  # ~86 KiB of base64 each: two would pass Linux's 128 KiB
+    files = tuple((bytes([i]) * big, f"/etc/f{i}", "0644", None, None) for i in range(3))
+    commands = list(ops.put_files._inner(files=files))  # the operation's generator
+    assert len(commands) == 3
+    assert all(len(c.get_raw_value()) < 128 * 1024 for c in commands)
+    small = tuple((b"s", f"/etc/s{i}", "0644", None, None) for i in range(3))
+    assert len(list(ops.put_files._inner(files=small))) == 1
 
 
 def _tcp_pair():
