@@ -3,6 +3,7 @@
 import pytest
 
 from tasks.facts import MailHost
+from tasks.host_facts import Unit
 from tasks.inventory_source import (
     InventoryError,
     hosts_from_env,
@@ -33,6 +34,9 @@ submission/inet/syslog_name = postfix/submission
 644 /etc/dovecot/conf.d/99-mailtls.conf
 @@pending
 postfix
+@@units
+postfix enabled active
+dovecot enabled failed
 @@end""".splitlines()
 
 
@@ -48,6 +52,28 @@ def test_mailhost_fact_parses_every_section():
     assert info.modes == {"/etc/dovecot/conf.d/99-mailtls.conf": "644"}
     assert info.asked == {"/etc/dovecot/conf.d/99-mailtls.conf", "/etc/ssl/mailtls/dh.pem"}
     assert info.pending == {"postfix"}
+    assert {d: u.state for d, u in info.units.items()} == {"postfix": "running", "dovecot": "down"}
+
+
+@pytest.mark.parametrize(
+    "enabled,active,state",
+    [
+        ("enabled", "active", "running"),
+        ("enabled", "failed", "down"),  # would not start, or died: the commit starts it
+        ("disabled", "failed", "down"),  # failed all the same (started by hand, then died)
+        ("enabled", "inactive", "stopped"),  # the admin's: left as it is
+        ("disabled", "inactive", "disabled"),
+        ("masked", "inactive", "disabled"),
+    ],
+)
+def test_unit_states(enabled, active, state):
+    assert Unit(enabled, active).state == state
+
+
+def test_a_unit_line_that_systemd_left_short_is_no_state():
+    # is-enabled prints nothing (to stdout) for a unit it does not know
+    out = ["dovecot  failed" if x == "dovecot enabled failed" else x for x in FACT_OUTPUT]
+    assert set(MailHost().process(out).units) == {"postfix"}
 
 
 def test_mailhost_fact_without_dovecot():
