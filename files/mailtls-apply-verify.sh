@@ -11,21 +11,33 @@
 # FILE's first certificate), `outbound SVC/TYPE MAX OFFER` (Postfix's TLS client with that
 # transport's groups sends a first ClientHello of at most MAX bytes, 0 = any, offering OFFER).
 
-# Address a local client can reach for a listening TCP port ("" when nothing listens): its
-# first listening address, a wildcard as loopback. From SOCKETS (one `ss` for every probe of a
-# verify).
-local_address() {  # PORT SOCKETS
-    while read -r _ _ _ a _; do  # State Recv-Q Send-Q Local-Address:Port Peer...
-        case "$a" in *:"$1") ;; *) continue ;; esac
+# Addresses a local client can reach for a listening TCP port, one per line (none when nothing
+# listens), from SOCKETS (one `ss` for every probe of a verify: the daemon's own master's
+# sockets): every listening address, a wildcard as loopback. IPv4's and IPv6's wildcard are one
+# service's listener (inet_interfaces = all, listen = *, ::): it is probed once, on 127.0.0.1.
+local_addresses() {  # PORT SOCKETS
+    raw=$(while read -r _ _ _ a _; do  # State Recv-Q Send-Q Local-Address:Port Peer...
+        case "$a" in *:"$1") echo "$a" ;; esac
+    done <<EOF
+$2
+EOF
+)
+    case "
+$raw" in *"
+0.0.0.0:$1"* | *"
+*:$1"*) raw=$(printf '%s\n' "$raw" | grep -vxF "[::]:$1") ;; esac
+    printf '%s\n' "$raw" | while read -r a; do
         case "$a" in
+            '') ;;
             \*:* | 0.0.0.0:*) echo "127.0.0.1:$1" ;;
             \[::\]:*) echo "[::1]:$1" ;;
             *) echo "$a" ;;
         esac
-        return 0
-    done <<EOF
-$2
-EOF
+    done | awk '!seen[$0]++'
+}
+
+local_address() {  # PORT SOCKETS: the first of them
+    local_addresses "$1" "$2" | head -n 1
 }
 
 # A probe's verdict is whether the handshake completes: s_client only reports the certificate,
@@ -186,37 +198,41 @@ negative_probes() {  # DAEMON SOCKETS CERT-FILE WANT
     i=0 cert_ports=
     while IFS=' ' read -r kind d port starttls expect rest; do
         [ "$kind" = probe ] && [ "$d" = "$1" ] || continue
-        addr=$(local_address "$port" "$2")
-        [ -n "$addr" ] || continue
-        i=$((i + 1)) args=${rest%% -- *} what=${rest#* -- }
+        args=${rest%% -- *} what=${rest#* -- }
         [ "$starttls" != - ] || starttls=
-        if [ -n "$4" ] && [ "$expect" = accept ]; then
-            case " $cert_ports " in *" $port "*) ;; *)
-                cert_ports="$cert_ports $port"
-                served_cert "$port" "$addr" "$starttls" "$3" "$4" > "$out/c$port" 2>/dev/null & ;;
-            esac
-        fi
-        (
-            try=1
-            while :; do
-                # shellcheck disable=SC2086 # args: s_client's words from verify.conf
-                r=$(s_client "$addr" "$starttls" $args)
-                ok=
-                has_line "$r" 'CONNECTION ESTABLISHED' && ok=1
-                noconn=
-                has_line "$r" 'connect:errno=' && noconn=1
-                { [ "$try" -lt 3 ] && [ -z "$ok" ] && { [ -n "$noconn" ] || [ "$expect" = accept ]; }; } ||
-                    break
-                try=$((try + 1)); sleep 1
-            done
-            if [ -n "$ok" ]; then
-                [ "$expect" = refuse ] && accepted "$port" "$what" "$r"
-            elif [ "$expect" = accept ]; then
-                echo "port $port refused $what, which the profile allows"
-            elif [ -n "$noconn" ]; then
-                echo "port $port took no connection for $what (it must refuse it)"
+        # Every address the port listens on: a service of its own may listen on one of them.
+        addrs=$(local_addresses "$port" "$2")
+        for addr in $addrs; do
+            i=$((i + 1)) where=$port
+            [ "$addr" = "$addrs" ] || where="$port ($addr)"  # more than one: say which
+            if [ -n "$4" ] && [ "$expect" = accept ]; then
+                case " $cert_ports " in *" $addr "*) ;; *)
+                    cert_ports="$cert_ports $addr"
+                    served_cert "$where" "$addr" "$starttls" "$3" "$4" > "$out/c$i" 2>/dev/null & ;;
+                esac
             fi
-        ) > "$out/$i" 2>/dev/null &
+            (
+                try=1
+                while :; do
+                    # shellcheck disable=SC2086 # args: s_client's words from verify.conf
+                    r=$(s_client "$addr" "$starttls" $args)
+                    ok=
+                    has_line "$r" 'CONNECTION ESTABLISHED' && ok=1
+                    noconn=
+                    has_line "$r" 'connect:errno=' && noconn=1
+                    { [ "$try" -lt 3 ] && [ -z "$ok" ] && { [ -n "$noconn" ] || [ "$expect" = accept ]; }; } ||
+                        break
+                    try=$((try + 1)); sleep 1
+                done
+                if [ -n "$ok" ]; then
+                    [ "$expect" = refuse ] && accepted "$where" "$what" "$r"
+                elif [ "$expect" = accept ]; then
+                    echo "port $where refused $what, which the profile allows"
+                elif [ -n "$noconn" ]; then
+                    echo "port $where took no connection for $what (it must refuse it)"
+                fi
+            ) > "$out/$i" 2>/dev/null &
+        done
     done < "$VERIFY"
     wait
     bad=$(cat "$out"/* 2>/dev/null)
@@ -347,6 +363,9 @@ verify() {  # DAEMON LOGMARK MPID BEFORE
     running "$1" || { echo "$1 is not running after the reload"; return 1; }
     sockets=$(ss -Hltnp 2>/dev/null)  # after the reload: for this and every probe
     now=$(listening "$3" "$sockets")
+    # Only this daemon's master's listeners are probed: another process's (a second Postfix
+    # instance on another address) is not what this commit changed.
+    [ -z "$3" ] || sockets=$(printf '%s\n' "$sockets" | grep -F ",pid=$3,")
     gone=$(printf '%s\n' "$4" | grep -vxF -e "$now" | grep . | tr '\n' ' ')
     [ -z "$gone" ] || { echo "$1 no longer listens on $gone after the reload"; return 1; }
     v=$(mktemp -d) || { echo "cannot create a temporary directory"; return 1; }

@@ -7,7 +7,7 @@ import shlex
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
 from tasks.dovecot.conf import CONF_PATH, POLICY_KEYS
-from tasks.host_facts import READ_MAX, HostFacts, Unit
+from tasks.host_facts import READ_MAX, HostFacts, PostfixInstance, Unit
 from tasks.policy import HostCaps, parse_version
 from tasks.scripts import CONTRACT
 
@@ -40,6 +40,16 @@ if [ -d /etc/dovecot ]; then
                         grep -nHE "^[^#]*[{}]|$k" $hits; } > "$t/6" 2>/dev/null
 fi &
 { echo @@openssl_version; openssl version; } > "$t/7" 2>/dev/null &
+# Postfix instances besides /etc/postfix (postmulti's multi_instance_directories, Debian's
+# /etc/postfix-NAME for postfix@NAME): their directory, name and whether they are enabled.
+if command -v postconf >/dev/null; then
+    { echo @@instances
+      for d in $(postconf -h multi_instance_directories | tr ',' ' ') /etc/postfix-*; do
+          [ -f "$d/main.cf" ] || continue
+          echo "$d $(postconf -c "$d" -h multi_instance_name) $(postconf -c "$d" -h multi_instance_enable)"
+      done | sort -u
+    } > "$t/9" 2>/dev/null &
+fi
 # Whether each daemon runs (as mailtls-apply asks), else whether systemd reports a unit of it
 # failed; and whether it is enabled.
 if command -v systemctl >/dev/null; then
@@ -223,6 +233,11 @@ class MailHost(FactBase[HostFacts]):
             busy=lines("busy"),
             guard=lines("guard"),
             dovecot_tree=lines("dovecot_tree"),
+            instances=tuple(
+                PostfixInstance(f[0], f[1] if len(f) > 1 else "", f[-1] == "yes")
+                for f in (line.split() for line in lines("instances"))
+                if f
+            ),
             units={
                 f[0]: Unit(enabled=f[1], active=f[2])
                 for f in (line.split() for line in lines("units"))

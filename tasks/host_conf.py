@@ -1,7 +1,7 @@
 """Everything the deploy writes for one host, computed from its settings and its MailHost fact.
 No I/O: tasks/mail_tls.py applies the result, bench/bench.py's floor writes the same bytes.
 
-    >>> from tasks.host_facts import HostFacts
+    >>> from tasks.host_facts import HostFacts, PostfixInstance
     >>> from tasks.policy import HostCaps
     >>> from tasks.settings import validate
     >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 15))
@@ -22,7 +22,7 @@ from tasks.assets import sha256
 from tasks.certs import plan as certs
 from tasks.dh import plan as dh
 from tasks.dovecot import conf as dovecot_conf
-from tasks.host_facts import HostFacts
+from tasks.host_facts import HostFacts, PostfixInstance
 from tasks.policy import Policy
 from tasks.postfix import conf as postfix_conf
 from tasks.postfix.conf import PostfixConf
@@ -63,7 +63,7 @@ def render(settings: Settings, info: HostFacts) -> HostConf:
     policy = settings.policy(caps)
     cert_plan = certs.plan(settings, caps.dovecot is not None, info.files)
     pf_cert, pf_key = certs.served("postfix", settings, cert_plan)
-    refusals: list[str] = []
+    refusals: list[str] = [_instance_refusal(i) for i in info.instances]
     postfix = None
     try:
         postfix = postfix_conf.render(
@@ -173,4 +173,21 @@ def _frozen(daemon: str, copy: str, files: Mapping[str, str], caps: Any = None) 
         f"of your certificate {daemon} serves now{state}, which nothing renews any more "
         f"(expiry: openssl x509 -noout -enddate -in {copy}): set mailtls_{daemon}_cert_file/"
         f"_key_file again to follow renewals, or {other}"
+    )
+
+
+def _instance_refusal(instance: PostfixInstance) -> str:
+    """Why a host with another Postfix instance is refused: the deploy changes /etc/postfix
+    only, and the other instance would keep serving its own TLS settings.
+
+    >>> _instance_refusal(PostfixInstance("/etc/postfix-out", "postfix-out", True))[:62]
+    'Postfix instance postfix-out (/etc/postfix-out, enabled) keeps'
+    """
+    name = instance.name or instance.directory.rsplit("/", 1)[-1]
+    state = "enabled" if instance.enabled else "disabled: it serves once enabled"
+    return (
+        f"Postfix instance {name} ({instance.directory}, {state}) keeps its own TLS settings: "
+        "mailtls manages /etc/postfix only, and a run that hardened one instance would report "
+        "the host forward-secret while the other is not. Remove the instance (postmulti -e "
+        "destroy) or deploy it as a host of its own"
     )

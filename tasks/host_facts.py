@@ -35,6 +35,15 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class PostfixInstance:
+    """A Postfix instance besides /etc/postfix (postmulti, Debian's postfix@NAME)."""
+
+    directory: str  # its config_directory, e.g. /etc/postfix-out
+    name: str  # multi_instance_name ("" when unset)
+    enabled: bool  # multi_instance_enable
+
+
+@dataclass(frozen=True)
 class HostFacts:
     """What MailHost read from one host. Only ``caps`` is required, so tests and the benchmark
     can build one by hand.
@@ -75,5 +84,7 @@ class HostFacts:
     # checksum did not tell: host_conf.HostConf.read_dovecot_named); named_read says it did.
     dovecot_named: tuple[str, str] | None = None
     named_read: bool = False
+    # Postfix instances other than /etc/postfix, which the deploy does not manage (refused)
+    instances: tuple[PostfixInstance, ...] = ()
     # daemon -> its systemd unit's state; a daemon absent here is not installed or has no systemd
     units: Mapping[str, Unit] = field(default_factory=dict)

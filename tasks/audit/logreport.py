@@ -500,6 +500,33 @@ def destination_warning(service: str, peer: str, s: ServiceStats) -> str | None:
     return f"outbound {peer} ({service}): " + ", ".join(said)
 
 
+def inbound_warning(service: str, s: ServiceStats) -> str | None:
+    """A server service (ours, or another Postfix instance's: postfix-out/smtpd) whose logged
+    sessions were not all forward-secret, as the policy has them; None when they were.
+
+    >>> inbound_warning("postfix-out/smtpd", ServiceStats(sessions=100, forward_secret=49))
+    'inbound postfix-out/smtpd: 49 of 100 sessions forward-secret (the policy: every one)'
+    """
+    known = s.sessions - s.details_unknown
+    if not known or s.forward_secret >= known:
+        return None
+    return (
+        f"inbound {service}: {s.forward_secret} of {known} sessions forward-secret "
+        "(the policy: every one)"
+    )
+
+
+def log_warnings(report: LogReport) -> list[str]:
+    """The log report's warnings: server services under the policy's share, then the weak
+    destinations of the client services."""
+    inbound = [
+        w
+        for service, stats in sorted(report.services.items())
+        if not isinstance(stats, ClientStats) and (w := inbound_warning(service, stats))
+    ]
+    return inbound + outbound_warnings(report)
+
+
 def outbound_warnings(report: LogReport) -> list[str]:
     """A warning per weak destination of the client services; loopback peers left out."""
     return [

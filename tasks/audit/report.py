@@ -24,7 +24,7 @@ from tasks.audit.logreport import (
     ClientStats,
     LogReport,
     is_client,
-    outbound_warnings,
+    log_warnings,
     summarize,
     worst_destinations,
 )
@@ -246,11 +246,11 @@ def print_report(
         if isinstance(st, ClientStats) and st.destinations:
             for line in destination_lines(service, st):
                 console.print(Text(line))  # as Text: an IPv6 peer's ":a:" is no emoji code
-    warnings = outbound_warnings(report)
+    warnings = log_warnings(report)
     for w in warnings[:WARNINGS_SHOWN]:
         console.print(_styled("yellow", "  warn", f" {w}"))
     if len(warnings) > WARNINGS_SHOWN:
-        console.print(f"  ... and {len(warnings) - WARNINGS_SHOWN} more weak destinations (JSON)")
+        console.print(f"  ... and {len(warnings) - WARNINGS_SHOWN} more log warnings (JSON)")
 
 
 def audit_host(
@@ -302,7 +302,7 @@ def audit_host(
         ],
         "unscanned_failures": [f for v in verdicts[len(scan.ports) :] for f in v.failures],
         # Findings not of a port and never failures: today the weak outbound destinations.
-        "warnings": outbound_warnings(report),
+        "warnings": log_warnings(report),
         "log_report": report.to_dict()
         | {"excluded_clients": sorted(excluded), "source": log.get("source")},
         # mailtls-cert-watch's last word per daemon: "... serving CERT sha256=..." or "... rejected CERT: why"

@@ -163,3 +163,25 @@ def test_dh_file_checked_against_the_host_before_any_change(fresh_host):
             + host.ssh("sha256sum /srv/tls/cert.pem; ls -la /etc/dovecot/private").stdout
             == before
         )
+
+
+def test_a_second_postfix_instance_is_refused_naming_it(fresh_host, suite):
+    """postmulti's postfix-out, its own smtpd on 127.0.0.2:25 with the stock TLS settings: a run
+    that hardened /etc/postfix only would report the host forward-secret while postfix-out kept
+    TLS 1.0 and RSA key exchange. The run stops before any change, naming the instance."""
+    host = fresh_host(suite)
+    host.ssh(
+        "postmulti -e init >/dev/null && postmulti -I postfix-out -G mta -e create >/dev/null && "
+        "postconf -c /etc/postfix-out -M# smtp/inet && "
+        "postconf -c /etc/postfix-out -Me '127.0.0.2:25/inet=127.0.0.2:25 inet n - y - - smtpd' && "
+        "postmulti -i postfix-out -e enable && postmulti -i postfix-out -p start"
+    )
+    before = snapshot(host)
+    res = run_pyinfra(host, check=False)
+    out = output(res)
+    assert res.returncode != 0, out[-3000:]
+    no_traceback(out)
+    assert f"{host.name}: Postfix instance postfix-out (/etc/postfix-out, enabled)" in out, out
+    assert f"{host.name}: nothing was changed on this host" in out, out
+    assert snapshot(host) == before
+    assert not host.ssh("ls /usr/local/sbin/mailtls-apply 2>/dev/null; true").stdout

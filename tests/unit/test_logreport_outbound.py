@@ -12,7 +12,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tasks.audit.facts import _PATTERN
-from tasks.audit.logreport import ClientStats, ServiceStats, outbound_warnings, summarize
+from tasks.audit.logreport import (
+    ClientStats,
+    ServiceStats,
+    log_warnings,
+    outbound_warnings,
+    summarize,
+)
 
 NOW = datetime(2026, 11, 28, 18, 0, tzinfo=UTC)
 MX = "mx.example.net[192.0.2.7]:25"
@@ -355,3 +361,22 @@ def test_fact_pattern_fetches_client_lines_and_not_other_status_lines():
         env={**os.environ, "LC_ALL": "C"},  # as the command: export LC_ALL=C
     ).stdout.splitlines()
     assert out == SAMPLE
+
+
+def test_a_server_service_under_the_policys_share_is_a_warning():
+    """Another Postfix instance's smtpd (postfix-out/smtpd) that still negotiates RSA key
+    exchange: a warning of the log report, as the issue's 49 % was; all forward-secret: none."""
+    now = datetime(2026, 12, 7, 12, tzinfo=UTC)
+    est = (
+        "2026-12-07T11:00:0{i}+00:00 mx {tag}[9]: Anonymous TLS connection established from "
+        "c[192.0.2.{i}]: TLSv1.2 with cipher {cipher} (256/256 bits)"
+    )
+    lines = [
+        est.format(i=1, tag="postfix-out/smtpd", cipher="ECDHE-RSA-AES256-GCM-SHA384"),
+        est.format(i=2, tag="postfix-out/smtpd", cipher="AES256-GCM-SHA384"),
+        est.format(i=3, tag="postfix/smtpd", cipher="ECDHE-RSA-AES256-GCM-SHA384"),
+    ]
+    r = summarize(lines, now=now)
+    assert log_warnings(r) == [
+        "inbound postfix-out/smtpd: 1 of 2 sessions forward-secret (the policy: every one)"
+    ]

@@ -119,3 +119,34 @@ def test_the_outbound_check_reads_the_first_client_hello(sample, expect):
     hello, _, sni = out.rpartition("|")
     assert hello == expect
     assert sni.endswith(b"0123456789abcdef.mailtls.invalid".hex())
+
+
+SS = """\
+LISTEN 0 100 0.0.0.0:25 0.0.0.0:* users:(("master",pid=100,fd=13))
+LISTEN 0 100 [::]:25 [::]:* users:(("master",pid=100,fd=14))
+LISTEN 0 100 192.0.2.7:587 0.0.0.0:* users:(("master",pid=100,fd=20))
+LISTEN 0 100 198.51.100.9:587 0.0.0.0:* users:(("master",pid=100,fd=21))
+LISTEN 0 100 [::]:993 [::]:* users:(("dovecot",pid=200,fd=30))
+LISTEN 0 100 127.0.0.1:2525 0.0.0.0:* users:(("master",pid=100,fd=22))
+"""
+
+
+@pytest.mark.parametrize(
+    "port,expect",
+    [
+        (25, ["127.0.0.1:25"]),  # both wildcards: one listener of one service
+        (587, ["192.0.2.7:587", "198.51.100.9:587"]),  # each address probed
+        (993, ["[::1]:993"]),
+        (465, []),
+        (25252, []),  # no partial match of the port
+    ],
+)
+def test_every_listening_address_of_a_port_is_probed(port, expect):
+    verify_sh = (scripts.FILES / "mailtls-apply-verify.sh").read_text()
+    out = subprocess.run(
+        ["sh", "-c", verify_sh + '\nlocal_addresses "$1" "$2"', "sh", str(port), SS],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == expect
