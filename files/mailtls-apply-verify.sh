@@ -324,6 +324,9 @@ client_hello() {  # GROUPS
 outbound_probes() {
     [ -r "$VERIFY" ] || return 0
     grep -q '^outbound ' "$VERIFY" || return 0
+    command -v posttls-finger >/dev/null || {
+        echo "outbound: posttls-finger (Debian's postfix package) is missing: the client's ClientHello cannot be checked"
+        return 1; }
     P=$(postconf -P 2>/dev/null)
     checked=
     while IFS=' ' read -r kind svc max offer; do
