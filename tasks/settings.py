@@ -231,6 +231,16 @@ SETTINGS: tuple[Setting, ...] = (
         alias=False,
     ),
     Setting(
+        "audit_metrics",
+        None,
+        validators.run_file(".prom"),
+        "Audit: the run's metrics on the controller, a Prometheus text file for node_exporter's "
+        "textfile collector (a name ending in .prom, e.g. in its --collector.textfile.directory; "
+        "a path ending in / gets mailtls_audit.prom); unset: $MAILTLS_AUDIT_METRICS, else "
+        "mailtls_audit.prom beside the host's JSON.",
+        alias=False,
+    ),
+    Setting(
         "audit_exclude_self",
         True,
         validators.boolean,
@@ -263,6 +273,7 @@ class Settings:
     audit_log_hours: float
     audit_json: str | None
     audit_html: str | None
+    audit_metrics: str | None
     audit_exclude_self: bool
 
     def policy(self, caps: HostCaps) -> Policy:

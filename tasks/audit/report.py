@@ -1,4 +1,5 @@
-"""The audit of one host, as audit.py runs it: scan, judge, log report, table, JSON.
+"""The audit of one host, as audit.py runs it: scan, judge, log report, table, JSON; and the
+run's HTML page and metrics file, written when its last host is done (host_done).
 
 The host facts it reads are in tasks/audit/facts.py.
 
@@ -24,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.audit import html
+from tasks.audit import html, metrics
 from tasks.audit.logreport import (
     PORTS,
     ClientStats,
@@ -42,6 +43,7 @@ from tasks.settings import Settings
 DEFAULT_JSON = "audit-results/{host}.json"
 # The run's files, by default beside the host's JSON (audit-results/ unless set otherwise).
 DEFAULT_HTML = "report.html"
+DEFAULT_METRICS = "mailtls_audit.prom"  # node_exporter's textfile collector reads *.prom
 # The outbound part of the console report stays within 100 columns: the destination's name
 # gets PEER_WIDTH of them; the console lists WARNINGS_SHOWN warnings, the JSON all of them.
 PEER_WIDTH = 56
@@ -108,6 +110,7 @@ class HostDone:
 
     result: dict | None
     html: Path
+    metrics: Path
 
 
 # Per pyinfra run (its State): the hosts done so far. audit.py is executed once per host, so
@@ -117,7 +120,7 @@ _runs: weakref.WeakKeyDictionary[Any, dict[str, HostDone]] = weakref.WeakKeyDict
 
 def host_done(run: Any, name: str, done: HostDone, hosts: Iterable[str]) -> list[Path]:
     """Record host `name` as done in `run`; once every host of `hosts` (the run's hosts still
-    active) is, write the run's page(s) and return their paths, else return [].
+    active) is, write the run's page(s) and metrics file(s) and return their paths, else [].
 
     Counted per host rather than hooked on pyinfra's operation_end, which --serial and
     --no-wait never call. Hosts whose settings name different files get one file each, with
@@ -128,14 +131,21 @@ def host_done(run: Any, name: str, done: HostDone, hosts: Iterable[str]) -> list
     if not set(hosts) <= set(seen):
         return []
     del _runs[run]  # a second call (pyinfra retrying a host) starts a new count, not a rewrite
-    pages: dict[Path, list[dict]] = {}
-    for d in seen.values():
-        pages.setdefault(d.html, [])
-        if d.result is not None:
-            pages[d.html].append(d.result)
-    for path, of in pages.items():
-        write_atomic(path, html.render(of).encode())
-    return list(pages)
+    written = []
+    for kind, render in (("html", _page), ("metrics", metrics.textfile)):
+        files: dict[Path, list[dict]] = {}
+        for d in seen.values():
+            files.setdefault(getattr(d, kind), [])
+            if d.result is not None:
+                files[getattr(d, kind)].append(d.result)
+        for path, of in files.items():
+            write_atomic(path, render(of))
+            written.append(path)
+    return written
+
+
+def _page(results: list[dict]) -> bytes:
+    return html.render(results).encode()
 
 
 def _console() -> Console:

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tasks.audit.verdict",
             "tasks.audit.logreport",
             "tasks.audit.html",
+            "tasks.audit.metrics",
         ),
     ),
     ("host", ("tasks.host_conf",)),

@@ -16,11 +16,12 @@ class Run:
 
 
 def test_the_page_is_written_when_the_last_host_is_done(fleet, tmp_path):
-    run, page = Run(), tmp_path / "report.html"
+    run, page, prom = Run(), tmp_path / "report.html", tmp_path / "mailtls_audit.prom"
     mx1, mx2 = fleet
-    assert host_done(run, "mx1", HostDone(mx1, page), ["mx1", "mx2"]) == []
-    assert not page.exists()
-    assert host_done(run, "mx2", HostDone(mx2, page), ["mx1", "mx2"]) == [page]
+    assert host_done(run, "mx1", HostDone(mx1, page, prom), ["mx1", "mx2"]) == []
+    assert not page.exists() and not prom.exists()
+    assert host_done(run, "mx2", HostDone(mx2, page, prom), ["mx1", "mx2"]) == [page, prom]
+    assert 'mailtls_audit_host_ok{host="mx2"} 0.0' in prom.read_text()
     text = page.read_text()
     assert 'id="row-mx1"' in text and 'id="row-mx2"' in text
     assert oct(page.stat().st_mode & 0o777) == "0o644"
@@ -29,8 +30,8 @@ def test_the_page_is_written_when_the_last_host_is_done(fleet, tmp_path):
 
 def test_a_host_that_raised_does_not_hold_the_page_back(fleet, tmp_path):
     run, page = Run(), tmp_path / "report.html"
-    host_done(run, "mx1", HostDone(None, page), ["mx1", "mx2"])
-    host_done(run, "mx2", HostDone(fleet[1], page), ["mx1", "mx2"])
+    host_done(run, "mx1", HostDone(None, page, tmp_path / "m.prom"), ["mx1", "mx2"])
+    host_done(run, "mx2", HostDone(fleet[1], page, tmp_path / "m.prom"), ["mx1", "mx2"])
     text = page.read_text()
     assert 'id="row-mx2"' in text and 'id="row-mx1"' not in text
 
@@ -38,16 +39,21 @@ def test_a_host_that_raised_does_not_hold_the_page_back(fleet, tmp_path):
 def test_a_host_failed_by_pyinfra_earlier_is_not_waited_for(fleet, tmp_path):
     """--serial: pyinfra drops a failed host from the active ones before the next runs."""
     run, page = Run(), tmp_path / "report.html"
-    assert host_done(run, "mx1", HostDone(fleet[0], page), ["mx1", "mx2"]) == []
-    assert host_done(run, "mx2", HostDone(fleet[1], page), ["mx2"]) == [page]
+    assert (
+        host_done(run, "mx1", HostDone(fleet[0], page, tmp_path / "m.prom"), ["mx1", "mx2"]) == []
+    )
+    done = host_done(run, "mx2", HostDone(fleet[1], page, tmp_path / "m.prom"), ["mx2"])
+    assert done == [page, tmp_path / "m.prom"]
     assert 'id="row-mx1"' in page.read_text()
 
 
 def test_hosts_naming_different_pages_get_one_each(fleet, tmp_path):
     run, a, b = Run(), tmp_path / "a.html", tmp_path / "b" / "b.html"
-    host_done(run, "mx1", HostDone(fleet[0], a), ["mx1", "mx2"])
-    assert sorted(host_done(run, "mx2", HostDone(fleet[1], b), ["mx1", "mx2"])) == [a, b]
+    prom = tmp_path / "m.prom"
+    host_done(run, "mx1", HostDone(fleet[0], a, prom), ["mx1", "mx2"])
+    assert host_done(run, "mx2", HostDone(fleet[1], b, prom), ["mx1", "mx2"]) == [a, b, prom]
     assert 'id="row-mx2"' not in a.read_text() and 'id="row-mx2"' in b.read_text()
+    assert 'host="mx1"' in prom.read_text() and 'host="mx2"' in prom.read_text()
 
 
 def test_where_the_page_goes(monkeypatch, tmp_path):
