@@ -59,7 +59,12 @@ def registry(results: list[dict]) -> CollectorRegistry:
         "host",
         "port",
     )
-    port_open = gauge("port_open", "1 when the port answered on some address", "host", "port")
+    port_open = gauge(
+        "port_open",
+        "1 when the port answered on some address (with TLS or without)",
+        "host",
+        "port",
+    )
     expiry = gauge(
         "certificate_expiry_timestamp_seconds",
         "End of the certificate the port serves (Unix time; the soonest over addresses)",
@@ -86,7 +91,10 @@ def registry(results: list[dict]) -> CollectorRegistry:
         for port, lvl in host_levels(r).items():
             port_ok.labels(host, str(port)).set(int(lvl != "fail"))
             level.labels(host, str(port)).set(LEVEL_VALUE[lvl])
-            answered = any(p["state"] != "closed" for p in r["ports"] if p["port"] == port)
+            # no-tls answered (and refused STARTTLS); "error" (unresolvable, reset) says nothing
+            answered = any(
+                p["state"] in ("open", "no-tls") for p in r["ports"] if p["port"] == port
+            )
             port_open.labels(host, str(port)).set(int(answered))
         ends: dict[int, float] = {}
         for p in r["ports"]:

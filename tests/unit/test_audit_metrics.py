@@ -42,6 +42,7 @@ def test_textfile_parses_to_the_results_values(fleet):
     assert one("port_level", host="mx1", port="993") == 1  # certificate ends in 10 days: warn
     assert one("port_open", host="mx2", port="465") == 0
     assert one("port_open", host="mx2", port="25") == 1
+
     end = datetime.fromisoformat(mx1["ports"][0]["certificate"]["not_after"]).timestamp()
     assert one("certificate_expiry_timestamp_seconds", host="mx1", port="25") == end
     assert (
@@ -81,3 +82,10 @@ def test_label_values_are_escaped(fleet):
     got = samples(metrics.textfile([r]).decode())
     assert got[("mailtls_audit_log_plaintext_sessions", ("host", "mx1"), ("service", evil))] == 0
     assert not any(("host", "forged") in k for k in got)
+
+
+def test_a_port_the_scan_could_not_reach_is_not_open(fleet):
+    mx1 = fleet[0]
+    ports = [p | {"state": "error", "error": "cannot resolve mx1"} for p in mx1["ports"]]
+    got = samples(metrics.textfile([mx1 | {"ports": ports}]).decode())
+    assert got[("mailtls_audit_port_open", ("host", "mx1"), ("port", "25"))] == 0
