@@ -222,6 +222,25 @@ SETTINGS: tuple[Setting, ...] = (
         "$MAILTLS_AUDIT_JSON, else audit-results/HOST.json.",
     ),
     Setting(
+        "audit_html",
+        None,
+        validators.run_file(""),
+        "Audit: the run's HTML page on the controller, one for every host of the run (no "
+        "`{host}`; a path ending in / gets report.html); unset: $MAILTLS_AUDIT_HTML, else "
+        "report.html beside the host's JSON.",
+        alias=False,
+    ),
+    Setting(
+        "audit_metrics",
+        None,
+        validators.run_file(".prom"),
+        "Audit: the run's metrics on the controller, a Prometheus text file for node_exporter's "
+        "textfile collector (a name ending in .prom, e.g. in its --collector.textfile.directory; "
+        "a path ending in / gets mailtls_audit.prom); unset: $MAILTLS_AUDIT_METRICS, else "
+        "mailtls_audit.prom beside the host's JSON.",
+        alias=False,
+    ),
+    Setting(
         "audit_exclude_self",
         True,
         validators.boolean,
@@ -253,6 +272,8 @@ class Settings:
     audit_ports: tuple[int, ...]
     audit_log_hours: float
     audit_json: str | None
+    audit_html: str | None
+    audit_metrics: str | None
     audit_exclude_self: bool
 
     def policy(self, caps: HostCaps) -> Policy:

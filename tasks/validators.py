@@ -150,3 +150,31 @@ def json_path(value: Any) -> str | None:
     if not isinstance(value, str) or any(c in value for c in "\0\n\r"):
         raise ValueError("expected a file path on the controller")
     return value
+
+
+def run_file(suffix: str) -> Callable[[Any], str | None]:
+    """A controller-side path for a file written once per audit run (the HTML page, the metrics),
+    or unset. `{host}` is refused: the file holds every host of the run. A path ending in '/' is
+    a directory (the file gets its default name there); else, with `suffix`, it must end in it.
+
+    >>> run_file(".prom")("/var/lib/node_exporter/textfile/")
+    '/var/lib/node_exporter/textfile/'
+    >>> run_file(".prom")("out/mailtls.txt")
+    Traceback (most recent call last):
+    ...
+    ValueError: expected a file name ending in .prom (or a directory ending in /)
+    """
+
+    def check(value: Any) -> str | None:
+        path = json_path(value)
+        if path is None:
+            return None
+        if "{host}" in path:
+            raise ValueError("one file per run holds every host: {host} has no place in it")
+        if suffix and not path.endswith(("/", suffix)):
+            raise ValueError(
+                f"expected a file name ending in {suffix} (or a directory ending in /)"
+            )
+        return path
+
+    return check

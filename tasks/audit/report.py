@@ -1,4 +1,5 @@
-"""The audit of one host, as audit.py runs it: scan, judge, log report, table, JSON.
+"""The audit of one host, as audit.py runs it: scan, judge, log report, table, JSON; and the
+run's HTML page and metrics file, written when its last host is done (host_done).
 
 The host facts it reads are in tasks/audit/facts.py.
 
@@ -12,13 +13,19 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tasks.audit import html, metrics
 from tasks.audit.logreport import (
     PORTS,
     ClientStats,
@@ -34,6 +41,9 @@ from tasks.policy import REQUIRED_PORTS, HostCaps, Policy, offers_pq_hybrid
 from tasks.settings import Settings
 
 DEFAULT_JSON = "audit-results/{host}.json"
+# The run's files, by default beside the host's JSON (audit-results/ unless set otherwise).
+DEFAULT_HTML = "report.html"
+DEFAULT_METRICS = "mailtls_audit.prom"  # node_exporter's textfile collector reads *.prom
 # The outbound part of the console report stays within 100 columns: the destination's name
 # gets PEER_WIDTH of them; the console lists WARNINGS_SHOWN warnings, the JSON all of them.
 PEER_WIDTH = 56
@@ -59,6 +69,83 @@ def json_path(host_name: str, configured: str | None) -> Path:
     if raw.endswith("/") or Path(raw).is_dir():
         raw = os.path.join(raw, "{host}.json")
     return Path(raw.replace("{host}", host_name))
+
+
+def run_file_path(json_file: Path, configured: str | None, env: str, default: str) -> Path:
+    """Where a file of the whole run goes: the setting, else $`env`, else `default` beside the
+    host's JSON; a directory (a path ending in '/', or one that exists) gets `default` in it.
+
+    >>> run_file_path(Path("audit-results/mx1.json"), None, "MAILTLS_UNSET", "report.html")
+    PosixPath('audit-results/report.html')
+    >>> run_file_path(Path("x/mx1.json"), "/srv/www/", "MAILTLS_UNSET", "report.html")
+    PosixPath('/srv/www/report.html')
+    """
+    raw = configured or os.environ.get(env)
+    if not raw:
+        return json_file.parent / default
+    if raw.endswith("/") or Path(raw).is_dir():
+        return Path(raw) / default
+    return Path(raw)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` as the whole of `path`: written beside it, then renamed over it, so a reader (a
+    browser, a web server, node_exporter) sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the page from a web server
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+@dataclass(frozen=True)
+class HostDone:
+    """One host's part of the run: its result (None: its audit raised) and where the run's
+    files go by its settings."""
+
+    result: dict | None
+    html: Path
+    metrics: Path
+
+
+# Per pyinfra run (its State): the hosts done so far. audit.py is executed once per host, so
+# what they share lives here; weak, so a finished run's results go with its state.
+_runs: weakref.WeakKeyDictionary[Any, dict[str, HostDone]] = weakref.WeakKeyDictionary()
+
+
+def host_done(run: Any, name: str, done: HostDone, hosts: Iterable[str]) -> list[Path]:
+    """Record host `name` as done in `run`; once every host of `hosts` (the run's hosts still
+    active) is, write the run's page(s) and metrics file(s) and return their paths, else [].
+
+    Counted per host rather than hooked on pyinfra's operation_end, which --serial and
+    --no-wait never call. Hosts whose settings name different files get one file each, with
+    the hosts that named it.
+    """
+    seen = _runs.setdefault(run, {})
+    seen[name] = done
+    if not set(hosts) <= set(seen):
+        return []
+    del _runs[run]  # a second call (pyinfra retrying a host) starts a new count, not a rewrite
+    written = []
+    for kind, render in (("html", _page), ("metrics", metrics.textfile)):
+        files: dict[Path, list[dict]] = {}
+        for d in seen.values():
+            files.setdefault(getattr(d, kind), [])
+            if d.result is not None:
+                files[getattr(d, kind)].append(d.result)
+        for path, of in files.items():
+            write_atomic(path, render(of))
+            written.append(path)
+    return written
+
+
+def _page(results: list[dict]) -> bytes:
+    return html.render(results).encode()
 
 
 def _console() -> Console:

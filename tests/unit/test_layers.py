@@ -25,6 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tasks.safety.verify",
             "tasks.audit.verdict",
             "tasks.audit.logreport",
+            "tasks.audit.html",
+            "tasks.audit.metrics",
         ),
     ),
     ("host", ("tasks.host_conf",)),

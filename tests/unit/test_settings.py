@@ -278,6 +278,24 @@ def test_audit_json():
     refused({"audit_json": 5}, "audit_json")
 
 
+def test_audit_html_is_one_page_per_run():
+    assert validate({"mailtls_audit_html": "out/audit.html"}, HOST).audit_html == "out/audit.html"
+    assert validate({"mailtls_audit_html": "out/"}, HOST).audit_html == "out/"
+    assert validate({"mailtls_audit_html": ""}, HOST).audit_html is None
+    refused({"mailtls_audit_html": "out/{host}.html"}, "mailtls_audit_html", "one file per run")
+    refused({"mailtls_audit_html": "a\nb"}, "mailtls_audit_html")
+    assert validate({"audit_html": "x"}, HOST).audit_html is None  # no old name: not ours
+
+
+def test_audit_metrics_is_one_prom_file_per_run():
+    ok = validate({"mailtls_audit_metrics": "/var/lib/prometheus/node-exporter/mailtls.prom"}, HOST)
+    assert ok.audit_metrics == "/var/lib/prometheus/node-exporter/mailtls.prom"
+    assert validate({"mailtls_audit_metrics": "textfile/"}, HOST).audit_metrics == "textfile/"
+    assert validate({}, HOST).audit_metrics is None
+    refused({"mailtls_audit_metrics": "m.txt"}, "mailtls_audit_metrics", ".prom")
+    refused({"mailtls_audit_metrics": "{host}.prom"}, "mailtls_audit_metrics", "one file per run")
+
+
 def test_unknown_key_reported_before_a_bad_value():
     # the typo is the likelier cause: name it, not the value that then falls back to a default
     refused({"tls_profile": "old", "mailtls_tls_profle": "modern"}, "mailtls_tls_profle")
@@ -496,6 +514,8 @@ def test_every_setting_is_covered():
         "audit_ports": "x",
         "audit_log_hours": "x",
         "audit_json": 5,
+        "audit_html": "out/{host}.html",
+        "audit_metrics": "out/audit.txt",
         "audit_exclude_self": "x",
         "cert_watch": "x",
         "outbound_pq_share": "x",
