@@ -13,7 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m testhosts", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_build = sub.add_parser("build", help="build (or reuse) the cached root filesystems")
-    p_build.add_argument("suites", nargs="*", default=sorted(image.SUITES))
+    p_build.add_argument(
+        "suites",
+        nargs="*",
+        default=list(image.DEFAULT_SUITES),
+        help=f"of {', '.join(image.SUITES)}; default: {' '.join(image.DEFAULT_SUITES)} "
+        "(the others are built when a host first needs them)",
+    )
     p_up = sub.add_parser("up", help="start hosts, restarting any of the same name")
     p_up.add_argument(
         "names",
@@ -42,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         parser.error("must run as root (network namespaces, mounts, systemd-nspawn)")
     if args.cmd == "build":
+        unknown = sorted(set(args.suites) - set(image.SUITES))
+        if unknown:
+            parser.error(
+                f"unknown suite(s) {', '.join(unknown)}; expected of {', '.join(image.SUITES)}"
+            )
         for suite, path in image.build_all(args.suites).items():
             print(f"{suite}\t{path}")
     elif args.cmd == "up":

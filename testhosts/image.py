@@ -17,11 +17,32 @@ import subprocess
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_DIR = Path(os.environ.get("MAILTLS_CACHE_DIR", "/var/cache/mailtls-testhosts"))
 
-SUITES = {"bookworm": "12", "trixie": "13"}
+SUITES = {"bookworm": "12", "trixie": "13", "forky": "14"}
+# What `testhosts build` (and so setup.sh) builds with no suite named: forky (Debian 14,
+# testing) is built on demand, by `testhosts build forky` or the first host or test that needs it.
+DEFAULT_SUITES = ("bookworm", "trixie")
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """How a suite's build differs from the plain recipe. Part of that suite's recipe hash only
+    when it differs, so the suites without quirks keep their cache keys."""
+
+    # debootstrap script used where /usr/share/debootstrap/scripts/SUITE does not exist (the
+    # controller's debootstrap is older than the suite: Debian 12's has no forky script).
+    script_fallback: str = ""
+    # /proc mounted inside the root while CUSTOMISE runs: forky's postinsts (postfix's, run by
+    # dpkg-reconfigure) call systemd-tmpfiles, which fails without it.
+    mount_proc: bool = False
+
+
+QUIRKS = {"forky": Quirks(script_fallback="sid", mount_proc=True)}
+DEBOOTSTRAP_SCRIPTS = Path("/usr/share/debootstrap/scripts")
 
 # What a host runs. No apt inside a host later (no route out): add here what tests need,
 # including what a shaping variant (testhosts/variants.py) switches on. rsyslog is installed
@@ -93,12 +114,42 @@ RECIPE_VERSION = "2"
 
 
 def recipe_hash(suite: str) -> str:
-    text = "\n".join([RECIPE_VERSION, suite, ",".join(PACKAGES), CUSTOMISE])
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    parts = [RECIPE_VERSION, suite, ",".join(PACKAGES), CUSTOMISE]
+    quirks = QUIRKS.get(suite)
+    if quirks and quirks != Quirks():
+        parts.append(repr(quirks))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
 def image_path(suite: str) -> Path:
     return CACHE_DIR / f"{suite}-{recipe_hash(suite)}.tar.zst"
+
+
+def debootstrap_script(suite: str) -> list[str]:
+    """debootstrap's optional 4th argument: the fallback script of a suite this debootstrap
+    has none for, else nothing (its own script)."""
+    fallback = QUIRKS.get(suite, Quirks()).script_fallback
+    if not fallback or (DEBOOTSTRAP_SCRIPTS / suite).exists():
+        return []
+    return [str(DEBOOTSTRAP_SCRIPTS / fallback)]
+
+
+@contextlib.contextmanager
+def _proc_mounted(root: Path, wanted: bool):
+    """/proc mounted at ROOT/proc for the duration (when `wanted`), unmounted after, also when
+    the body fails. A /proc that cannot be unmounted raises: the caller must then not delete
+    the tree (shutil.rmtree would walk into the mounted /proc)."""
+    if not wanted:
+        yield
+        return
+    proc = root / "proc"
+    proc.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(proc)], check=True)
+    try:
+        yield
+    finally:
+        if subprocess.run(["umount", str(proc)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(proc)], check=True)
 
 
 def debian_mirror() -> str:
@@ -146,18 +197,20 @@ def build(suite: str, log=print) -> Path:
                     suite,
                     str(root),
                     debian_mirror(),
+                    *debootstrap_script(suite),
                 ],
                 check=True,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-            subprocess.run(
-                ["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],
-                check=True,
-                env=env,
-                stdout=subprocess.DEVNULL,
-            )
+            with _proc_mounted(root, QUIRKS.get(suite, Quirks()).mount_proc):
+                subprocess.run(
+                    ["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],
+                    check=True,
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                )
             partial = work / "image.tar.zst"
             subprocess.run(
                 [
@@ -180,6 +233,8 @@ def build(suite: str, log=print) -> Path:
             detail = (exc.stderr or b"").decode(errors="replace")[-2000:]
             raise RuntimeError(f"building the {suite} image failed: {exc}\n{detail}") from exc
         finally:
+            if os.path.ismount(root / "proc"):  # never walk into a mounted /proc
+                raise RuntimeError(f"{root}/proc is still mounted: left {work} in place")
             shutil.rmtree(work, ignore_errors=True)
         _prune(suite, keep=target)
         log(f"built {target} ({target.stat().st_size // 2**20} MiB)")
