@@ -11,6 +11,8 @@
 # FILE's first certificate), `outbound SVC/TYPE MAX OFFER` (Postfix's TLS client with that
 # transport's groups sends a first ClientHello of at most MAX bytes, 0 = any, offering OFFER).
 
+DOVECOT_DIR=/etc/dovecot  # where a setting Dovecot serves instead of ours is looked for
+
 # Addresses a local client can reach for a listening TCP port, one per line (none when nothing
 # listens), from SOCKETS (one `ss` for every probe of a verify: the daemon's own master's
 # sockets): every listening address, a wildcard as loopback. IPv4's and IPv6's wildcard are one
@@ -108,6 +110,63 @@ postfix_warnings() {  # LOGMARK
     echo "$logged" | grep -F 'warning:' | grep -wF "$names" | grep -v "$still_used"
 }
 
+# doveconf's output as `PATH = VALUE` lines, PATH as `doveconf PATH` takes it: a setting in a
+# filter ("ssl_server {", "  prefer_ciphers = client", "}") as ssl_server/prefer_ciphers, in
+# "protocol imap {" as protocol/imap/NAME. Heredoc values (2.4.5: key = <<EOD ... EOD) skipped.
+dove_paths() {  # < DOVECONF-OUTPUT
+    awk '{ sub(/^[ \t]+/, ""); sub(/[ \t]+$/, "") }
+    eod != "" { if ($0 == eod) eod = ""; next }
+    /\{$/ && !/=/ { sub(/ *\{$/, ""); gsub(/[ \t]+/, "/"); path[++d] = $0; next }
+    $0 == "}" { if (d) d--; next }
+    (i = index($0, "=")) {
+        k = substr($0, 1, i - 1); v = substr($0, i + 1); sub(/ +$/, "", k); sub(/^ +/, "", v)
+        if (v ~ /^<<[A-Za-z0-9_]+$/) { eod = substr(v, 3); next }
+        p = ""; for (j = 1; j <= d; j++) p = p path[j] "/"
+        print p k " = " v }'
+}
+
+dove_value() {  # NAME PATHS: the value PATHS (dove_paths lines) give NAME; status 1: none
+    printf '%s\n' "$2" | awk -v k="$1 = " 'index($0, k) == 1 { print substr($0, length(k) + 1); f = 1; exit } END { exit !f }'
+}
+
+dove_query() {  # PROTOCOL|"" NAME...: doveconf's values, as dove_paths lines
+    q=$1
+    shift
+    doveconf ${q:+-f "protocol=$q"} "$@" 2>/dev/null </dev/null | dove_paths
+}
+
+dove_name() { echo "$1" | tr / _; }  # NAME as files set it: ssl_server/x is ssl_server_x
+
+# The value Dovecot serves for NAME, from GOT (dove_query of every name) or asked alone: 2.4.5
+# drops a filter path asked after a plain name; 2.4.1 prints none for one no file sets, whose
+# flat name then shows the value in effect, the default. Status 1: Dovecot reports none.
+dove_served() {  # PROTOCOL NAME GOT
+    dove_value "$2" "$3" || dove_value "$2" "$(dove_query "$1" "$2")" ||
+        { case "$2" in */*) dove_value "$(dove_name "$2")" "$(dove_query "$1" "$(dove_name "$2")")" ;; *) false ;; esac; }
+}
+
+# Where NAME's VALUE under PROTOCOL comes from: the `doveconf -n` settings (NCONF, dove_paths
+# lines) giving it, globally or in a block that applies (a protocol's only to it), then the lines
+# of DIR's files but ours setting it to VALUE (file:line; in a filter by its short name).
+dove_origin() {  # PROTOCOL NAME VALUE NCONF DIR
+    flat=$(dove_name "$2")
+    set_by=$(printf '%s\n' "$4" | awk -v a="/$2 = $3" -v b="/$flat = $3" -v p="protocol/$1/" '
+        { l = "/" $0; k = substr($0, 1, index($0, " = ") - 1) }
+        (substr(l, length(l) - length(a) + 1) == a || substr(l, length(l) - length(b) + 1) == b) &&
+        (k !~ /^protocol\// || index(k, p) == 1) { o = o (o ? ", " : "doveconf -n sets ") $0 }
+        END { print o }')
+    lines=$(grep -rnE "^[[:space:]]*($flat|${2##*/})[[:space:]]*=" "$5" 2>/dev/null | grep -v '/99-mailtls\.conf:' |
+        awk -v v="$3" '{ t = $0; sub(/^[^=]*=[ \t]*/, "", t); sub(/[ \t]+(#.*)?$/, "", t); gsub(/^"|"$/, "", t) }
+        t == v { match($0, /^[^:]*:[0-9]+:/); r = substr($0, RLENGTH + 1); sub(/^[ \t]+/, "", r)
+                 o = o (o ? "; " : "") substr($0, 1, RLENGTH) " " r }
+        END { print o }')
+    if [ -n "$set_by$lines" ]; then
+        echo "$set_by${set_by:+${lines:+; }}$lines -- remove it there"
+    else
+        echo "no file in $5 sets it to $3 (the default, or a file outside $5): is 99-mailtls.conf read?"
+    fi
+}
+
 # The settings the daemon reads back are those the policy sets.
 readback() {  # DAEMON LOGMARK
     [ -r "$VERIFY" ] || return 0
@@ -133,22 +192,24 @@ readback() {  # DAEMON LOGMARK
     dovecot)
         protos=$(doveconf -h protocols 2>/dev/null |
             awk '{ if ($2 == "=") { if ($3 == "yes") print $1 } else for (i = 1; i <= NF; i++) print $i }')
-        keys=$(sed -n 's/^doveconf \([^=]*\)=.*/\1/p' "$VERIFY")
+        # Filter paths (ssl_server/prefer_ciphers) first: asked after a plain name, Dovecot
+        # 2.4.5 prints none of them (2.3 and 2.4.1 print every name asked, in any order).
+        keys=$(sed -n 's/^doveconf \([^=]*\/[^=]*\)=.*/\1/p' "$VERIFY"; sed -n 's/^doveconf \([^=/]*\)=.*/\1/p' "$VERIFY")
         [ -n "$keys" ] || return 0
         for proto in "" $protos; do
-            # a filter/name query prints "filter {", "  name = value", "}": compare the lines
             # shellcheck disable=SC2086 # keys: one setting name per word
-            got=$(doveconf ${proto:+-f protocol=$proto} $keys 2>/dev/null | sed 's/^[[:space:]]*//')
+            got=$(dove_query "$proto" $keys)
             while IFS=' ' read -r kind rest; do
                 [ "$kind" = doveconf ] || continue
-                name=${rest%%=*} value=${rest#*=} leaf=${name##*/}
-                want="$leaf = $value"; [ -n "$value" ] || want="$leaf ="
-                echo "$got" | grep -qxF "$want" && continue
-                name=$leaf
-                where=$(grep -rnE "^[[:space:]]*${name}[[:space:]]*=" /etc/dovecot 2>/dev/null |
-                        grep -v '/99-mailtls\.conf:' | tr '\n' ' ')
-                echo "Dovecot${proto:+ (protocol $proto)} serves $(echo "$got" | grep -F "$name = " | head -n 1)," \
-                     "not $want: set by ${where:-a file outside /etc/dovecot}-- remove it there"
+                name=${rest%%=*} value=${rest#*=}
+                have=$(dove_served "$proto" "$name" "$got") || {
+                    echo "Dovecot${proto:+ (protocol $proto)} reports no value for $(dove_name "$name")" \
+                         "(doveconf ${proto:+-f protocol=$proto }$name printed nothing) where the policy sets $value"
+                    return 1; }
+                [ "$have" = "$value" ] && continue
+                echo "Dovecot${proto:+ (protocol $proto)} serves $(dove_name "$name") = $have, not $value" \
+                     "(the policy's, in 99-mailtls.conf): $(dove_origin "$proto" "$name" "$have" \
+                     "$(doveconf -n 2>/dev/null </dev/null | dove_paths)" "$DOVECOT_DIR")"
                 return 1
             done < "$VERIFY"
         done ;;

@@ -122,7 +122,8 @@ def settings_of(text: str) -> dict[str, str]:
 def readback(text: str) -> dict[str, str]:
     r"""What `doveconf` must report for our file's TLS-policy settings: doveconf name -> value.
     2.4 keeps ssl_server_* in the ssl_server filter: `doveconf ssl_server_prefer_ciphers` shows
-    the default there, `doveconf ssl_server/prefer_ciphers` the value in effect.
+    the default there, `doveconf ssl_server/prefer_ciphers` the value in effect. 2.4.5 prints
+    no filter path asked after a plain name: mailtls-apply asks the filter paths first.
 
     >>> readback("ssl_server_prefer_ciphers = server\nssl_min_protocol = TLSv1.2\n")
     {'ssl_server/prefer_ciphers': 'server', 'ssl_min_protocol': 'TLSv1.2'}
