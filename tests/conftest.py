@@ -1,8 +1,12 @@
-"""Shared fixtures: real Debian 12 (bookworm) and 13 (trixie) test hosts over real SSH.
+"""Shared fixtures: real Debian 12 (bookworm), 13 (trixie) and 14 (forky) test hosts over real SSH.
+
+Most integration tests run on SUITES (Debian 12 and 13); those that matter most for a release
+(the default deploy's convergence and outside checks, the audit) also on forky: SUITES_ALL.
 
 - `stock`: one untouched host per release for the whole session (never deploy to it).
 - `deployed`: one host per release deployed once with the default profile; tests may read,
   send mail and handshake, and must leave its config as they found it.
+  Both start on first use: SUITES' hosts together, forky's only when a test asks for it.
 - `fresh_host(suite)`: a new host of its own for a test that changes or breaks things;
   stopped after the test.
 - `run_pyinfra(hosts, script, *args)`: runs the real `pyinfra` CLI as a user would.
@@ -14,6 +18,7 @@ import itertools
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,6 +29,10 @@ sys.path.insert(0, str(ROOT))
 from testhosts import hosts as th  # noqa: E402
 
 SUITES = ("bookworm", "trixie")
+# Every release the deploy supports. forky (Debian 14, testing) only where a test asks for it
+# with @pytest.mark.parametrize("suite", SUITES_ALL): on every test it would take the suite
+# past its time budget (~32 min on two releases, 45 at most).
+SUITES_ALL = (*SUITES, "forky")
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _counter = itertools.count(1)
 # Several test runs may share one machine (and its host registry): MAILTLS_TEST_PREFIX keeps
@@ -77,21 +86,61 @@ def run_pyinfra(
     return res
 
 
+class SessionHosts(Mapping[str, th.Host]):
+    """One host per release for the session, started when a test first asks for its release:
+    SUITES' hosts together, any other release's (forky's) on its own; deployed once with the
+    default profile if `deploy`. A start or deploy that failed fails every test asking for it."""
+
+    def __init__(self, stem: str, deploy: bool):
+        self.stem, self.deploy = stem, deploy
+        self.hosts: dict[str, th.Host] = {}
+        self.failed: dict[str, BaseException] = {}
+
+    def __getitem__(self, suite: str) -> th.Host:
+        if suite not in SUITES_ALL:
+            raise KeyError(suite)
+        if suite in self.failed:
+            raise RuntimeError(f"the session's {suite} host failed to start") from self.failed[
+                suite
+            ]
+        if suite not in self.hosts:
+            group = SUITES if suite in SUITES else (suite,)
+            try:
+                started = _up([f"{PREFIX}{self.stem}{s[0]}:{s}" for s in group])
+                self.hosts.update(zip(group, started, strict=True))  # stopped at the end
+                if self.deploy:
+                    run_pyinfra(started)
+            except BaseException as exc:
+                self.failed.update(dict.fromkeys(group, exc))
+                raise
+        return self.hosts[suite]
+
+    def __iter__(self):
+        return iter(SUITES_ALL)
+
+    def __len__(self) -> int:
+        return len(SUITES_ALL)
+
+    def down(self) -> None:
+        if self.hosts:
+            th.down([h.name for h in self.hosts.values()])
+
+
 @pytest.fixture(scope="session")
 def stock():
-    """{'bookworm': Host, 'trixie': Host}, never deployed to."""
-    started = _up([f"{PREFIX}stock{s[0]}:{s}" for s in SUITES])
-    yield dict(zip(SUITES, started, strict=True))
-    th.down([h.name for h in started])
+    """{'bookworm': Host, 'trixie': Host, 'forky': Host}, never deployed to."""
+    hosts = SessionHosts("stock", deploy=False)
+    yield hosts
+    hosts.down()
 
 
 @pytest.fixture(scope="session")
 def deployed():
-    """{'bookworm': Host, 'trixie': Host}, deployed once with the default profile."""
-    started = _up([f"{PREFIX}dep{s[0]}:{s}" for s in SUITES])
-    run_pyinfra(started)
-    yield dict(zip(SUITES, started, strict=True))
-    th.down([h.name for h in started])
+    """{'bookworm': Host, 'trixie': Host, 'forky': Host}, deployed once with the default
+    profile."""
+    hosts = SessionHosts("dep", deploy=True)
+    yield hosts
+    hosts.down()
 
 
 @pytest.fixture

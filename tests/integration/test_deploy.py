@@ -1,4 +1,5 @@
-"""The deploy on real Debian 12 and 13 hosts: real handshakes, real mail, real logs, idempotence."""
+"""The deploy on real Debian 12 and 13 hosts: real handshakes, real mail, real logs, idempotence.
+The default deploy's convergence, outside checks and re-run also on Debian 14 (SUITES_ALL)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import uuid
 import pytest
 from probes import STOCK_TLS_PORTS as PORTS
 
-from conftest import PYINFRA, ROOT, run_pyinfra
+from conftest import PYINFRA, ROOT, SUITES_ALL, run_pyinfra
 
 MANDATORY = (587, 465, 143, 993)
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
@@ -39,6 +40,7 @@ def established(out: str) -> bool:
 LEGACY = "DEFAULT:@SECLEVEL=0"
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_every_port_negotiates_forward_secret_key_exchange(deployed, suite):
     host = deployed[suite]
     for port in PORTS:
@@ -47,16 +49,21 @@ def test_every_port_negotiates_forward_secret_key_exchange(deployed, suite):
         assert re.search(r"Server Temp Key: (X25519|ECDH)", out), (port, out)
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
     host = deployed[suite]
     for port in (25, 993):
         out = s_client("127.0.0.1", port, "-groups", "X25519MLKEM768:X25519", on_host=host)
-        if suite == "trixie":
+        if suite != "bookworm":  # OpenSSL >= 3.5
             assert "Negotiated TLS1.3 group: X25519MLKEM768" in out, (port, out)
         else:  # OpenSSL 3.0 has no ML-KEM: the client cannot even ask; X25519 must still work
             assert established(s_client(host.address, port)), port
 
 
+PQ_SUITES = [s for s in SUITES_ALL if s != "bookworm"]  # OpenSSL >= 3.5
+
+
+@pytest.mark.parametrize("suite", PQ_SUITES)
 @pytest.mark.parametrize(
     "groups",
     [
@@ -64,16 +71,36 @@ def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
         "X25519MLKEM768:*X25519",  # offers it with an X25519 key share only (Postfix 3.11's client)
     ],
 )
-def test_the_server_asks_for_the_hybrid_group_a_client_offers(deployed, groups):
+def test_the_server_asks_for_the_hybrid_group_a_client_offers(deployed, suite, groups):
     """The hybrid group is in a tier of its own on the server: negotiated whenever the client
     offers it, by HelloRetryRequest when its share is a classic one (a flat list would take the
     X25519 share)."""
-    host = deployed["trixie"]
+    host = deployed[suite]
     for port in (25, 143, 993):
-        out = s_client("127.0.0.1", port, "-groups", groups, on_host=host)
+        out = s_client("127.0.0.1", port, "-groups", groups, "-msg", on_host=host)
         assert "Negotiated TLS1.3 group: X25519MLKEM768" in out, (port, groups, out)
+        # the retry is a first ServerHello (HelloRetryRequest), then the real one
+        hellos = 2 if "*" in groups else 1
+        assert out.count("ServerHello") == hellos, (port, groups, out[-3000:])
 
 
+@pytest.mark.parametrize("suite", PQ_SUITES)
+def test_postfix_311s_own_client_gets_the_hybrid_group(deployed, suite):
+    """posttls-finger with Postfix 3.11's default groups (?X25519MLKEM768:DEFAULT: an X25519
+    share, the hybrid group offered), as a Debian 14 sender connects to port 25."""
+    out = (
+        deployed[suite]
+        .ssh(
+            "posttls-finger -c -l may -o 'tls_eecdh_auto_curves=?X25519MLKEM768:DEFAULT' "
+            "'[127.0.0.1]:25' 2>&1",
+            check=False,
+        )
+        .stdout
+    )
+    assert re.search(r"TLS connection established .* key-exchange X25519MLKEM768 ", out), out
+
+
+@pytest.mark.parametrize("suite", SUITES_ALL)
 @pytest.mark.parametrize("proto", ["-tls1", "-tls1_1"])
 def test_old_protocols_refused_everywhere(deployed, suite, proto):
     host = deployed[suite]
@@ -82,6 +109,7 @@ def test_old_protocols_refused_everywhere(deployed, suite, proto):
         assert not established(out), (port, proto, out)
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 @pytest.mark.parametrize(
     "cipher",
     [
@@ -99,6 +127,7 @@ def test_non_fs_and_non_aead_suites_refused(deployed, suite, cipher):
         assert not established(out), (port, cipher, out)
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_the_refusal_checks_can_fail(stock, suite):
     """The stock host accepts what the deployed one refuses: the probes above really probe."""
     host = stock[suite]
@@ -108,6 +137,7 @@ def test_the_refusal_checks_can_fail(stock, suite):
     )
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
     host = deployed[suite]
     tag = uuid.uuid4().hex
@@ -142,6 +172,7 @@ def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
     assert tag in host.ssh("cat /var/mail/mailtest").stdout  # delivered
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_postfix_and_postconf_print_no_warning(deployed, suite):
     host = deployed[suite]
     out = host.ssh(
@@ -150,6 +181,7 @@ def test_postfix_and_postconf_print_no_warning(deployed, suite):
     assert out == "", out
 
 
+@pytest.mark.parametrize("suite", SUITES_ALL)
 def test_second_run_changes_nothing(deployed, suite):
     res = run_pyinfra(deployed[suite])
     assert "No changes" in res.stderr, res.stderr[-3000:]
