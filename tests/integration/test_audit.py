@@ -230,7 +230,7 @@ def test_audit_fails_a_host_missing_the_hybrid_group_where_promised(fresh_host, 
     # An admin removes the hybrid group by hand from both daemons.
     host.ssh(
         "postconf -e 'tls_eecdh_auto_curves = X25519 prime256v1 secp384r1' && postfix reload; "
-        "sed -i 's/^ssl_curve_list = X25519MLKEM768:/ssl_curve_list = /' /etc/dovecot/conf.d/99-mailtls.conf && "
+        "sed -i 's|^ssl_curve_list = X25519MLKEM768/|ssl_curve_list = |' /etc/dovecot/conf.d/99-mailtls.conf && "
         "doveconf -n >/dev/null && systemctl reload dovecot && sleep 1"
     )
     res, result = run_audit(host, tmp_path)
