@@ -3,7 +3,7 @@
 A variant is applied over SSH after boot (`python -m testhosts up NAME:SUITE+VARIANT[+VARIANT]`,
 or `python -m testhosts shape NAME VARIANT...`), so there is still one image per release: only
 what a variant switches on must be installed in it (testhosts/image.py PACKAGES). Each script
-runs under `sh -eu` with $SUITE (bookworm | trixie) and $DOVECOT (2.3 | 2.4) set; after the last
+runs under `sh -eu` with $SUITE (bookworm | trixie | forky) and $DOVECOT (2.3 | 2.4) set; after the last
 one Postfix and Dovecot are restarted and must come up with a clean `postfix check`.
 
 The stock hosts log to the journal only, as Debian 12/13 do (rsyslog is installed but masked).
