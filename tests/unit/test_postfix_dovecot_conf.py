@@ -1,4 +1,4 @@
-"""The daemon views: each policy rendered for Postfix 3.7/3.10 and Dovecot 2.3/2.4."""
+"""The daemon views: each policy rendered for Postfix 3.7/3.10/3.11 and Dovecot 2.3/2.4.1/2.4.5."""
 
 import pytest
 
@@ -8,6 +8,7 @@ from tasks.postfix import conf as postfix_conf
 
 DEB12 = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19, 1), openssl=(3, 0, 20))
 DEB13 = HostCaps(postfix=(3, 10, 13), dovecot=(2, 4, 1), openssl=(3, 5, 9))
+DEB14 = HostCaps(postfix=(3, 11, 7), dovecot=(2, 4, 5), openssl=(3, 6, 5))  # forky, testing
 DH = "/etc/ssl/mailtls/dh.pem"
 STOCK_MAIN = {
     "smtpd_tls_security_level": "may",
@@ -43,6 +44,31 @@ def test_postfix_310_intermediate():
     assert conf.main["tls_eecdh_auto_curves"] == "X25519MLKEM768/X25519 prime256v1 secp384r1"
     assert conf.main["tls_ffdhe_auto_groups"] == ""
     assert "tls_ssl_options" not in conf.main  # renegotiation is always off on 3.10
+
+
+def test_postfix_311_intermediate_is_310s_view():
+    """Postfix 3.11 (Debian 14) needs nothing of its own: no setting of ours is deprecated
+    there (its tls_eecdh_auto_curves / tls_ffdhe_auto_groups deprecation is compiled out)."""
+    conf = pf("intermediate", DEB14)
+    assert conf.main == pf("intermediate", DEB13).main
+    assert conf.main["tls_eecdh_auto_curves"] == "X25519MLKEM768/X25519 prime256v1 secp384r1"
+    assert conf.main["tls_ffdhe_auto_groups"] == ""  # 3.11's default with OpenSSL >= 3.5: checked
+    assert "tls_ssl_options" not in conf.main
+    assert "smtpd_tls_eecdh_grade" in conf.remove
+    # the client's groups: 3.11's own default, still needed beside main.cf's server list
+    policy = resolve("intermediate", DEB14)
+    assert postfix_conf.client_cf(policy) == {"tls_eecdh_auto_curves": "?X25519MLKEM768:DEFAULT"}
+    share = resolve("intermediate", DEB14, outbound_pq_share=True)
+    assert postfix_conf.client_cf(share) == {"tls_eecdh_auto_curves": "DEFAULT"}
+
+
+@pytest.mark.parametrize("profile", ["intermediate", "modern", "legacy-dhe"])
+def test_postfix_and_dovecot_views_alike_on_debian_13_and_14(profile):
+    for render in (
+        lambda caps: pf(profile, caps),
+        lambda caps: dovecot_conf.render(resolve(profile, caps, dh_file=DH), caps),
+    ):
+        assert render(DEB14) == render(DEB13), profile
 
 
 def test_postfix_legacy_dhe_sets_dh_file_and_server_preference():
@@ -112,6 +138,19 @@ def test_dovecot_24_modern_with_cert():
     assert conf["ssl_server_cert_file"] == "/etc/ssl/imap.pem"  # 2.4: no '<'
     assert "%{user}" in conf["login_log_format_elements"]  # 2.4 removed one-letter variables
     assert "%u" not in conf["login_log_format_elements"] and "%k" not in text
+
+
+def test_dovecot_245_gets_the_24_file_and_its_readback_names():
+    text = dovecot_conf.render(resolve("intermediate", DEB14), DEB14)
+    conf = lines(text)
+    assert conf["ssl_server_prefer_ciphers"] == "client"
+    assert conf["ssl_curve_list"] == "X25519MLKEM768/X25519:prime256v1:secp384r1"
+    assert "%{ssl_security}" in conf["login_log_format_elements"]
+    # read back in the ssl_server filter (mailtls-apply asks filter paths first: 2.4.5 drops
+    # one asked after a plain name)
+    back = dovecot_conf.readback(text)
+    assert back["ssl_server/prefer_ciphers"] == "client"
+    assert "ssl_server_prefer_ciphers" not in back
 
 
 def test_dovecot_dh_file_per_version():
