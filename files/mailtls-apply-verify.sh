@@ -9,7 +9,8 @@
 # NAME=VALUE` (every protocol), `probe DAEMON PORT STARTTLS|- accept|refuse ARGS... -- WHAT` (a
 # handshake from this host), `cert DAEMON FILE` (every accepted handshake of DAEMON presents
 # FILE's first certificate), `outbound SVC/TYPE MAX OFFER` (Postfix's TLS client with that
-# transport's groups sends a first ClientHello of at most MAX bytes, 0 = any, offering OFFER).
+# transport's groups sends a first ClientHello of at most MAX bytes, 0 = any, offering OFFER,
+# to Postfix's own port 25).
 
 DOVECOT_DIR=/etc/dovecot  # where a setting Dovecot serves instead of ours is looked for
 
@@ -317,77 +318,78 @@ served_cert() {  # PORT ADDRESS STARTTLS CERT-FILE WANT
         echo "port $1 serves the certificate ${got:-(none)}, not $4's ($5), which the config names: a setting outside mailtls names another"
 }
 
-# The first ClientHello in an `openssl s_server -trace` file: "BYTES|OFFERED|SHARES|SNI-HEX",
-# BYTES on the wire (record header included), the supported_groups and key_share group names
-# and the server_name extension's bytes in hex.
-client_hello_of() {  # TRACE-FILE
+# The first ClientHello in posttls-finger's own packet dump (-L ssl-handshake-packet-dump: the
+# bytes its TLS client writes): "BYTES|OFFERED|SHARES", BYTES on the wire (the first write: the
+# record, header included), the supported_groups and key_share groups by name (by number for
+# one not named here). Postfix drops the padding's trailing zeros from the dump, never a group.
+client_hello_of() {  # DUMP-FILE
     awk '
-    /^ *Length = / { len = $3 }
-    /ClientHello, Length=/ { if (seen) exit; seen = 1; inch = 1; size = len + 5; next }
-    inch && /^$/ { exit }
-    inch && /extension_type=/ { ext = $1; next }
-    inch && ext ~ /^extension_type=supported_groups/ { offered = offered " " $1 }
-    inch && ext ~ /^extension_type=key_share/ && $1 == "NamedGroup:" { shares = shares " " $2 }
-    inch && ext ~ /^extension_type=server_name/ && $2 == "-" {
-        for (i = 3; i <= NF && i <= 17; i++) if ($i ~ /^[0-9a-f][0-9a-f](-[0-9a-f][0-9a-f])?$/) {
-            b = $i; sub(/-/, "", b); sni = sni b
-        }
+    function byte(i) {
+        return index(H, substr(hex[i], 1, 1)) * 16 - 17 + index(H, substr(hex[i], 2, 1))
     }
-    END { print size "|" offered "|" shares "|" sni }' "$1"
+    function u16(i) { return byte(i) * 256 + byte(i + 1) }
+    function name(g) { return (g in N) ? N[g] : g }
+    BEGIN {
+        H = "0123456789abcdef"
+        N[4588] = "X25519MLKEM768"; N[29] = "X25519"; N[30] = "X448"; N[23] = "secp256r1"
+        N[24] = "secp384r1"; N[25] = "secp521r1"; N[256] = "ffdhe2048"; N[257] = "ffdhe3072"
+        N[258] = "ffdhe4096"; N[259] = "ffdhe6144"; N[260] = "ffdhe8192"
+    }
+    / write to .*\([0-9]+ bytes/ {
+        if (seen) exit
+        seen = 1; match($0, /\([0-9]+ bytes/); total = substr($0, RSTART + 1, RLENGTH - 7); next
+    }
+    seen && $2 ~ /^[0-9a-f][0-9a-f][0-9a-f][0-9a-f]$/ {
+        # 16 bytes in 48 columns after the offset ("00|fc" marks the middle), then their text
+        line = substr($0, index($0, " " $2 " ") + 6, 48); gsub(/\|/, " ", line)
+        k = split(line, b, " ")
+        for (i = 1; i <= k; i++) if (b[i] ~ /^[0-9a-f][0-9a-f]$/) hex[n++] = b[i]
+        next
+    }
+    seen { exit }
+    END {
+        if (!n) exit
+        p = 5 + 4 + 2 + 32; p += 1 + byte(p); p += 2 + u16(p); p += 1 + byte(p)
+        last = p + 2 + u16(p); p += 2
+        while (p + 4 <= last && p + 4 <= n) {
+            t = u16(p); l = u16(p + 2); q = p + 4
+            if (t == 10) for (j = q + 2; j < q + 2 + u16(q) && j < n; j += 2) offered = offered " " name(u16(j))
+            if (t == 51) for (j = q + 2; j < q + 2 + u16(q) && j < n; j += 4 + u16(j + 2)) shares = shares " " name(u16(j))
+            p = q + l
+        }
+        print total "|" offered "|" shares
+    }' "$1"
 }
 
 # What Postfix's TLS client sends with GROUPS (a tls_eecdh_auto_curves value; "" = main.cf's):
-# posttls-finger, the same TLS client code as smtp(8), to a throwaway s_server on loopback that
-# traces the handshake. posttls-finger sends a random SNI name that the ClientHello must carry:
-# a local user who connects first to the port cannot pass for our client. Prints
-# client_hello_of's line, nothing when no ClientHello came.
-client_hello() {  # GROUPS
+# posttls-finger, the same TLS client code as smtp(8), to this Postfix's own TLS port at ADDRESS
+# (STARTTLS, or TLS at once for 465), dumping what it writes. Only what our client wrote is
+# read: no listener of ours that a local user could take first. Prints client_hello_of's line,
+# nothing when no ClientHello was written.
+client_hello() {  # GROUPS ADDRESS WRAPPER(yes|"")
+    h=${2%:*} p=${2##*:}
+    h=${h#[} h=${h%]}
     d=$(mktemp -d) || return 1
-    (umask 077; openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-        -days 1 -subj /CN=mailtls-outbound-check -keyout "$d/key" -out "$d/cert") >/dev/null 2>&1
-    name="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n').mailtls.invalid"
-    want=$(printf %s "$name" | od -An -tx1 | tr -d ' \n')
-    line=
-    for _ in 1 2 3; do  # a port someone else took: another one
-        port=$(( $(od -An -N2 -tu2 /dev/urandom) % 28000 + 32000 ))
-        : > "$d/trace"
-        # -rev reads no stdin (at EOF s_server would stop before the handshake)
-        timeout 15 openssl s_server -accept "127.0.0.1:$port" -naccept 1 -rev -cert "$d/cert" \
-            -key "$d/key" -trace -msgfile "$d/trace" </dev/null >/dev/null 2>&1 &
-        spid=$!
-        for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
-            ss -Hltn "sport = :$port" | grep -q . && break
-            kill -0 "$spid" 2>/dev/null || break
-            sleep 0.1
-        done
-        timeout 15 posttls-finger -w -c -l may -s "$name" ${1:+-o "tls_eecdh_auto_curves=$1"} \
-            "[127.0.0.1]:$port" >/dev/null 2>&1 &
-        fpid=$!
-        # posttls-finger then waits for a greeting s_server never sends: stop both once the
-        # server has answered the first ClientHello.
-        for _ in $(seq 50); do
-            grep -q '^Sent TLS Record' "$d/trace" 2>/dev/null && break
-            kill -0 "$spid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill "$fpid" "$spid" 2>/dev/null
-        wait "$fpid" "$spid" 2>/dev/null
-        line=$(client_hello_of "$d/trace")
-        case "${line##*|}" in *"$want") break ;; esac  # after the list's length and type
-        line=
-    done
+    timeout 15 posttls-finger -c -l may -L ssl-handshake-packet-dump ${3:+-w} \
+        ${1:+-o "tls_eecdh_auto_curves=$1"} "[$h]:$p" > "$d/dump" 2>&1
+    client_hello_of "$d/dump"
     rm -rf "$d"
-    [ -z "$line" ] || echo "${line%|*}"
 }
 
-# Every `outbound` line of $VERIFY, one handshake per distinct group setting: the client's
-# first ClientHello fits MAX bytes and offers OFFER. Prints what is wrong.
-outbound_probes() {
+# Every `outbound` line of $VERIFY, one handshake per distinct group setting, to the first of
+# Postfix's own TLS ports that listens (from SOCKETS): the client's first ClientHello fits MAX
+# bytes and offers OFFER. Prints what is wrong. A Postfix with no TLS port (a null client) is
+# not checked here: the read-back still checks the groups it is given.
+outbound_probes() {  # SOCKETS
     [ -r "$VERIFY" ] || return 0
     grep -q '^outbound ' "$VERIFY" || return 0
     command -v posttls-finger >/dev/null || {
         echo "outbound: posttls-finger (Debian's postfix package) is missing: the client's ClientHello cannot be checked"
         return 1; }
+    addr=$(local_address 25 "$1") wrapper=
+    [ -n "$addr" ] || { addr=$(local_address 465 "$1"); wrapper=yes; }
+    [ -n "$addr" ] || { addr=$(local_address 587 "$1"); wrapper=; }
+    [ -n "$addr" ] || { syslog notice "outbound ClientHello not checked: no TLS port of Postfix listens"; return 0; }
     P=$(postconf -P 2>/dev/null)
     checked=
     while IFS=' ' read -r kind svc max offer; do
@@ -395,9 +397,9 @@ outbound_probes() {
         groups=$(echo "$P" | awk -v k="$svc/tls_eecdh_auto_curves" '$1 == k && $2 == "=" { sub(/^[^=]*= /, ""); print; exit }')
         case "$checked" in *"|$groups $max $offer|"*) continue ;; esac
         checked="$checked|$groups $max $offer|"
-        hello=$(client_hello "$groups")
+        hello=$(client_hello "$groups" "$addr" "$wrapper")
         if [ -z "$hello" ]; then
-            echo "outbound: no ClientHello from Postfix's TLS client with $svc's groups (${groups:-as main.cf sets them})"
+            echo "outbound: no ClientHello from Postfix's TLS client with $svc's groups (${groups:-as main.cf sets them}) to $addr"
             return 1
         fi
         bytes=${hello%%|*} rest=${hello#*|}
@@ -440,7 +442,7 @@ verify() {  # DAEMON LOGMARK MPID BEFORE
     negative_probes "$1" "$sockets" "$cert_file" "$want_cert" > "$v/3" &
     pids="$pids $!"
     if [ "$1" = postfix ]; then
-        outbound_probes > "$v/4" &
+        outbound_probes "$sockets" > "$v/4" &
         pids="$pids $!"
     fi
     rc=0 n=0

@@ -115,8 +115,9 @@ def probes(policy: Policy, daemons: tuple[str, ...] = ("postfix", "dovecot")) ->
 @dataclass(frozen=True)
 class Outbound:
     """The check of one client transport: the first ClientHello Postfix's TLS client sends with
-    the transport's groups (posttls-finger to a throwaway `openssl s_server` on loopback) is at
-    most `max_bytes` on the wire (0: unbounded) and offers `offers` (None: nothing required)."""
+    the transport's groups (posttls-finger to Postfix's own port 25, read from its own packet
+    dump) is at most `max_bytes` on the wire (0: unbounded) and offers `offers` (None: nothing
+    required)."""
 
     service: str  # 'name/type' of a master.cf client transport
     max_bytes: int
