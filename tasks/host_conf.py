@@ -1,7 +1,7 @@
 """Everything the deploy writes for one host, computed from its settings and its MailHost fact.
 No I/O: tasks/mail_tls.py applies the result, bench/bench.py's floor writes the same bytes.
 
-    >>> from tasks.host_facts import HostFacts, PostfixInstance
+    >>> from tasks.host_facts import HostFacts
     >>> from tasks.policy import HostCaps
     >>> from tasks.settings import validate
     >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 15))

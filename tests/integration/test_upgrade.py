@@ -83,7 +83,7 @@ def test_a_daemon_down_for_a_reason_not_ours_fails_the_run_naming_it(fresh_host,
     res = run_pyinfra(host, check=False)
     assert res.returncode != 0, output(res)
     err = output(res)
-    assert "dovecot is down (systemd: failed) and did not start" in err, err
+    assert "dovecot was down (systemd: failed) and is not back: systemctl start" in err, err
     assert "98-local.conf" in err, err  # doveconf names the file and line
     assert unit_state(host, "dovecot") == "failed"
 
