@@ -83,8 +83,8 @@ def test_a_daemon_down_for_a_reason_not_ours_fails_the_run_naming_it(fresh_host,
     res = run_pyinfra(host, check=False)
     assert res.returncode != 0, output(res)
     err = output(res)
-    assert "dovecot was down (systemd: failed) and is not back: systemctl start" in err, err
-    assert "98-local.conf" in err, err  # doveconf names the file and line
+    assert "dovecot was down (systemd: failed) and is not back: doveconf -x -n failed" in err, err
+    assert "98-local.conf line 1: Unknown setting" in err, err  # doveconf names file and line
     assert unit_state(host, "dovecot") == "failed"
 
 
