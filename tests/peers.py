@@ -33,6 +33,8 @@ from datetime import UTC, datetime, timedelta
 from email.parser import BytesHeaderParser
 from pathlib import Path
 
+from selfsigned import self_signed
+
 from tasks.audit import wire
 
 KINDS = ("fs13", "fs12", "rsa", "plain", "recorder")
@@ -200,38 +202,20 @@ class Certificates:
 
     @classmethod
     def make(cls, directory: Path, name: str = "peer.test") -> Certificates:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec, rsa
-        from cryptography.x509.oid import NameOID
 
         pairs = {}
+        now = datetime.now(UTC)
         for kind, key in (
             ("rsa", rsa.generate_private_key(public_exponent=65537, key_size=2048)),
             ("ecdsa", ec.generate_private_key(ec.SECP256R1())),
         ):
-            subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-            now = datetime.now(UTC)
-            cert = (
-                x509.CertificateBuilder()
-                .subject_name(subject)
-                .issuer_name(subject)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - timedelta(hours=1))
-                .not_valid_after(now + timedelta(days=2))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-                .sign(key, hashes.SHA256())
+            cert, key_pem = self_signed(
+                key, name, now - timedelta(hours=1), now + timedelta(days=2)
             )
             cert_path, key_path = directory / f"{kind}.crt", directory / f"{kind}.key"
-            cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-            key_path.write_bytes(
-                key.private_bytes(
-                    serialization.Encoding.PEM,
-                    serialization.PrivateFormat.PKCS8,
-                    serialization.NoEncryption(),
-                )
-            )
+            cert_path.write_bytes(cert)
+            key_path.write_bytes(key_pem)
             key_path.chmod(0o600)
             pairs[kind] = (cert_path, key_path)
         return cls(rsa=pairs["rsa"], ecdsa=pairs["ecdsa"])

@@ -86,7 +86,7 @@ CLIENT_GROUPS = {
 }
 
 
-CLIENT_GROUPS_PARAMS = ("tls_eecdh_auto_curves",)
+CLIENT_GROUPS_PARAM = "tls_eecdh_auto_curves"  # the one -o a client transport gets
 
 
 def client_cf(policy: Policy) -> dict[str, str]:
@@ -100,7 +100,7 @@ def client_cf(policy: Policy) -> dict[str, str]:
     >>> client_cf(resolve("intermediate", HostCaps((3, 10, 13), None, (3, 5, 9))))
     {'tls_eecdh_auto_curves': '?X25519MLKEM768:DEFAULT'}
     """
-    return {CLIENT_GROUPS_PARAMS[0]: CLIENT_GROUPS[policy.outbound_pq]}
+    return {CLIENT_GROUPS_PARAM: CLIENT_GROUPS[policy.outbound_pq]}
 
 
 class MasterCfError(ValueError):
@@ -181,7 +181,7 @@ def clients(conf: PostfixConf) -> tuple[str, ...]:
     >>> clients(PostfixConf({}, (), {}, {"smtp/unix/tls_eecdh_auto_curves": "DEFAULT"}))
     ('smtp/unix',)
     """
-    suffix = "/" + next(iter(CLIENT_GROUPS_PARAMS))
+    suffix = "/" + CLIENT_GROUPS_PARAM
     return tuple(k.removesuffix(suffix) for k in conf.params if k.endswith(suffix))
 
 

@@ -169,33 +169,13 @@ def expired_pair(name: str) -> tuple[str, str]:
     """(certificate PEM, key PEM) for `name`, expired yesterday."""
     from datetime import datetime, timedelta
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
+    from selfsigned import self_signed
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(days=90))
-        .not_valid_after(now - timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    return (
-        cert.public_bytes(serialization.Encoding.PEM).decode(),
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ).decode(),
-    )
+    cert, key_pem = self_signed(key, name, now - timedelta(days=90), now - timedelta(days=1))
+    return cert.decode(), key_pem.decode()
 
 
 def test_audit_fails_an_expired_certificate(fresh_host, tmp_path):

@@ -8,10 +8,8 @@ import os
 import subprocess
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from selfsigned import self_signed
 
 from tasks.assets import FILES, sha256
 from tasks.audit.facts import MailTlsLog
@@ -130,26 +128,16 @@ def test_the_watcher_script_and_the_module_name_the_same_copies():
 def _pair(tmp_path, name, days=(-1, 30), key=None):
     key = key or ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.example.org")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now + datetime.timedelta(days=days[0]))
-        .not_valid_after(now + datetime.timedelta(days=days[1]))
-        .sign(key, hashes.SHA256())
+    cert, key_pem = self_signed(
+        key,
+        "mx.example.org",
+        now + datetime.timedelta(days=days[0]),
+        now + datetime.timedelta(days=days[1]),
+        san=False,
     )
     c, k = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    c.write_bytes(cert)
+    k.write_bytes(key_pem)
     c.chmod(0o644)
     k.chmod(0o600)
     return c, k
