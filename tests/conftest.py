@@ -28,6 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from testhosts import hosts as th  # noqa: E402
 
+# The unit tests' audit results (tests/auditresults.py) as fixtures, from here: a second
+# conftest.py under tests/unit would be a second module named `conftest`, and the integration
+# tests' `from conftest import ...` would find the wrong one in a run that collects both.
+pytest_plugins = ["auditresults"]
+
 SUITES = ("bookworm", "trixie")
 # Every release the deploy supports. forky (Debian 14, testing) only where a test asks for it
 # with @pytest.mark.parametrize("suite", SUITES_ALL): on every test it would take the suite
