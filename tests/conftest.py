@@ -1,12 +1,14 @@
 """Shared fixtures: real Debian 12 (bookworm), 13 (trixie) and 14 (forky) test hosts over real SSH.
 
-Most integration tests run on SUITES (Debian 12 and 13); those that matter most for a release
-(the default deploy's convergence and outside checks, the audit) also on forky: SUITES_ALL.
+Every test that takes the `suite` fixture runs on each of SUITES (Debian 12, 13 and 14). With
+pytest-xdist (pyproject's addopts: `-n 3 --dist loadgroup`) each release's tests form one group,
+run by one worker: the three releases go side by side, each worker starts only its release's
+session hosts, and no two workers share a host name (the worker's number is in PREFIX).
 
 - `stock`: one untouched host per release for the whole session (never deploy to it).
 - `deployed`: one host per release deployed once with the default profile; tests may read,
   send mail and handshake, and must leave its config as they found it.
-  Both start on first use: SUITES' hosts together, forky's only when a test asks for it.
+  Each starts when a test first asks for its release.
 - `fresh_host(suite)`: a new host of its own for a test that changes or breaks things;
   stopped after the test.
 - `run_pyinfra(hosts, script, *args)`: runs the real `pyinfra` CLI as a user would.
@@ -33,24 +35,29 @@ from testhosts import hosts as th  # noqa: E402
 # tests' `from conftest import ...` would find the wrong one in a run that collects both.
 pytest_plugins = ["auditresults"]
 
-SUITES = ("bookworm", "trixie")
-# Every release the deploy supports. forky (Debian 14, testing) only where a test asks for it
-# with @pytest.mark.parametrize("suite", SUITES_ALL): on every test it would take the suite
-# past its time budget (~32 min on two releases, 45 at most).
-SUITES_ALL = (*SUITES, "forky")
+SUITES = ("bookworm", "trixie", "forky")  # every release the deploy supports
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _counter = itertools.count(1)
 # Several test runs may share one machine (and its host registry): MAILTLS_TEST_PREFIX keeps
 # their fixed host names apart (test hosts' names are at most 12 characters).
-PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "")
+# An xdist worker adds its number ("gw2" -> "2"): workers of one run never share a host.
+PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "") + os.environ.get(
+    "PYTEST_XDIST_WORKER", ""
+).removeprefix("gw")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
-    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/."""
+    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/.
+    An integration test on one release joins that release's xdist group, unless its module
+    names a group of its own (hosts of several releases in one module fixture)."""
     for item in items:
         integration = "integration" in item.path.parts
         item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
+        suite = getattr(item, "callspec", None) and item.callspec.params.get("suite")
+        if integration and suite in SUITES and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(suite))
 
 
 def _up(specs: list[str]) -> list[th.Host]:
@@ -92,9 +99,9 @@ def run_pyinfra(
 
 
 class SessionHosts(Mapping[str, th.Host]):
-    """One host per release for the session, started when a test first asks for its release:
-    SUITES' hosts together, any other release's (forky's) on its own; deployed once with the
-    default profile if `deploy`. A start or deploy that failed fails every test asking for it."""
+    """One host per release for the session, started when a test first asks for its release
+    and deployed once with the default profile if `deploy`. A start or deploy that failed fails
+    every test asking for it."""
 
     def __init__(self, stem: str, deploy: bool):
         self.stem, self.deploy = stem, deploy
@@ -102,29 +109,27 @@ class SessionHosts(Mapping[str, th.Host]):
         self.failed: dict[str, BaseException] = {}
 
     def __getitem__(self, suite: str) -> th.Host:
-        if suite not in SUITES_ALL:
+        if suite not in SUITES:
             raise KeyError(suite)
         if suite in self.failed:
             raise RuntimeError(f"the session's {suite} host failed to start") from self.failed[
                 suite
             ]
         if suite not in self.hosts:
-            group = SUITES if suite in SUITES else (suite,)
             try:
-                started = _up([f"{PREFIX}{self.stem}{s[0]}:{s}" for s in group])
-                self.hosts.update(zip(group, started, strict=True))  # stopped at the end
-                if self.deploy:
-                    run_pyinfra(started)
+                self.hosts[suite] = _up([f"{PREFIX}{self.stem}{suite[0]}:{suite}"])[0]
+                if self.deploy:  # stopped at the end, whatever the deploy did
+                    run_pyinfra(self.hosts[suite])
             except BaseException as exc:
-                self.failed.update(dict.fromkeys(group, exc))
+                self.failed[suite] = exc
                 raise
         return self.hosts[suite]
 
     def __iter__(self):
-        return iter(SUITES_ALL)
+        return iter(SUITES)
 
     def __len__(self) -> int:
-        return len(SUITES_ALL)
+        return len(SUITES)
 
     def down(self) -> None:
         if self.hosts:
@@ -165,6 +170,8 @@ def fresh_host():
         th.down([h.name for h in made])
 
 
-@pytest.fixture(params=SUITES)
+@pytest.fixture(scope="module", params=SUITES)
 def suite(request) -> str:
+    """Each release in turn; module-scoped so that a module's fixtures built for one release
+    (test_livedin's shaped hosts) serve all its tests on that release."""
     return request.param

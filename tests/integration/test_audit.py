@@ -9,7 +9,7 @@ from datetime import UTC
 
 import pytest
 
-from conftest import SUITES_ALL, run_pyinfra
+from conftest import SUITES, run_pyinfra
 from testhosts.image import TEST_PASSWORD, TEST_USER
 
 
@@ -34,7 +34,7 @@ def port(result: dict, number: int) -> dict:
     return next(p for p in result["ports"] if p["port"] == number)
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_stock_host_fails_and_names_offenders(stock, suite, tmp_path):
     host = stock[suite]
     res, result = run_audit(host, tmp_path)
@@ -75,7 +75,7 @@ def test_pq_probe_agrees_with_openssl_on_the_host(stock, suite, tmp_path):
             assert ours == host_says, (number, why, check.stdout[-1500:])
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_deployed_host_passes(deployed, suite, tmp_path):
     host = deployed[suite]
     res, result = run_audit(host, tmp_path)
@@ -128,7 +128,7 @@ def test_log_report_counts_real_sessions(fresh_host, suite, tmp_path, source):
     assert result["log_report"]["excluded_clients"]  # the controller, seen via SSH_CLIENT
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_deployed_host_reports_every_check(deployed, suite, tmp_path):
     """The JSON's per-port checks on a host deployed with the defaults (tls_resumption=bounded)."""
     host = deployed[suite]

@@ -1,5 +1,5 @@
-"""The deploy on real Debian 12 and 13 hosts: real handshakes, real mail, real logs, idempotence.
-The default deploy's convergence, outside checks and re-run also on Debian 14 (SUITES_ALL)."""
+"""The deploy on real Debian 12, 13 and 14 hosts: real handshakes, real mail, real logs, idempotence.
+The default deploy's convergence, outside checks and re-run on every release."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import uuid
 import pytest
 from probes import STOCK_TLS_PORTS as PORTS
 
-from conftest import PYINFRA, ROOT, SUITES_ALL, run_pyinfra
+from conftest import PYINFRA, ROOT, SUITES, run_pyinfra
 
 MANDATORY = (587, 465, 143, 993)
 CONFIG = "/etc/postfix/main.cf /etc/postfix/master.cf /etc/dovecot/conf.d/*"
@@ -40,7 +40,7 @@ def established(out: str) -> bool:
 LEGACY = "DEFAULT:@SECLEVEL=0"
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_every_port_negotiates_forward_secret_key_exchange(deployed, suite):
     host = deployed[suite]
     for port in PORTS:
@@ -49,7 +49,7 @@ def test_every_port_negotiates_forward_secret_key_exchange(deployed, suite):
         assert re.search(r"Server Temp Key: (X25519|ECDH)", out), (port, out)
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
     host = deployed[suite]
     for port in (25, 993):
@@ -60,7 +60,7 @@ def test_hybrid_pq_offered_only_where_openssl_supports_it(deployed, suite):
             assert established(s_client(host.address, port)), port
 
 
-PQ_SUITES = [s for s in SUITES_ALL if s != "bookworm"]  # OpenSSL >= 3.5
+PQ_SUITES = [s for s in SUITES if s != "bookworm"]  # OpenSSL >= 3.5
 
 
 @pytest.mark.parametrize("suite", PQ_SUITES)
@@ -100,7 +100,7 @@ def test_postfix_311s_own_client_gets_the_hybrid_group(deployed, suite):
     assert re.search(r"TLS connection established .* key-exchange X25519MLKEM768 ", out), out
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize("proto", ["-tls1", "-tls1_1"])
 def test_old_protocols_refused_everywhere(deployed, suite, proto):
     host = deployed[suite]
@@ -109,7 +109,7 @@ def test_old_protocols_refused_everywhere(deployed, suite, proto):
         assert not established(out), (port, proto, out)
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 @pytest.mark.parametrize(
     "cipher",
     [
@@ -127,7 +127,7 @@ def test_non_fs_and_non_aead_suites_refused(deployed, suite, cipher):
         assert not established(out), (port, cipher, out)
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_the_refusal_checks_can_fail(stock, suite):
     """The stock host accepts what the deployed one refuses: the probes above really probe."""
     host = stock[suite]
@@ -137,7 +137,7 @@ def test_the_refusal_checks_can_fail(stock, suite):
     )
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
     host = deployed[suite]
     tag = uuid.uuid4().hex
@@ -172,7 +172,7 @@ def test_mail_and_login_are_logged_with_protocol_and_cipher(deployed, suite):
     assert tag in host.ssh("cat /var/mail/mailtest").stdout  # delivered
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_postfix_and_postconf_print_no_warning(deployed, suite):
     host = deployed[suite]
     out = host.ssh(
@@ -181,7 +181,7 @@ def test_postfix_and_postconf_print_no_warning(deployed, suite):
     assert out == "", out
 
 
-@pytest.mark.parametrize("suite", SUITES_ALL)
+@pytest.mark.parametrize("suite", SUITES)
 def test_second_run_changes_nothing(deployed, suite):
     res = run_pyinfra(deployed[suite])
     assert "No changes" in res.stderr, res.stderr[-3000:]

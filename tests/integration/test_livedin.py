@@ -1,4 +1,4 @@
-"""The deploy on lived-in servers (testhosts/variants.py), Debian 12 and 13, with defaults.
+"""The deploy on lived-in servers (testhosts/variants.py), every release, with defaults.
 
 One host per (variant, suite), shared by the checks of that variant: shaped, observed (SASL AUTH
 on 465/587, a mail, the config), deployed with the real `pyinfra` CLI, observed again, deployed a
@@ -18,14 +18,13 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import probes
 import pytest
 from probes import Probe
 
-from conftest import PREFIX, SUITES, _up, run_pyinfra
+from conftest import PREFIX, _up, run_pyinfra
 from testhosts import hosts as th
 from testhosts.variants import REFUSES, SASL
 
@@ -127,20 +126,16 @@ def _deploy_and_check(observed: Observed) -> Lived:
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def lived(request) -> dict[str, Lived]:
-    """{suite: Lived} for one variant: both releases shaped, observed, deployed, observed."""
+def lived(request, suite) -> Lived:
+    """One variant on one release: shaped, observed, deployed, observed."""
     variant = request.param
-    index = VARIANTS.index(variant)
-    started = _up([f"{PREFIX}lv{index}{s[0]}:{s}+{variant}" for s in SUITES])
-    request.addfinalizer(lambda: th.down([h.name for h in started]))
-    with ThreadPoolExecutor(max_workers=len(started)) as pool:
-        observed = list(pool.map(lambda h: _observe(h, variant), started))
-        done = list(pool.map(_deploy_and_check, observed))
-    return {h.host.suite: h for h in done}
+    host = _up([f"{PREFIX}lv{VARIANTS.index(variant)}{suite[0]}:{suite}+{variant}"])[0]
+    request.addfinalizer(lambda: th.down([host.name]))
+    return _deploy_and_check(_observe(host, variant))
 
 
-def _converging(lived, suite) -> Lived:
-    one = lived[suite]
+def _converging(lived: Lived) -> Lived:
+    one = lived
     if one.refuses:
         pytest.skip(
             f"{one.variant}: the deploy must refuse here (test_refuses_naming_the_override)"
@@ -148,8 +143,8 @@ def _converging(lived, suite) -> Lived:
     return one
 
 
-def _refusing(lived, suite) -> Lived:
-    one = lived[suite]
+def _refusing(lived: Lived) -> Lived:
+    one = lived
     if not one.refuses:
         pytest.skip(f"{one.variant}: the deploy must converge here")
     return one
@@ -158,28 +153,28 @@ def _refusing(lived, suite) -> Lived:
 # --- variants the deploy converges ---------------------------------------------------------
 
 
-def test_deploy_succeeds(lived, suite):
-    one = _converging(lived, suite)
+def test_deploy_succeeds(lived):
+    one = _converging(lived)
     assert one.deploy.returncode == 0, one.output[-6000:]
 
 
-def test_negative_probes_on_every_tls_port(lived, suite):
-    one = _converging(lived, suite)
+def test_negative_probes_on_every_tls_port(lived):
+    one = _converging(lived)
     served = sorted(p for p in one.before.listeners if p in probes.TLS_PORTS)
     assert {p.port for p in one.probes} >= set(served), (served, one.after.listeners)
     bad = [str(p) for p in one.probes if not p.ok]
     assert not bad, "\n".join(bad)
 
 
-def test_sasl_auth_still_works(lived, suite):
-    one = _converging(lived, suite)
+def test_sasl_auth_still_works(lived):
+    one = _converging(lived)
     if not one.before.sasl:
         pytest.skip(f"{one.variant}: no SASL on 465/587")
     assert one.after.sasl == one.before.sasl, {"before": one.before.sasl, "after": one.after.sasl}
 
 
-def test_one_service_and_one_listener_per_port(lived, suite):
-    one = _converging(lived, suite)
+def test_one_service_and_one_listener_per_port(lived):
+    one = _converging(lived)
     shared = {p: s for p, s in one.after.services.items() if len(s) > 1}
     assert not shared, f"master.cf services sharing a port: {shared}"
     doubled = {
@@ -191,8 +186,8 @@ def test_one_service_and_one_listener_per_port(lived, suite):
     assert one.after.active == ["active", "active"], one.after.active
 
 
-def test_non_tls_settings_unchanged(lived, suite):
-    one = _converging(lived, suite)
+def test_non_tls_settings_unchanged(lived):
+    one = _converging(lived)
     before, after = one.before.postfix, one.after.postfix
     assert after["main"] == before["main"], {
         "removed": sorted(set(before["main"]) - set(after["main"])),
@@ -224,13 +219,13 @@ def test_non_tls_settings_unchanged(lived, suite):
     )
 
 
-def test_mail_delivered_after_deploy(lived, suite):
-    one = _converging(lived, suite)
+def test_mail_delivered_after_deploy(lived):
+    one = _converging(lived)
     probes.deliver(one.host)
 
 
-def test_second_run_changes_nothing(lived, suite):
-    one = _converging(lived, suite)
+def test_second_run_changes_nothing(lived):
+    one = _converging(lived)
     assert one.rerun is not None, "first run failed: " + one.output[-3000:]
     assert one.rerun.returncode == 0, (one.rerun.stdout + one.rerun.stderr)[-4000:]
     assert "No changes" in one.rerun.stderr, one.rerun.stderr[-3000:]
@@ -241,8 +236,8 @@ def test_second_run_changes_nothing(lived, suite):
 # --- variants the deploy must refuse -------------------------------------------------------
 
 
-def test_refuses_naming_the_override(lived, suite):
-    one = _refusing(lived, suite)
+def test_refuses_naming_the_override(lived):
+    one = _refusing(lived)
     assert one.refuses is not None  # _refusing() skipped the others
     path, line = one.refuses
     accepted = "\n".join(str(p) for p in one.probes if not p.ok)
@@ -257,8 +252,8 @@ def test_refuses_naming_the_override(lived, suite):
     )
 
 
-def test_refusal_leaves_nothing_changed(lived, suite):
-    one = _refusing(lived, suite)
+def test_refusal_leaves_nothing_changed(lived):
+    one = _refusing(lived)
     assert one.after.checksums == one.before.checksums, "config files or pending marks changed"
     assert one.after.listeners == one.before.listeners
     assert one.after.active == ["active", "active"], one.after.active

@@ -32,13 +32,15 @@ import pytest
 from conftest import PREFIX, _up, run_pyinfra
 from testhosts import hosts as th
 
-SENDERS = ("bookworm", "trixie")
+# One xdist worker for the module: its fixture starts hosts of every release.
+pytestmark = pytest.mark.xdist_group("outbound")
+SENDERS = ("bookworm", "trixie", "forky")
 PORTS = {kind: 10025 + i for i, kind in enumerate(peers.KINDS)}
 PQ_SHARE_PEER, PQ_SHARE_PORT = "pqshare", 10030  # a recorder of its own for the pq-share test
 MAP = "/etc/postfix/mailtls-peers"
 WAIT = 60.0  # seconds for submitted mail to arrive, per batch
 # Postfix to Postfix, (sender, receiver): "pq" is the second Debian 13 host.
-POSTFIX_PAIRS = (("trixie", "bookworm"), ("trixie", "pq"), ("bookworm", "pq"))
+POSTFIX_PAIRS = (("trixie", "bookworm"), ("trixie", "pq"), ("bookworm", "pq"), ("forky", "pq"))
 ONE_PACKET = 1400  # bytes: a ClientHello that fits one TCP segment on a 1,500-byte path
 # What the recorder's OpenSSL (the controller's, 3.0) does in TLS 1.3: a ClientHello with no
 # key share for one of these gets a HelloRetryRequest (one round trip more).
@@ -67,7 +69,7 @@ class Logged:
 
 @dataclass
 class Outbound:
-    hosts: dict[str, th.Host]  # bookworm, trixie (the senders), pq (a Debian 13 peer)
+    hosts: dict[str, th.Host]  # bookworm, trixie, forky (the senders), pq (a Debian 13 peer)
     peer_sets: dict[str, dict[str, peers.Peer]]  # sender suite -> peer name -> peer
     tag: str
     deploy: subprocess.CompletedProcess
@@ -194,10 +196,17 @@ def _journal(host: th.Host) -> list[str]:
 def outbound(tmp_path_factory) -> Iterator[Outbound]:
     """Hosts started, shaped (transport map), deployed with defaults, mail delivered: see the
     module's docstring. Everything is undone when the module is done."""
-    started = _up([f"{PREFIX}obb:bookworm", f"{PREFIX}obt:trixie", f"{PREFIX}obq:trixie"])
+    started = _up(
+        [
+            f"{PREFIX}obb:bookworm",
+            f"{PREFIX}obt:trixie",
+            f"{PREFIX}obf:forky",
+            f"{PREFIX}obq:trixie",
+        ]
+    )
     with contextlib.ExitStack() as stack:
         stack.callback(th.down, [h.name for h in started])
-        hosts = dict(zip(("bookworm", "trixie", "pq"), started, strict=True))
+        hosts = dict(zip((*SENDERS, "pq"), started, strict=True))
         certs = peers.Certificates.make(tmp_path_factory.mktemp("peer-certs"))
         peer_sets: dict[str, dict[str, peers.Peer]] = {}
         for suite in SENDERS:
@@ -398,14 +407,14 @@ def test_the_client_hello_offers_the_hybrid_group_where_openssl_has_it(outbound,
         f"{suite} ClientHello to the recorder: {hello}; vs the controller's OpenSSL 3.0: "
         f"{'HelloRetryRequest (2 round trips)' if retry else 'no HelloRetryRequest'} (inferred)"
     )
-    if suite == "trixie":
+    if suite != "bookworm":  # OpenSSL >= 3.5
         assert "X25519MLKEM768" in hello.group_names, hello
     else:  # OpenSSL 3.0: classic groups only
         assert "X25519MLKEM768" not in hello.group_names + hello.key_share_names, hello
         assert hello.key_share_names == ("x25519",) and not retry
 
 
-@pytest.mark.parametrize("suite", ["bookworm", "trixie"])
+@pytest.mark.parametrize("suite", SENDERS)
 def test_the_client_hello_fits_one_packet_with_an_x25519_share(outbound, suite):
     hello = outbound.arrived[suite]["recorder"].hello
     assert hello is not None
@@ -414,7 +423,7 @@ def test_the_client_hello_fits_one_packet_with_an_x25519_share(outbound, suite):
     assert hello.key_share_names == ("x25519",), hello
     assert "X25519MLKEM768" not in hello.key_share_names
     assert not hello.needs_retry(CONTROLLER_GROUPS)
-    if suite == "trixie":
+    if suite != "bookworm":
         assert "X25519MLKEM768" in hello.group_names, hello  # still offered, first
 
 

@@ -1,15 +1,16 @@
-"""The morning after `apt full-upgrade`, on real hosts: a Debian 12 host deployed with the
-defaults, its state carried onto a Debian 13 host the way a release upgrade leaves it (our
-drop-in, main.cf and master.cf, mailtls-apply and its state kept; Debian's own conffiles the new
-release's), the daemons restarted as the upgrade's postinsts do. Dovecot 2.4 refuses the 2.3
-drop-in and stays down: the next run must rewrite it, start Dovecot and verify it, never report
-Success over a dead IMAP server. And the daemon states a run meets on any host: one the admin
+"""The morning after `apt full-upgrade`, on real hosts: a host of release N deployed with the
+defaults, its state carried onto a host of N+1 the way a release upgrade leaves it (our drop-in,
+main.cf and master.cf, mailtls-apply and its state kept; Debian's own conffiles the new
+release's), the daemons restarted as the upgrade's postinsts do; 12 -> 13 and 13 -> 14. On 13,
+Dovecot 2.4 refuses the 2.3 drop-in and stays down: the next run must rewrite it, start Dovecot
+and verify it, never report Success over a dead IMAP server. And the daemon states a run meets on any host: one the admin
 stopped or disabled stays as it is, and the run says so."""
 
 from __future__ import annotations
 
 import subprocess
 
+import pytest
 from probes import handshake, s_client
 from test_safety import grand_total, output
 
@@ -43,29 +44,34 @@ def unit_state(host, daemon: str) -> str:
     return host.ssh(f"systemctl is-active {daemon}; true").stdout.strip()
 
 
-def test_a_release_upgrade_converges_with_every_daemon_up(fresh_host):
-    old, new = fresh_host("bookworm"), fresh_host("trixie")
+@pytest.mark.parametrize(
+    ("before", "after"), [("bookworm", "trixie"), ("trixie", "forky")], ids=["12to13", "13to14"]
+)
+def test_a_release_upgrade_converges_with_every_daemon_up(fresh_host, before, after):
+    old, new = fresh_host(before), fresh_host(after)
     run_pyinfra(old)
     carry_over(old, new)
-    # the upgrade's state: Dovecot 2.4 refused the 2.3 drop-in; Postfix runs with the old main.cf
-    assert unit_state(new, "dovecot") == "failed"
-    assert "ssl_prefer_server_ciphers" in new.ssh(f"cat {KEPT[2]}").stdout  # 2.3's name
-    # --dry says what the run would fix
-    dry = run_pyinfra(new, "deploy.py", "--dry")
-    assert "dovecot is down (systemd: its unit failed)" in output(dry), output(dry)
-    assert "start dovecot (down)" in output(dry), output(dry)
-    assert unit_state(new, "dovecot") == "failed"  # a dry run changes nothing
+    if before == "bookworm":
+        # the upgrade's state: Dovecot 2.4 refused the 2.3 drop-in; Postfix runs the old main.cf
+        assert unit_state(new, "dovecot") == "failed"
+        assert "ssl_prefer_server_ciphers" in new.ssh(f"cat {KEPT[2]}").stdout  # 2.3's name
+        # --dry says what the run would fix
+        dry = run_pyinfra(new, "deploy.py", "--dry")
+        assert "dovecot is down (systemd: its unit failed)" in output(dry), output(dry)
+        assert "start dovecot (down)" in output(dry), output(dry)
+        assert unit_state(new, "dovecot") == "failed"  # a dry run changes nothing
     res = run_pyinfra(new)
-    assert "start dovecot (down)" in output(res), output(res)
-    assert unit_state(new, "dovecot") == "active"
-    for port, starttls in ((143, "-starttls imap"), (993, "")):  # OpenSSL 3.5: on the host
-        out = new.ssh(
+    if before == "bookworm":
+        assert "start dovecot (down)" in output(res), output(res)
+        log = new.ssh("journalctl -q -t mailtls-apply -o cat").stdout
+        assert "dovecot: was down (systemd: failed); new TLS configuration checked, started" in log
+    assert unit_state(new, "dovecot") == "active" and unit_state(new, "postfix") == "active"
+    for port, starttls in ((25, "-starttls smtp"), (143, "-starttls imap"), (993, "")):
+        out = new.ssh(  # OpenSSL >= 3.5: on the host
             f"echo | openssl s_client -connect 127.0.0.1:{port} {starttls} -brief "
             "-groups X25519MLKEM768 2>&1; true"
         ).stdout
         assert "Negotiated TLS1.3 group: X25519MLKEM768" in out, (port, out)
-    log = new.ssh("journalctl -q -t mailtls-apply -o cat").stdout
-    assert "dovecot: was down (systemd: failed); new TLS configuration checked, started" in log
     again = run_pyinfra(new)
     assert grand_total(again)[3] == "-", output(again)  # nothing changed, nothing to start
     assert "is down" not in output(again), output(again)
