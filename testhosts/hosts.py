@@ -143,6 +143,17 @@ def _registry_lock():
         yield
 
 
+@contextlib.contextmanager
+def _address_lock():
+    """Held by every registry from choosing a free address until its veth exists: registries
+    see each other's hosts only by their links, so two `up`s of two registries at once would
+    otherwise take the same 10.213.I."""
+    ROOTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(ROOTS_DIR / ".address.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def _state_file(name: str) -> Path:
     return STATE_DIR / f"{name}.json"
 
@@ -392,11 +403,13 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
             _stop(_ours(name))
         taken = {h.index for h in _known()}
         for name, s in plan:
-            host = Host(
-                name=name, suite=s, index=_free_index(taken), variants=shapes[name], tag=TAG
-            )
-            taken.add(host.index)
-            _save(host)  # before anything is made: so `down` can clear a half-made host
+            with _address_lock():
+                host = Host(
+                    name=name, suite=s, index=_free_index(taken), variants=shapes[name], tag=TAG
+                )
+                taken.add(host.index)
+                _save(host)  # before anything is made: so `down` can clear a half-made host
+                _network(host)
             host.root.mkdir(parents=True, exist_ok=True)
             _run("mount", "-t", "tmpfs", "-o", "size=1g,mode=0755", host.netns, str(host.root))
             _run(
@@ -412,7 +425,6 @@ def up(names: list[str], suite: str | None = None, log=print) -> list[Host]:
                 str(images[s]),
             )
             _write_identity(host)
-            _network(host)
             host.pid = _boot(host)
             _save(host)
             hosts.append(host)

@@ -1,9 +1,10 @@
 """Shared fixtures: real Debian 12 (bookworm), 13 (trixie) and 14 (forky) test hosts over real SSH.
 
 Every test that takes the `suite` fixture runs on each of SUITES (Debian 12, 13 and 14). With
-pytest-xdist (pyproject's addopts: `-n 3 --dist loadgroup`) each release's tests form one group,
-run by one worker: the three releases go side by side, each worker starts only its release's
-session hosts, and no two workers share a host name (the worker's number is in PREFIX).
+pytest-xdist (pyproject's addopts: `-n 3`) each release's integration tests form one scope,
+run by one worker (ReleaseScheduling): the three releases go side by side, each worker starts
+only its release's session hosts, and no two workers share a host name (the worker's number is
+in PREFIX).
 
 - `stock`: one untouched host per release for the whole session (never deploy to it).
 - `deployed`: one host per release deployed once with the default profile; tests may read,
@@ -38,26 +39,76 @@ pytest_plugins = ["auditresults"]
 SUITES = ("bookworm", "trixie", "forky")  # every release the deploy supports
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _counter = itertools.count(1)
-# Several test runs may share one machine (and its host registry): MAILTLS_TEST_PREFIX keeps
-# their fixed host names apart (test hosts' names are at most 12 characters).
-# An xdist worker adds its number ("gw2" -> "2"): workers of one run never share a host.
-PREFIX = os.environ.get("MAILTLS_TEST_PREFIX", "") + os.environ.get(
-    "PYTEST_XDIST_WORKER", ""
-).removeprefix("gw")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def host_prefix(environ: Mapping[str, str]) -> str:
+    """What every test host's name starts with in this process.
+
+    Several test runs may share one machine (and its host registry): MAILTLS_TEST_PREFIX keeps
+    their fixed host names apart. An xdist worker adds "w" and its number, so that workers of
+    one run never share a host, and a name still starts with a letter (testhosts' NAME_RE).
+
+    >>> host_prefix({"PYTEST_XDIST_WORKER": "gw2"})
+    'w2'
+    >>> host_prefix({"MAILTLS_TEST_PREFIX": "ci"})
+    'ci'
+    """
+    worker = environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    return environ.get("MAILTLS_TEST_PREFIX", "") + (f"w{worker}" if worker else "")
+
+
+PREFIX = host_prefix(os.environ)
+
+
+def fresh_name(prefix: str, suite: str, pid: int, n: int) -> str:
+    """The name of a run's n-th fresh host: its process keeps parallel runs apart.
+
+    >>> name = fresh_name(host_prefix({"PYTEST_XDIST_WORKER": "gw2"}), "forky", 4242, 123)
+    >>> name, bool(th.NAME_RE.match(name))
+    ('w2ff42x123', True)
+    """
+    return f"{prefix}f{suite[0]}{pid % 100}x{n}"
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
-    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/.
-    An integration test on one release joins that release's xdist group, unless its module
-    names a group of its own (hosts of several releases in one module fixture)."""
+    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/."""
     for item in items:
         integration = "integration" in item.path.parts
         item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
-        suite = getattr(item, "callspec", None) and item.callspec.params.get("suite")
-        if integration and suite in SUITES and not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(suite))
+
+
+# Modules whose module fixture starts hosts of every release: one scope, whatever the test's id.
+CROSS_RELEASE = frozenset({"test_outbound.py"})
+
+
+def release_scope(nodeid: str) -> str | None:
+    """The release an integration test runs on, by its id; None for any other test.
+
+    >>> release_scope("tests/integration/test_audit.py::test_x[forky-journal]")
+    'forky'
+    >>> release_scope("tests/integration/test_outbound.py::test_y[trixie]") is None
+    True
+    """
+    path, _, name = nodeid.partition("::")
+    if "integration" not in Path(path).parts or Path(path).name in CROSS_RELEASE:
+        return None
+    params = name.partition("[")[2].removesuffix("]").split("-")
+    return next((s for s in SUITES if s in params), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadscope, with a release's tests as one scope (and every other test by its
+    module). xdist's own `loadgroup` marks are lost under pytest 9 (it renames
+    Item._nodeid, which pytest 9 no longer reads), hence a scheduler of our own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ReleaseScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return release_scope(nodeid) or super()._split_scope(nodeid)
+
+    return ReleaseScheduling(config, log)
 
 
 def _up(specs: list[str]) -> list[th.Host]:
@@ -161,7 +212,7 @@ def fresh_host():
 
     def make(suite: str, variant: str | None = None) -> th.Host:
         shape = f"+{variant}" if variant else ""
-        host = _up([f"{PREFIX}f{suite[0]}{os.getpid() % 1000}x{next(_counter)}:{suite}{shape}"])[0]
+        host = _up([f"{fresh_name(PREFIX, suite, os.getpid(), next(_counter))}:{suite}{shape}"])[0]
         made.append(host)
         return host
 

@@ -32,8 +32,7 @@ import pytest
 from conftest import PREFIX, _up, run_pyinfra
 from testhosts import hosts as th
 
-# One xdist worker for the module: its fixture starts hosts of every release.
-pytestmark = pytest.mark.xdist_group("outbound")
+# Hosts of every release in one module fixture: one xdist scope (tests/conftest.py, CROSS_RELEASE).
 SENDERS = ("bookworm", "trixie", "forky")
 PORTS = {kind: 10025 + i for i, kind in enumerate(peers.KINDS)}
 PQ_SHARE_PEER, PQ_SHARE_PORT = "pqshare", 10030  # a recorder of its own for the pq-share test

@@ -1,4 +1,4 @@
-"""The harness itself: real hosts of both releases, reachable and serving TLS from the controller."""
+"""The harness itself: real hosts of every release, reachable and serving TLS from the controller."""
 
 import json
 import os
@@ -15,6 +15,7 @@ from testhosts import hosts as th
 EXPECTED = {
     "bookworm": {"postfix": "3.7.", "dovecot": "2.3.", "openssl": "OpenSSL 3.0."},
     "trixie": {"postfix": "3.10.", "dovecot": "2.4.", "openssl": "OpenSSL 3.5."},
+    "forky": {"postfix": "3.11.", "dovecot": "2.4.", "openssl": "OpenSSL 3.6."},
 }
 
 
@@ -42,7 +43,7 @@ def test_versions_and_system_state(stock, suite):
     assert (maillog, rsyslog) == (
         "journal-only",
         "inactive",
-    )  # as Debian 12/13 install: no syslog daemon
+    )  # as Debian 12/13/14 install: no syslog daemon
 
 
 def test_tls_from_controller(stock, suite):
@@ -95,15 +96,16 @@ def test_teardown_is_clean_and_up_recovers_after_kill():
 def _cli(registry: Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m testhosts ARGS` with its own registry (MAILTLS_STATE_DIR), as another checkout
     or another tool would run it."""
-    return subprocess.run(
+    res = subprocess.run(
         [sys.executable, "-m", "testhosts", *args],
         cwd=Path(th.__file__).resolve().parent.parent,
         env=dict(os.environ, MAILTLS_STATE_DIR=str(registry)),
         capture_output=True,
         text=True,
         timeout=600,
-        check=True,
     )
+    assert res.returncode == 0, f"testhosts {' '.join(args)}: {res.returncode}\n{res.stderr}"
+    return res
 
 
 def _registered(registry: Path, name: str) -> th.Host:
