@@ -225,6 +225,25 @@ def resumption_text(r: dict) -> str:
     )
 
 
+def handshake_text(p: dict) -> str:
+    """What else the handshakes showed: client-initiated renegotiation, compression, extended
+    master secret, secure renegotiation (RFC 5746) and whose suite order wins.
+
+    >>> handshake_text({"client_renegotiation": False, "compression": False,
+    ...                 "extended_master_secret": True, "secure_renegotiation": True,
+    ...                 "server_order": None})
+    'client reneg: refused; compression: no; EMS: yes; secure reneg: yes; server order: -'
+    """
+    mark = {True: "yes", False: "no", None: "-"}
+    reneg = {True: "ACCEPTED", False: "refused", None: "-"}[p.get("client_renegotiation")]
+    return (
+        f"client reneg: {reneg}; compression: {mark[p.get('compression')]}; "
+        f"EMS: {mark[p.get('extended_master_secret')]}; "
+        f"secure reneg: {mark[p.get('secure_renegotiation')]}; "
+        f"server order: {mark[p.get('server_order')]}"
+    )
+
+
 def _host(result: dict) -> dict[str, Any]:
     ports = [
         p
@@ -232,6 +251,7 @@ def _host(result: dict) -> dict[str, Any]:
             "level": port_level(p),
             "suites_text": suites_text(p),
             "resumption_text": resumption_text(p.get("resumption") or {}),
+            "handshake_text": handshake_text(p),
         }
         for p in result.get("ports", [])
     ]

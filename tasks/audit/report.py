@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -44,9 +45,13 @@ DEFAULT_JSON = "audit-results/{host}.json"
 # The run's files, by default beside the host's JSON (audit-results/ unless set otherwise).
 DEFAULT_HTML = "report.html"
 DEFAULT_METRICS = "mailtls_audit.prom"  # node_exporter's textfile collector reads *.prom
-# The outbound part of the console report stays within 100 columns: the destination's name
-# gets PEER_WIDTH of them; the console lists WARNINGS_SHOWN warnings, the JSON all of them.
+# The console report fits CONSOLE_WIDTH columns (a terminal, a cron mail): in the outbound
+# part the destination's name gets PEER_WIDTH of them; the console lists WARNINGS_SHOWN
+# warnings, the JSON and the HTML page all of them.
+CONSOLE_WIDTH = 100
 PEER_WIDTH = 56
+# The console's short names of the NIST curves (OpenSSL's names in the JSON and the HTML page).
+GROUP_NAMES = {"prime256v1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 WARNINGS_SHOWN = 10
 
 
@@ -149,12 +154,19 @@ def _page(results: list[dict]) -> bytes:
 
 
 def _console() -> Console:
-    """Wide output when piped (CI logs), the terminal's width otherwise. No markup: what the
-    tables show comes from hosts and servers (log lines, certificate names, status text), and a
-    `[/]` in a log line must print as it is, not end a style or crash the audit. Our own colours
-    are Text styles (_styled)."""
+    """At most CONSOLE_WIDTH columns, a narrower terminal's width, the same when piped (a cron
+    mail). No markup: what the tables show comes from hosts and servers (log lines, certificate
+    names, status text), and a `[/]` in a log line must print as it is, not end a style or crash
+    the audit. Our own colours are Text styles (_styled)."""
     console = Console(markup=False)
-    return console if console.is_terminal else Console(width=220, markup=False)
+    width = min(console.width, CONSOLE_WIDTH) if console.is_terminal else CONSOLE_WIDTH
+    return Console(width=width, markup=False)
+
+
+def _table(title: str) -> Table:
+    """A console table: a rule under the heading, no vertical lines (their columns go to the
+    content)."""
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def _styled(style: str, label: str, rest: str = "") -> Text:
@@ -162,33 +174,17 @@ def _styled(style: str, label: str, rest: str = "") -> Text:
     return Text.assemble((label, style), rest)
 
 
-def _resumption_cell(p) -> str:
-    r = p.resumption
-    mark = {True: "yes", False: "no", None: "-"}
-    hint = f" hint {r.tls12_lifetime_hint}s" if r.tls12_lifetime_hint else ""
-    hint13 = f" hint {r.tls13_lifetime_hint}s" if r.tls13_lifetime_hint else ""
-    return (
-        f"1.2 id:{mark[r.tls12_session_id]} ticket:{mark[r.tls12_ticket]}{hint}; "
-        f"1.3:{mark[r.tls13]}{hint13}"
-        + ("; psk_ke alone: " + r.tls13_psk_ke_only if r.tls13_psk_ke_only else "")
-    )
-
-
 def _cert_cell(p) -> str:
     c = p.certificate
     if c is None:
-        return f"{p.cert_key_type or '-'} {p.cert_key_bits or ''}"
-    return f"{c.key_type} {c.key_bits or ''} {c.signature_hash or ''} until {c.not_after[:10]}"
+        return f"{p.cert_key_type or '-'} {p.cert_key_bits or ''}".strip()
+    return f"{c.key_type} {c.key_bits or ''} to {c.not_after[:10]}"
 
 
-def _suites_cell(scan) -> str:
-    kinds = sorted(
-        {
-            " ".join(str(x) for x in (s.kex_type or "static", s.group or "", s.key_bits or "") if x)
-            for s in scan.suites
-        }
-    )
-    return f"{len(scan.suites)}: " + ", ".join(kinds) if scan.suites else "-"
+def _kex_cell(scan) -> str:
+    """How many suites, and their key exchanges: `9 ECDH`, `14 ECDH DH static`."""
+    kinds = dict.fromkeys(s.kex_type or "static" for s in scan.suites)
+    return f"{len(scan.suites)} {' '.join(kinds)}" if scan.suites else "-"
 
 
 def _fit(peer: str, width: int = PEER_WIDTH) -> str:
@@ -234,43 +230,22 @@ def print_report(
 ) -> None:
     certs = certs or {}
     ok = all(v.ok for v in verdicts)
-    table = Table(
-        title=f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}",
-        title_justify="left",
-    )
+    table = _table(f"{name} ({address}) profile {profile}: {'PASS' if ok else 'FAIL'}")
     multi = len(scan.ips) > 1
-    for col in (
-        "port",
-        "state",
-        "protocols",
-        "suites (kex group bits)",
-        "TLS1.3",
-        "PQ hybrid",
-        "client reneg",
-        "compr/EMS/RI",
-        "server order",
-        "resumption",
-        "curves",
-        "cert",
-        "verdict",
-    ):
-        table.add_column(col)
-    yes_no = {True: "yes", False: "no", None: "-"}
+    # The console's few columns (CONSOLE_WIDTH): renegotiation, compression, EMS, server order
+    # and resumption are in the HTML page and the JSON, and in the findings when they fail.
+    # Only the groups wrap.
+    for col in ("port", "TLS", "suites", "groups", "PQ", "certificate", "verdict"):
+        table.add_column(col, no_wrap=col != "groups")
     for p, v in zip(scan.ports, verdicts, strict=False):  # more verdicts: ports not scanned
-        pq = {True: "yes", False: "no", None: "not checked"}[p.pq_hybrid]
         where = f" {p.ip}" if multi else ""
+        state = p.state + (f" ({p.retries} retries)" if p.retries else "")
         table.add_row(
             f"{p.port} {p.service}{where}",
-            p.state + (f" ({p.retries} retries)" if p.retries else ""),
-            " ".join(p.protocols) or "-",
-            _suites_cell(p),
-            "yes" if p.tls13 else "no",
-            pq,
-            {True: "ACCEPTED", False: "refused", None: "-"}[p.client_renegotiation],
-            f"{yes_no[p.compression]}/{yes_no[p.extended_master_secret]}/{yes_no[p.secure_renegotiation]}",
-            yes_no[p.server_order],
-            _resumption_cell(p),
-            " ".join(p.curves or []) or "-",
+            " ".join(x.removeprefix("TLSv") for x in p.protocols) or state,
+            _kex_cell(p),
+            " ".join(GROUP_NAMES.get(g, g) for g in p.curves or []) or "-",
+            {True: "yes", False: "no", None: "-"}[p.pq_hybrid],
             _cert_cell(p),
             _styled("green", "ok") if v.ok else _styled("red", f"FAIL ({len(v.failures)})"),
         )
@@ -291,27 +266,17 @@ def print_report(
             )
         )
     console.print(
-        f"  sslyze scan time {name}: {scan.seconds:.1f} s for {len(scan.ports)} ports "
-        f"on {len(scan.ips)} address(es), retries included; resumption/order probes "
-        f"{scan.probe_seconds:.2f} s; PQ probe {scan.pq_seconds:.2f} s"
+        f"  sslyze scan time {name}: {scan.seconds:.1f} s, {len(scan.ports)} ports, "
+        f"{len(scan.ips)} address(es), retries included; resumption/order probes "
+        f"{scan.probe_seconds:.2f} s, PQ {scan.pq_seconds:.2f} s"
     )
-    logs = Table(
-        title=f"{name}: TLS sessions in the mail log ({source}), {report.since:%Y-%m-%d %H:%M} .. "
-        f"{report.until:%Y-%m-%d %H:%M %z} ({report.excluded} from the auditing controller left out)",
-        title_justify="left",
+    logs = _table(
+        f"{name}: TLS sessions in the mail log ({source}), {report.since:%Y-%m-%d %H:%M} .. "
+        f"{report.until:%Y-%m-%d %H:%M %z}, {report.excluded} of the auditing controller left out"
     )
-    for col in (
-        "service",
-        "port",
-        "sessions",
-        "forward-secret",
-        "protocols",
-        "ciphers",
-        "groups",
-        "failed",
-        "plaintext",
-    ):
-        logs.add_column(col)
+    # The ciphers: in the JSON (log_report.services).
+    for col in ("service", "port", "sessions", "FS", "TLS", "groups", "failed", "plain"):
+        logs.add_column(col, no_wrap=col not in ("groups", "FS"))
     for service, st in sorted(report.services.items()):
         share = st.share_forward_secret
         logs.add_row(
@@ -322,9 +287,8 @@ def print_report(
             if share is None
             else f"{share:.0%}"
             + (f" (+{st.details_unknown} unlogged)" if st.details_unknown else ""),
-            " ".join(f"{k}:{n}" for k, n in st.protocols.most_common()),
-            " ".join(f"{k}:{n}" for k, n in st.ciphers.most_common(4)),
-            " ".join(f"{k}:{n}" for k, n in st.groups.most_common()),
+            " ".join(f"{k.removeprefix('TLSv')}:{n}" for k, n in st.protocols.most_common()),
+            " ".join(f"{GROUP_NAMES.get(k, k)}:{n}" for k, n in st.groups.most_common()),
             str(st.failed_handshakes),
             str(st.plaintext),
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
+from auditresults import certificate, open_port
 from rich.console import Console
 
 from tasks.audit import report
@@ -134,3 +135,22 @@ def test_ipv6_destination_prints_as_logged():
     peer = "mx.example.net[2001:a:b::1]:25"
     out = rendered(lines=[OUT.format(0, 10, delivery("4C1", peer))])
     assert f"    {peer} " in out, out
+
+
+def test_the_console_report_of_a_host_fits_100_columns(audit_result, capsys):
+    """Five open ports with a long certificate name, inbound and outbound log sessions, findings
+    and the watcher's status: every line within 100 columns, whatever the terminal (here: none,
+    as in a cron mail), each port's row and the findings still there."""
+
+    long_cert = certificate("CN=" + "a-long-certificate-name." * 3 + "example.org")
+    ports = [open_port(n, cert=long_cert, rsa=n == 25) for n in (25, 587, 465, 143, 993)]
+    result = audit_result("mx1", ports, certs={"postfix": "2026-11-28T17:00:00Z serving x"})
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= report.CONSOLE_WIDTH, [
+        line for line in lines if len(line) > report.CONSOLE_WIDTH
+    ]
+    for row in ("25 smtp", "587 submission", "465 submissions", "143 imap", "993 imaps"):
+        assert any(line.strip().startswith(row) for line in lines), (row, out)
+    assert result["ports"][0]["failures"], result["ports"][0]
+    assert "  FAIL 25:" in out and "certificate watcher" in out and "JSON:" in out, out
