@@ -57,7 +57,7 @@ def open_port(port: int, cert: Certificate | None = None, rsa: bool = False) -> 
         state="open",
         protocols=["TLSv1.2", "TLSv1.3"],
         suites=ECDHE + ([RSA_KX] if rsa else []),
-        curves=["X25519", "prime256v1", "secp384r1"],
+        curves=["X25519", "secp256r1", "secp384r1"],
         secure_renegotiation=True,
         client_renegotiation=False,
         compression=False,

@@ -22,6 +22,7 @@ from typing import Any
 
 import jinja2
 
+from tasks.audit import internetnl
 from tasks.policy import PORTS
 
 TEMPLATE = "report.html.j2"
@@ -33,6 +34,9 @@ BAR_WIDTH = 360
 LABEL_WIDTH = 220
 # Protocols in the order the chart stacks them (newest first), each with its CSS class; any
 # other (SSLv3, TLSv1, TLSv1.1) is "old".
+# internet.nl levels a port's row names its subtests for; and the CSS class of each level.
+BELOW_SUFFICIENT = ("phase-out", "insufficient")
+INL_CLASS = {"good": "ok", "sufficient": "ok", "phase-out": "warn", "insufficient": "fail"}
 PROTOCOL_CLASS = {"TLSv1.3": "p13", "TLSv1.2": "p12"}
 
 
@@ -252,6 +256,11 @@ def _host(result: dict) -> dict[str, Any]:
             "suites_text": suites_text(p),
             "resumption_text": resumption_text(p.get("resumption") or {}),
             "handshake_text": handshake_text(p),
+            "inl_worst": internetnl.worst(p.get("internet_nl") or {}),
+            "inl_class": INL_CLASS.get(internetnl.worst(p.get("internet_nl") or {}) or "", "none"),
+            "inl_below": {
+                k: v for k, v in (p.get("internet_nl") or {}).items() if v in BELOW_SUFFICIENT
+            },
         }
         for p in result.get("ports", [])
     ]

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tasks.audit import html, metrics
+from tasks.audit import html, internetnl, metrics
 from tasks.audit.logreport import (
     PORTS,
     ClientStats,
@@ -50,8 +50,14 @@ DEFAULT_METRICS = "mailtls_audit.prom"  # node_exporter's textfile collector rea
 # warnings, the JSON and the HTML page all of them.
 CONSOLE_WIDTH = 100
 PEER_WIDTH = 56
-# The console's short names of the NIST curves (OpenSSL's names in the JSON and the HTML page).
-GROUP_NAMES = {"prime256v1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+# The console's short names of the NIST curves (sslyze's and OpenSSL's names in the JSON and the
+# HTML page).
+GROUP_NAMES = {
+    "secp256r1": "P-256",
+    "prime256v1": "P-256",
+    "secp384r1": "P-384",
+    "secp521r1": "P-521",
+}
 WARNINGS_SHOWN = 10
 
 
@@ -166,7 +172,13 @@ def _console() -> Console:
 def _table(title: str) -> Table:
     """A console table: a rule under the heading, no vertical lines (their columns go to the
     content)."""
-    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
 
 
 def _styled(style: str, label: str, rest: str = "") -> Text:
@@ -178,13 +190,26 @@ def _cert_cell(p) -> str:
     c = p.certificate
     if c is None:
         return f"{p.cert_key_type or '-'} {p.cert_key_bits or ''}".strip()
-    return f"{c.key_type} {c.key_bits or ''} to {c.not_after[:10]}"
+    return f"{c.key_type} {c.key_bits or ''} {c.not_after[:10]}"
+
+
+LEVEL_STYLES = {
+    "good": "green",
+    "sufficient": "green",
+    "phase-out": "yellow",
+    "insufficient": "red",
+}
+
+
+def _level_cell(level: str | None) -> Text:
+    return _styled(LEVEL_STYLES[level], level) if level else Text("-")
 
 
 def _kex_cell(scan) -> str:
-    """How many suites, and their key exchanges: `9 ECDH`, `14 ECDH DH static`."""
-    kinds = dict.fromkeys(s.kex_type or "static" for s in scan.suites)
-    return f"{len(scan.suites)} {' '.join(kinds)}" if scan.suites else "-"
+    """The suites' key exchanges, then the groups: `ECDH: X25519 P-256`, `ECDH DH static: ...`."""
+    kinds = " ".join(dict.fromkeys(s.kex_type or "static" for s in scan.suites)) or "-"
+    groups = " ".join(GROUP_NAMES.get(g, g) for g in scan.curves or [])
+    return f"{kinds}: {groups}" if groups else kinds
 
 
 def _fit(peer: str, width: int = PEER_WIDTH) -> str:
@@ -234,9 +259,10 @@ def print_report(
     multi = len(scan.ips) > 1
     # The console's few columns (CONSOLE_WIDTH): renegotiation, compression, EMS, server order
     # and resumption are in the HTML page and the JSON, and in the findings when they fail.
-    # Only the groups wrap.
-    for col in ("port", "TLS", "suites", "groups", "PQ", "certificate", "verdict"):
-        table.add_column(col, no_wrap=col != "groups")
+    # Only the key exchange wraps.
+    # internet.nl: the worst of its subtests there (tasks/audit/internetnl.py; each in the JSON).
+    for col in ("port", "TLS", "key exchange", "PQ", "certificate", "internet.nl", "verdict"):
+        table.add_column(col, no_wrap=col != "key exchange")
     for p, v in zip(scan.ports, verdicts, strict=False):  # more verdicts: ports not scanned
         where = f" {p.ip}" if multi else ""
         state = p.state + (f" ({p.retries} retries)" if p.retries else "")
@@ -244,9 +270,9 @@ def print_report(
             f"{p.port} {p.service}{where}",
             " ".join(x.removeprefix("TLSv") for x in p.protocols) or state,
             _kex_cell(p),
-            " ".join(GROUP_NAMES.get(g, g) for g in p.curves or []) or "-",
             {True: "yes", False: "no", None: "-"}[p.pq_hybrid],
             _cert_cell(p),
+            _level_cell(internetnl.worst(internetnl.grade(p))),
             _styled("green", "ok") if v.ok else _styled("red", f"FAIL ({len(v.failures)})"),
         )
     console.print(table)
@@ -345,6 +371,7 @@ def audit_host(
             p.to_dict()
             | {
                 "window_seconds": window(p.port, p.resumption, policy.resumption),
+                "internet_nl": internetnl.grade(p),
                 "ok": v.ok,
                 "failures": v.failures,
                 "warnings": v.warnings,

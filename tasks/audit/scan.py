@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from sslyze import (
@@ -30,6 +30,7 @@ from sslyze.errors import ServerHostnameCouldNotBeResolved
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 
+from tasks.assets import FILES
 from tasks.audit.probes import (
     _ip,
     _retry,
@@ -211,6 +212,7 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
                     kex_type=key.type_name if key else None,
                     group=getattr(key, "curve_name", None),
                     key_bits=key.size if key else None,
+                    dh_group=dh_group(key.prime) if hasattr(key, "prime") else None,
                 )
             )
     reneg = r.get(ScanCommand.SESSION_RENEGOTIATION.value)
@@ -238,6 +240,30 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
             scan.certificate.key_bits,
         )
     return scan
+
+
+@cache
+def _known_primes() -> dict[int, str]:
+    """The primes of the RFC 7919 groups the deploy ships (files/dh/ffdheBITS.pem)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_parameters
+
+    out = {}
+    for pem in sorted((FILES / "dh").glob("ffdhe*.pem")):
+        numbers = load_pem_parameters(pem.read_bytes()).parameter_numbers()
+        out[numbers.p] = pem.stem
+    return out
+
+
+def dh_group(prime: bytes) -> str:
+    """The name of the RFC 7919 group with this prime (big-endian bytes, as sslyze gives it),
+    else 'custom' (a group of one's own, `openssl dhparam`; also ffdhe6144/8192, not shipped).
+
+    >>> from cryptography.hazmat.primitives.serialization import load_pem_parameters
+    >>> p = load_pem_parameters((FILES / "dh" / "ffdhe3072.pem").read_bytes()).parameter_numbers().p
+    >>> dh_group(p.to_bytes(384, "big")), dh_group(b"\\x17")
+    ('ffdhe3072', 'custom')
+    """
+    return _known_primes().get(int.from_bytes(prime, "big"), "custom")
 
 
 def addresses_of(address: str) -> list[str]:

@@ -117,6 +117,7 @@ class AcceptedSuite:
     kex_type: str | None = None  # sslyze's ephemeral key type: 'ECDH' or 'DH'
     group: str | None = None  # curve name for ECDH, e.g. 'X25519'
     key_bits: int | None = None
+    dh_group: str | None = None  # DH: the RFC 7919 group ('ffdhe3072'), or 'custom'
 
 
 @dataclass

@@ -10,6 +10,7 @@ from datetime import UTC
 import pytest
 
 from conftest import SUITES, run_pyinfra
+from tasks.audit import internetnl
 from testhosts.image import TEST_PASSWORD, TEST_USER
 
 
@@ -153,6 +154,13 @@ def test_deployed_host_reports_every_check(deployed, suite, tmp_path):
             and cert["key_bits"] >= 2048
             and cert["signature_hash"] == "sha256"
         )
+        # internet.nl: nothing the profile sets below sufficient; the snakeoil key is RSA 2048
+        # (phase-out there) on Debian 12/13 and RSA 3072 (good) on 14.
+        inl = p["internet_nl"]
+        key = "good" if cert["key_bits"] >= 3072 else "phase-out"
+        assert inl.pop("cert_public_key") == key, (key, p["internet_nl"])
+        assert inl["version"] == "sufficient" and inl["key_exchange"] == "good", inl
+        assert internetnl.worst(inl) == "sufficient", inl
         r = p["resumption"]
         assert r["tls12_session_id"] is False
         if number in (25, 587, 465):
@@ -232,6 +240,16 @@ def test_audit_fails_legacy_dhe_without_server_order(fresh_host, tmp_path):
     )  # Postfix only; Dovecot keeps its order
     res, result = run_audit(host, tmp_path, *legacy)
     assert res.returncode != 0 and not result["ok"]
+    for number in (25, 587, 465, 143, 993):
+        # internet.nl: DHE suites and their RFC 7919 group (dh_source's ffdhe3072) phase-out
+        p = port(result, number)
+        dh = {s["dh_group"] for s in p["suites"] if s["kex_type"] == "DH"}
+        assert dh == {"ffdhe3072"}, p["suites"]
+        levels = p["internet_nl"]
+        assert levels["ciphers"] == levels["key_exchange"] == "phase-out", levels
+        assert levels["cipher_order"] == ("insufficient" if number in (25, 587, 465) else "good"), (
+            levels
+        )
     for number in (25, 587, 465):
         p = port(result, number)
         assert p["server_order"] is False and "got DHE-" in p["server_order_note"], p

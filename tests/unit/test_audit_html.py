@@ -147,3 +147,17 @@ def test_charts_per_service(fleet):
     assert [d["peer"] for d in smtp["destinations"]] == ["mx.example.net[192.0.2.7]:25"]
     page = html.render(fleet)
     assert page.count("<svg") == 4  # two charts per host
+
+
+def test_each_port_row_has_its_internet_nl_level_and_the_subtests_below_sufficient(audit_result):
+    """RSA 2048 is phase-out there (internet.nl's certificate public key subtest): the port's
+    cell says phase-out and names the subtest; a TLS 1.0 port says insufficient."""
+    old = PortScan(**{**open_port(25).__dict__, "protocols": ["TLSv1", "TLSv1.2"]})
+    page = html.render([audit_result("mx1", [old, open_port(993)])])
+    cell = r'<td class="lvl lvl-(\w+)">(good|sufficient|phase-out|insufficient)((?:<br>[^<]*<span class="small">[^<]*</span>)*)</td>'
+    rows = re.findall(cell, page)
+    assert [(cls, level) for cls, level, _ in rows] == [
+        ("fail", "insufficient"),
+        ("warn", "phase-out"),
+    ]
+    assert "version: insufficient" in rows[0][2] and "cert_public_key: phase-out" in rows[1][2]

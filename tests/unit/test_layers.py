@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "tasks.safety.verify",
             "tasks.audit.verdict",
             "tasks.audit.logreport",
+            "tasks.audit.internetnl",
             "tasks.audit.html",
             "tasks.audit.metrics",
         ),
