@@ -30,8 +30,8 @@ LEVELS = ("good", "sufficient", "phase-out", "insufficient")
 NOT_TESTED = "not tested"
 
 # Every subtest of internet.nl's mail TLS test that needs no DNS, then the DNS ones; in the
-# order of its report. key_exchange_hash: the audit offers no SHA-1 signature algorithms yet;
-# zero_rtt: internet.nl does not test it on mail either (sslyze's probe speaks HTTP).
+# order of its report. zero_rtt: internet.nl does not test it on mail either (sslyze's probe
+# speaks HTTP).
 SUBTESTS = (
     "version",
     "ciphers",
@@ -210,7 +210,9 @@ def grade(p: PortScan) -> dict[str, str]:
         "ciphers": _worst_of(_cipher(s.name) for s in p.suites),
         "cipher_order": _cipher_order(p),
         "key_exchange": _key_exchange(p),
-        "key_exchange_hash": NOT_TESTED,
+        "key_exchange_hash": _yes_no(p.sha1_key_exchange, "insufficient", "good")
+        if tls12
+        else "good",
         "compression": _yes_no(p.compression, "insufficient", "good"),
         # RFC 5746 and client-initiated renegotiation exist only up to TLS 1.2.
         "secure_renegotiation": _yes_no(p.secure_renegotiation, "good", "insufficient")

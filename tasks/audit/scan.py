@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from functools import cache, partial
 from typing import Any
 
+from nassl.ephemeral_key_info import OpenSslEvpPkeyEnum
+from nassl.ssl_client import OpenSslDigestNidEnum, SslClient
 from sslyze import (
+    ClientAuthRequirementEnum,
     ProtocolWithOpportunisticTlsEnum,
     ScanCommand,
     Scanner,
@@ -25,10 +28,17 @@ from sslyze import (
     ServerNetworkLocation,
     ServerScanRequest,
     ServerScanResult,
+    ServerTlsProbingResult,
+    TlsVersionEnum,
 )
-from sslyze.errors import ServerHostnameCouldNotBeResolved
+from sslyze.errors import (
+    ConnectionToServerFailed,
+    ServerHostnameCouldNotBeResolved,
+    ServerRejectedTlsHandshake,
+)
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
+from sslyze.server_connectivity import ServerConnectivityInfo
 
 from tasks.assets import FILES
 from tasks.audit.probes import (
@@ -110,6 +120,52 @@ def _request(address: str, ip: str, port: int, commands=COMMANDS) -> ServerScanR
         network_configuration=config,
         scan_commands=set(commands),
     )
+
+
+# A TLS 1.2 ClientHello whose signature_algorithms offer only SHA-1 (internet.nl's "hash
+# function for key exchange" test, NCSC 3.3.5): a server that answers signs its key exchange
+# with SHA-1. TLS 1.3 has no SHA-1 signature scheme: a port without TLS 1.2 is not probed.
+SHA1_SIGALGS = [
+    (OpenSslDigestNidEnum.SHA1, OpenSslEvpPkeyEnum.EC),
+    (OpenSslDigestNidEnum.SHA1, OpenSslEvpPkeyEnum.RSA),
+    (OpenSslDigestNidEnum.SHA1, OpenSslEvpPkeyEnum.DSA),
+]
+# What sslyze would have found first: the probe names its own TLS version.
+_PROBED_TLS12 = ServerTlsProbingResult(
+    highest_tls_version_supported=TlsVersionEnum.TLS_1_2,
+    cipher_suite_supported="",
+    client_auth_requirement=ClientAuthRequirementEnum.DISABLED,
+    supports_ecdh_key_exchange=True,
+)
+
+
+def probe_sha1_key_exchange(address: str, ip: str, port: int) -> tuple[bool | None, str]:
+    """(True, note) if the server signs a TLS 1.2 key exchange with SHA-1 when that is all the
+    client offers, (False, note) if it refuses the handshake, (None, why) if it could not tell
+    (STARTTLS as the port speaks it; sslyze's own client, bounded by its network timeout)."""
+    request = _request(address, ip, port, ())
+    info = ServerConnectivityInfo(
+        server_location=request.server_location,
+        network_configuration=request.network_configuration,
+        tls_probing_result=_PROBED_TLS12,
+    )
+    conn = info.get_preconfigured_tls_connection(
+        override_tls_version=TlsVersionEnum.TLS_1_2, should_use_legacy_openssl=False
+    )
+    client = conn.ssl_client
+    if not isinstance(client, SslClient):  # the legacy build has no signature_algorithms
+        return None, "no modern OpenSSL client"
+    client.set_signature_algorithms(SHA1_SIGALGS)
+    try:
+        conn.connect()
+        nid = client.get_peer_signature_nid()
+        return nid == OpenSslDigestNidEnum.SHA1, f"signed with {nid.name}"
+    except ServerRejectedTlsHandshake as exc:
+        return False, f"refused ({exc.error_message})"
+    except (ConnectionToServerFailed, OSError, ValueError) as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
 
 
 def _trace_text(trace) -> str:
@@ -346,6 +402,10 @@ def scan_host(
     for scan in host.ports:
         if scan.state == "open":
             probe_resumption(scan, address)
+            if "TLSv1.2" in scan.protocols:
+                scan.sha1_key_exchange, scan.sha1_key_exchange_note = _retry(
+                    partial(probe_sha1_key_exchange, address, _ip(scan), scan.port)
+                )
             if server_order:
                 scan.server_order, scan.server_order_note = _retry(
                     partial(probe_server_order, _ip(scan), scan.port)

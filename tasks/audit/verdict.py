@@ -176,6 +176,10 @@ class PortScan:
     certificate: Certificate | None = None
     server_order: bool | None = None  # a client preferring DHE got ECDHE; None: not probed
     server_order_note: str = ""
+    # TLS 1.2 offering only SHA-1 signature algorithms: the server signed with SHA-1 (True),
+    # refused (False); None: not probed (no TLS 1.2) or could not tell (the note says why).
+    sha1_key_exchange: bool | None = None
+    sha1_key_exchange_note: str = ""
     resumption: Resumed = field(default_factory=Resumed)
     retries: int = 0  # sslyze re-runs this port needed
 

@@ -3,8 +3,12 @@ default-profile port, a legacy-dhe port and a stock Debian port grade, subtest b
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import time
 from dataclasses import replace
 
+import pytest
 from auditresults import ECDHE, RSA_KX, certificate, open_port
 
 from tasks.audit.internetnl import LEVELS, NOT_TESTED, SUBTESTS, grade, worst
@@ -101,3 +105,61 @@ def test_the_json_has_each_ports_grades(audit_result):
     result = audit_result("mx1", [open_port(25), open_port(993)])
     assert [p["internet_nl"]["version"] for p in result["ports"]] == ["sufficient"] * 2
     assert result["ports"][0]["internet_nl"]["cert_public_key"] == "phase-out"  # RSA 2048
+
+
+def test_key_exchange_hash_grades_what_the_sha1_probe_found():
+    assert grade(ecdsa_port(sha1_key_exchange=True))["key_exchange_hash"] == "insufficient"
+    assert grade(ecdsa_port(sha1_key_exchange=False))["key_exchange_hash"] == "good"
+    assert grade(ecdsa_port())["key_exchange_hash"] == NOT_TESTED  # could not tell
+    assert grade(ecdsa_port(protocols=["TLSv1.3"]))["key_exchange_hash"] == "good"
+
+
+def _s_server(tmp_path, *args: str):
+    """openssl s_server on a free loopback port (implicit TLS, as on 465), with `args`."""
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from selfsigned import self_signed
+
+    now = datetime.now(UTC)
+    cert, key = self_signed(
+        rsa.generate_private_key(65537, 2048), "mx.test", now - timedelta(1), now + timedelta(1)
+    )
+    (tmp_path / "c.pem").write_bytes(cert)
+    (tmp_path / "k.pem").write_bytes(key)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tmp_path / "c.pem"),
+         "-key", str(tmp_path / "k.pem"), "-quiet", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return server, port
+        time.sleep(0.05)
+    server.kill()
+    raise RuntimeError("s_server did not start")
+
+
+@pytest.mark.parametrize(
+    ("server_args", "signs_sha1"),
+    [
+        (("-cipher", "DEFAULT@SECLEVEL=0", "-sigalgs", "RSA+SHA1:RSA+SHA256"), True),
+        ((), False),  # OpenSSL 3's default security level: no SHA-1 signatures in TLS
+    ],
+)
+def test_the_sha1_probe_against_a_real_server(tmp_path, monkeypatch, server_args, signs_sha1):
+    from tasks.audit import scan
+    from tasks.policy import PORTS
+
+    server, port = _s_server(tmp_path, *server_args)
+    monkeypatch.setitem(scan.PORTS, port, PORTS[465])  # implicit TLS, like 465
+    try:
+        found, note = scan.probe_sha1_key_exchange("127.0.0.1", "127.0.0.1", port)
+    finally:
+        server.kill()
+        server.wait()
+    assert found is signs_sha1, note
