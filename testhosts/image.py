@@ -75,6 +75,10 @@ MASKED_UNITS = [
     "systemd-pstore.service",
 ]
 
+# What `managesieve` (testhosts/variants.py) installs from VARIANT_DEBS: ManageSieve on 4190.
+VARIANT_PACKAGES = ["dovecot-sieve", "dovecot-managesieved"]
+VARIANT_DEBS = "/var/cache/mailtls-debs"
+
 # A test mailbox user; the password is for tests only (these hosts never leave this machine).
 TEST_USER = "mailtest"
 TEST_PASSWORD = "mailtest-pw"
@@ -86,6 +90,10 @@ CUSTOMISE = f"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 hostname build.mailtls.test
+# Packages a variant installs (no mirror once booted: the hosts' network is the controller's
+# only), downloaded with the lists debootstrap left, installed on none of the stock hosts.
+mkdir -p {VARIANT_DEBS}
+(cd {VARIANT_DEBS} && apt-get download -q {" ".join(VARIANT_PACKAGES)})
 debconf-set-selections <<'SEL'
 postfix postfix/main_mailer_type select Internet Site
 postfix postfix/mailname string mailtls.test
@@ -204,6 +212,10 @@ def build(suite: str, log=print) -> Path:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
+            # The controller's resolver for CUSTOMISE's downloads (it empties the file later).
+            resolv = root / "etc" / "resolv.conf"
+            resolv.unlink(missing_ok=True)
+            shutil.copyfile("/etc/resolv.conf", resolv)
             with _proc_mounted(root, QUIRKS.get(suite, Quirks()).mount_proc):
                 subprocess.run(
                     ["unshare", "--uts", "chroot", str(root), "/bin/sh", "-c", CUSTOMISE],

@@ -21,6 +21,9 @@ The stock hosts log to the journal only, as Debian 12/13 do (rsyslog is installe
                   an amavis re-injection smtpd on 127.0.0.1:10025 without TLS
     iredmail      iRedMail's shape: 465 named `465`, SASL socket private/dovecot-auth, a re-injection
                   smtpd with `smtpd_tls_security_level=none`, SSL settings in dovecot.conf itself
+    dualcert      RSA and ECDSA certificates side by side: smtpd_tls_chain_files, Dovecot's
+                  alternative certificate (docker-mailserver's SSL_ALT_*)
+    managesieve   ManageSieve on 4190 (STARTTLS), Dovecot's Pigeonhole packages from the image
     mailcow       mailcow's shape: postscreen, `smtps` with a TLS option of its own, extra
                   smtpd ports 588/590, Dovecot SNI `local_name` blocks via a symlinked, `!include_try`d
                   file, `protocol imap {}` settings, `%k` in the login log format
@@ -30,6 +33,8 @@ The stock hosts log to the journal only, as Debian 12/13 do (rsyslog is installe
 """
 
 from __future__ import annotations
+
+from testhosts.image import VARIANT_DEBS
 
 # Dovecot as Postfix's SASL server (what every shape below with AUTH uses): Dovecot ships it, no
 # extra package. Appended to 10-master.conf, as admins uncomment it there; sections merge.
@@ -366,6 +371,31 @@ rm /etc/dovecot/iredmail-ssl.tmp
     # ssl_dh, `%k` in login_log_format_elements, `protocol imap {}`, `!include_try sni.conf`
     # whose `local_name` blocks carry per-name certificates). The file lives under /opt and is
     # symlinked into conf.d, as configuration-management checkouts often are.
+    # RSA and ECDSA certificates side by side, as docker-mailserver sets them up (its
+    # SSL_ALT_*): Postfix's smtpd_tls_chain_files (key, chain, key, chain: it beats
+    # smtpd_tls_cert_file), Dovecot's alternative certificate in 10-ssl.conf. Each client gets
+    # the one its signature algorithms allow; the deploy (certificate settings unset) keeps both.
+    "dualcert": r"""
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=$(hostname -f)" -keyout /etc/ssl/private/mail-ecdsa.key \
+    -out /etc/ssl/certs/mail-ecdsa.pem 2>/dev/null
+chgrp ssl-cert /etc/ssl/private/mail-ecdsa.key && chmod 0640 /etc/ssl/private/mail-ecdsa.key
+postconf -e "smtpd_tls_chain_files = /etc/ssl/private/ssl-cert-snakeoil.key, \
+/etc/ssl/certs/ssl-cert-snakeoil.pem, /etc/ssl/private/mail-ecdsa.key, /etc/ssl/certs/mail-ecdsa.pem"
+if [ "$DOVECOT" = 2.3 ]; then
+    printf 'ssl_alt_cert = <%s\nssl_alt_key = <%s\n' /etc/ssl/certs/mail-ecdsa.pem \
+        /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
+else
+    printf 'ssl_server_alt_cert_file = %s\nssl_server_alt_key_file = %s\n' \
+        /etc/ssl/certs/mail-ecdsa.pem /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
+fi
+""",
+    # ManageSieve (Pigeonhole), as Mail-in-a-Box, iRedMail and mailcow run it: STARTTLS on
+    # 4190 with Dovecot's global TLS settings. Its packages come with the image (VARIANT_DEBS).
+    "managesieve": f"dpkg -i {VARIANT_DEBS}/*.deb >/dev/null\n"
+    # Dovecot 2.3 lists it in `protocols = ...`, 2.4 as `protocols { sieve = yes }`.
+    + r"""doveconf -n | grep -Eq '^protocols = .*sieve|^  sieve = yes$'
+""",
     "mailcow": _DOVECOT_SASL
     + _POSTFIX_SASL_MAIN
     + _POSTSCREEN

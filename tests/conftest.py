@@ -72,10 +72,37 @@ def fresh_name(prefix: str, suite: str, pid: int, n: int) -> str:
 
 def pytest_collection_modifyitems(config, items):
     """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
-    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/."""
+    tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/.
+
+    Then the longest work first (what ReleaseScheduling hands out, in this order): each
+    release's tests, the modules of a few tests that take minutes (LONG_MODULES), the other
+    integration tests, the unit tests; each part in its collected order."""
     for item in items:
         integration = "integration" in item.path.parts
         item.add_marker(pytest.mark.integration if integration else pytest.mark.unit)
+    items.sort(key=lambda item: run_rank(item.nodeid))
+
+
+# Modules outside the release scopes whose tests take minutes (bench/README.md: the CI's
+# slowest tests): handed out right after the releases, so that none of them starts last.
+LONG_MODULES = ("test_mailflow.py", "test_outbound.py", "test_upgrade.py")
+
+
+def run_rank(nodeid: str) -> int:
+    """0 a release's integration test, 1 one of LONG_MODULES, 2 another integration test,
+    3 a unit test or doctest.
+
+    >>> run_rank("tests/integration/test_mailflow.py::test_no_mail_is_lost")
+    1
+    >>> [run_rank("tests/integration/test_deploy.py::t[forky]"), run_rank("tasks/policy.py::x")]
+    [0, 3]
+    """
+    path = Path(nodeid.partition("::")[0])
+    if "integration" not in path.parts:
+        return 3
+    if release_scope(nodeid):
+        return 0
+    return 1 if path.name in LONG_MODULES else 2
 
 
 # Modules whose module fixture starts hosts of every release: one scope, whatever the test's id.
@@ -100,7 +127,7 @@ def release_scope(nodeid: str) -> str | None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's loadscope, with a release's tests as one scope (and every other test by its
-    module). xdist's own `loadgroup` marks are lost under pytest 9 (it renames
+    module), handed out in collection order. xdist's own `loadgroup` marks are lost under pytest 9 (it renames
     Item._nodeid, which pytest 9 no longer reads), hence a scheduler of our own."""
     from xdist.scheduler import LoadScopeScheduling
 
@@ -108,6 +135,9 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             return release_scope(nodeid) or super()._split_scope(nodeid)
 
+    # Scopes in collection order (pytest_collection_modifyitems: the longest first), not
+    # xdist's by number of tests, which hands a module of one six-minute test out last.
+    config.option.loadscopereorder = False
     return ReleaseScheduling(config, log)
 
 

@@ -22,9 +22,12 @@ from testhosts.image import TEST_PASSWORD, TEST_USER
 
 # Every port a mail host may serve TLS on -> its STARTTLS protocol (None: implicit TLS). Written
 # out here, not read from tasks.policy.PORTS: the tests' own oracle for what the tool claims.
-TLS_PORTS = {25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None, 110: "pop3", 995: None}
-# The ones a stock test host serves (Debian's Dovecot has no POP3).
-STOCK_TLS_PORTS = {p: s for p, s in TLS_PORTS.items() if p not in (110, 995)}
+TLS_PORTS = {
+    25: "smtp", 587: "smtp", 465: None, 143: "imap", 993: None, 110: "pop3", 995: None,
+    4190: "sieve",  # ManageSieve (the managesieve variant)
+}  # fmt: skip
+# The ones every test checks on a stock-shaped host: SMTP and IMAP (the lived-in tests: all).
+STOCK_TLS_PORTS = {p: s for p, s in TLS_PORTS.items() if p not in (110, 995, 4190)}
 
 # Handshakes the intermediate profile forbids (each must be refused), with the s_client options
 # offering only that. Client-side SECLEVEL=0 so the controller's OpenSSL really offers them: a
@@ -224,6 +227,34 @@ def listeners(host) -> dict[int, list[str]]:
         owner = next((p for p in ("master", "dovecot") if p in procs), procs[0] if procs else "?")
         out.setdefault(int(port), []).append(f"{addr} {owner}")
     return out
+
+
+# TLS 1.3 signature algorithms that only a certificate of that key type can answer.
+CERT_SIGALGS = {
+    "RSA": "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512",
+    "ECDSA": "ecdsa_secp256r1_sha256:ecdsa_secp384r1_sha384:ecdsa_secp521r1_sha512",
+}
+
+
+def certificate_kinds(address: str, ports) -> dict[int, list[str]]:
+    """{port: the key types of the certificates served there}: a TLS 1.3 handshake per type,
+    offering only the signature algorithms its key can make (a dual RSA+ECDSA server answers
+    both)."""
+    jobs = [(p, kind) for p in ports for kind in CERT_SIGALGS]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        ok = list(
+            pool.map(
+                lambda j: handshake(
+                    s_client(address, j[0], "-tls1_3", "-sigalgs", CERT_SIGALGS[j[1]])
+                )[0],
+                jobs,
+            )
+        )
+    kinds: dict[int, list[str]] = {p: [] for p in ports}
+    for (port, kind), established in zip(jobs, ok, strict=True):
+        if established:
+            kinds[port].append(kind)
+    return kinds
 
 
 def tls_ports(host) -> list[int]:

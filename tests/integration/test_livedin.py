@@ -39,6 +39,8 @@ VARIANTS = [
     "dms",
     "iredmail",
     "mailcow",
+    "dualcert",
+    "managesieve",
 ]
 
 
@@ -56,6 +58,7 @@ class Snapshot:
     listeners: dict[int, list[str]]  # port -> ['addr process', ...]
     sasl: dict[int, str] = field(default_factory=dict)  # port -> '235 ...' or the failure
     active: list[str] = field(default_factory=list)
+    certs: dict[int, list[str]] = field(default_factory=dict)  # port -> ['RSA', 'ECDSA']
 
 
 def _snapshot(host: th.Host, sasl_ports: Iterable[int] = ()) -> Snapshot:
@@ -69,6 +72,7 @@ def _snapshot(host: th.Host, sasl_ports: Iterable[int] = ()) -> Snapshot:
         listeners=probes.listeners(host),
         sasl={p: probes.sasl_auth(host.address, p) for p in sasl_ports},
         active=probes.daemons_active(host),
+        certs=probes.certificate_kinds(host.address, probes.tls_ports(host)),
     )
 
 
@@ -217,6 +221,20 @@ def test_non_tls_settings_unchanged(lived):
         [f"- {line}" for line in one.before.dovecot if line not in one.after.dovecot]
         + [f"+ {line}" for line in one.after.dovecot if line not in one.before.dovecot]
     )
+
+
+def test_the_same_certificates_served(lived):
+    """Certificate settings unset: every TLS port serves the key types it served before (a
+    submission port the deploy opened: what port 25 served, main.cf's); on the dual-certificate
+    shape, RSA and ECDSA on every one of them."""
+    one = _converging(lived)
+    before = one.before.certs
+    expected = {p: before.get(p, before.get(25)) for p in one.after.certs}
+    assert one.after.certs == expected, (before, one.after.certs)
+    if "dualcert" in _names(one.variant):
+        assert one.before.certs and all(
+            kinds == ["RSA", "ECDSA"] for kinds in one.before.certs.values()
+        ), one.before.certs
 
 
 def test_mail_delivered_after_deploy(lived):
