@@ -242,6 +242,9 @@ class PostfixConf:
         )
 
 
+SERVER_SECLEVEL = ":@SECLEVEL=1"
+
+
 def main_cf(
     policy: Policy,
     caps: HostCaps,
@@ -260,7 +263,11 @@ def main_cf(
         # outbound client (smtp_tls_ciphers = medium) keeps talking to every peer.
         "smtpd_tls_ciphers": "high",
         "smtpd_tls_mandatory_ciphers": "high",
-        "tls_high_cipherlist": ":".join(policy.tls12_suites),
+        # @SECLEVEL=1: Postfix's smtpd otherwise signs a TLS 1.2 key exchange with SHA-1 when
+        # that is all a client offers (seen on Debian 12-14; Dovecot refuses). OpenSSL 3's
+        # level 1 has no SHA-1 signatures in TLS and takes RSA keys from 1024 bits (every
+        # certificate that served before still does).
+        "tls_high_cipherlist": ":".join(policy.tls12_suites) + SERVER_SECLEVEL,
         "tls_preempt_cipherlist": "yes" if policy.server_preference else "no",
         # Postfix splits the list at spaces and validates each word with OpenSSL: a tier
         # boundary goes inside a word ("X25519MLKEM768/X25519 prime256v1 secp384r1").

@@ -18,8 +18,8 @@ more than one protocol gets the highest), as do the handshakes that must succeed
     >>> caps = HostCaps(postfix=(3, 7, 11), dovecot=(2, 3, 19), openssl=(3, 0, 20))
     >>> [p.what for p in probes(resolve("modern", caps)) if p.port == 993]
     ['TLS 1.1', 'TLS 1.2', 'TLS 1.3']
-    >>> [p.what for p in probes(resolve("intermediate", caps)) if p.port == 993]
-    ['TLS 1.1', 'TLS 1.2 with RSA key exchange, non-AEAD or DHE suites only', "TLS 1.2 with the profile's suites", 'TLS 1.3']
+    >>> [p.what for p in probes(resolve("intermediate", caps)) if p.port == 993][1:4]
+    ['TLS 1.2 with RSA key exchange, non-AEAD or DHE suites only', "TLS 1.2 with the profile's suites", 'TLS 1.2 with SHA-1 signature algorithms only']
 """
 
 from __future__ import annotations
@@ -93,6 +93,18 @@ def _for_port(policy: Policy, daemon: str, port: int, starttls: str | None) -> l
                 "-tls1_2",
                 "-cipher",
                 ":".join(policy.tls12_suites),
+            )
+        )
+        # internet.nl's key-exchange hash: no key exchange signed with SHA-1.
+        out.append(
+            p(
+                "refuse",
+                "TLS 1.2 with SHA-1 signature algorithms only",
+                "-tls1_2",
+                "-sigalgs",
+                "RSA+SHA1:ECDSA+SHA1",
+                "-cipher",
+                "DEFAULT" + LEGACY_CLIENT,
             )
         )
     else:

@@ -33,18 +33,22 @@ def test_every_tls_port_of_both_daemons_is_probed():
 
 FOLDED = "TLS 1.2 with RSA key exchange, non-AEAD or DHE suites only"
 FOLDED_NO_DHE = "TLS 1.2 with RSA key exchange or non-AEAD suites only"
+SHA1 = "TLS 1.2 with SHA-1 signature algorithms only"
 
 
 def test_intermediate_forbids_old_protocols_rsa_kx_cbc_and_dhe():
     for port, found in by_port("intermediate").items():
         refused = {w for w, p in found.items() if p.expect == "refuse"}
-        assert refused == {"TLS 1.1", FOLDED}, port
+        assert refused == {"TLS 1.1", FOLDED, SHA1}, port
         accepted = {w for w, p in found.items() if p.expect == "accept"}
         assert accepted == {"TLS 1.2 with the profile's suites", "TLS 1.3"}, port
         # a refusal must be the server's: the client offers what OpenSSL would not by default
         assert found["TLS 1.1"].args == ("-tls1_1", "-cipher", "DEFAULT:@SECLEVEL=0")
         # every forbidden TLS 1.2 class in one handshake: RSA key exchange (any cipher, AEAD
         # too), ECDHE without AEAD, any DHE
+        assert found[SHA1].args == (
+            "-tls1_2", "-sigalgs", "RSA+SHA1:ECDSA+SHA1", "-cipher", "DEFAULT:@SECLEVEL=0"
+        )  # fmt: skip
         assert found[FOLDED].args == (
             "-tls1_2",
             "-cipher",
@@ -66,12 +70,13 @@ def test_legacy_dhe_offers_dhe_so_no_dhe_in_the_forbidden_probe():
 @pytest.mark.parametrize(
     "profile, caps, per_port",
     [
-        # TLS 1.1, the forbidden TLS 1.2 suites (one handshake), the profile's TLS 1.2, TLS 1.3
-        ("intermediate", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
-        ("intermediate", DEB13, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
-        ("legacy-dhe", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 4)),
+        # TLS 1.1, the forbidden TLS 1.2 suites (one handshake), the profile's TLS 1.2, TLS 1.2
+        # signed with SHA-1, TLS 1.3
+        ("intermediate", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 5)),
+        ("intermediate", DEB13, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 5)),
+        ("legacy-dhe", DEB12, dict.fromkeys((25, 587, 465, 143, 993, 110, 995), 5)),
         # TLS 1.1, TLS 1.2 at all, TLS 1.3 where TLS is mandatory; 25 keeps the intermediate floor
-        ("modern", DEB13, {25: 4, **dict.fromkeys((587, 465, 143, 993, 110, 995), 3)}),
+        ("modern", DEB13, {25: 5, **dict.fromkeys((587, 465, 143, 993, 110, 995), 3)}),
     ],
 )
 def test_handshakes_per_port(profile, caps, per_port):
