@@ -187,11 +187,25 @@ def _known() -> list[Host]:
 
 
 def _ensure_key() -> None:
-    if not KEY.exists():
-        KEY.parent.mkdir(parents=True, exist_ok=True)
+    """The controller's key for every test host, made once. Under a lock, and renamed into
+    place public half first: on a fresh machine the xdist workers' first `up`s ask for it at
+    the same moment (a second ssh-keygen on the same path fails, or replaces the key a host
+    already trusts)."""
+    if KEY.exists():
+        return
+    KEY.parent.mkdir(parents=True, exist_ok=True)
+    with open(KEY.parent / "key.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if KEY.exists():
+            return
+        new = KEY.with_name(f"{KEY.name}.{os.getpid()}.new")
+        for leftover in (new, Path(f"{new}.pub")):
+            leftover.unlink(missing_ok=True)
         _run(
-            "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailtls-testhosts", "-f", str(KEY)
+            "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mailtls-testhosts", "-f", str(new)
         )
+        os.replace(f"{new}.pub", KEY.with_suffix(".pub"))
+        os.replace(new, KEY)
 
 
 def _is_our_nspawn(pid: int, host: Host) -> bool:

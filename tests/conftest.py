@@ -70,6 +70,30 @@ def fresh_name(prefix: str, suite: str, pid: int, n: int) -> str:
     return f"{prefix}f{suite[0]}{pid % 100}x{n}"
 
 
+def pytest_configure(config):
+    """Every release's image exists before any test starts (built once, in the process that
+    starts the xdist workers): a first run that built forky's on demand did it beside the other
+    releases' first tests, and its debootstrap and zstd took the CPU their hosts and scans
+    needed. Not for a run of the unit tests alone, nor without root."""
+    if hasattr(config, "workerinput") or os.geteuid() != 0 or not _runs_integration(config):
+        return
+    from testhosts import image
+
+    image.build_all(SUITES, log=lambda m: print(m, file=sys.stderr))
+
+
+def _runs_integration(config) -> bool:
+    """Whether this run may collect an integration test: not `-m unit`, and its paths (none:
+    pyproject's testpaths) not all outside tests/integration."""
+    if (config.option.markexpr or "").strip() == "unit":
+        return False
+    paths = [Path(a.partition("::")[0]).resolve() for a in config.args]
+    integration = ROOT / "tests" / "integration"
+    return not config.args or any(
+        p == integration or integration in p.parents or p in integration.parents for p in paths
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     """Every test is `unit` or `integration` by where it lives: `pytest -m unit` runs
     tests/unit/ and the doctests in tasks/, `pytest -m integration` tests/integration/.
