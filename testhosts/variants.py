@@ -371,31 +371,6 @@ rm /etc/dovecot/iredmail-ssl.tmp
     # ssl_dh, `%k` in login_log_format_elements, `protocol imap {}`, `!include_try sni.conf`
     # whose `local_name` blocks carry per-name certificates). The file lives under /opt and is
     # symlinked into conf.d, as configuration-management checkouts often are.
-    # RSA and ECDSA certificates side by side, as docker-mailserver sets them up (its
-    # SSL_ALT_*): Postfix's smtpd_tls_chain_files (key, chain, key, chain: it beats
-    # smtpd_tls_cert_file), Dovecot's alternative certificate in 10-ssl.conf. Each client gets
-    # the one its signature algorithms allow; the deploy (certificate settings unset) keeps both.
-    "dualcert": r"""
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
-    -subj "/CN=$(hostname -f)" -keyout /etc/ssl/private/mail-ecdsa.key \
-    -out /etc/ssl/certs/mail-ecdsa.pem 2>/dev/null
-chgrp ssl-cert /etc/ssl/private/mail-ecdsa.key && chmod 0640 /etc/ssl/private/mail-ecdsa.key
-postconf -e "smtpd_tls_chain_files = /etc/ssl/private/ssl-cert-snakeoil.key, \
-/etc/ssl/certs/ssl-cert-snakeoil.pem, /etc/ssl/private/mail-ecdsa.key, /etc/ssl/certs/mail-ecdsa.pem"
-if [ "$DOVECOT" = 2.3 ]; then
-    printf 'ssl_alt_cert = <%s\nssl_alt_key = <%s\n' /etc/ssl/certs/mail-ecdsa.pem \
-        /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
-else
-    printf 'ssl_server_alt_cert_file = %s\nssl_server_alt_key_file = %s\n' \
-        /etc/ssl/certs/mail-ecdsa.pem /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
-fi
-""",
-    # ManageSieve (Pigeonhole), as Mail-in-a-Box, iRedMail and mailcow run it: STARTTLS on
-    # 4190 with Dovecot's global TLS settings. Its packages come with the image (VARIANT_DEBS).
-    "managesieve": f"dpkg -i {VARIANT_DEBS}/*.deb >/dev/null\n"
-    # Dovecot 2.3 lists it in `protocols = ...`, 2.4 as `protocols { sieve = yes }`.
-    + r"""doveconf -n | grep -Eq '^protocols = .*sieve|^  sieve = yes$'
-""",
     "mailcow": _DOVECOT_SASL
     + _POSTFIX_SASL_MAIN
     + _POSTSCREEN
@@ -468,6 +443,31 @@ local_name mail.mailtls.test {
 EOF
 fi
 ln -s /opt/mailcow/dovecot/mailcow.conf /etc/dovecot/conf.d/50-mailcow.conf
+""",
+    # RSA and ECDSA certificates side by side, as docker-mailserver sets them up (its
+    # SSL_ALT_*): Postfix's smtpd_tls_chain_files (key, chain, key, chain: it beats
+    # smtpd_tls_cert_file), Dovecot's alternative certificate in 10-ssl.conf. Each client gets
+    # the one its signature algorithms allow; the deploy (certificate settings unset) keeps both.
+    "dualcert": r"""
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -subj "/CN=$(hostname -f)" -keyout /etc/ssl/private/mail-ecdsa.key \
+    -out /etc/ssl/certs/mail-ecdsa.pem 2>/dev/null
+chgrp ssl-cert /etc/ssl/private/mail-ecdsa.key && chmod 0640 /etc/ssl/private/mail-ecdsa.key
+postconf -e "smtpd_tls_chain_files = /etc/ssl/private/ssl-cert-snakeoil.key, \
+/etc/ssl/certs/ssl-cert-snakeoil.pem, /etc/ssl/private/mail-ecdsa.key, /etc/ssl/certs/mail-ecdsa.pem"
+if [ "$DOVECOT" = 2.3 ]; then
+    printf 'ssl_alt_cert = <%s\nssl_alt_key = <%s\n' /etc/ssl/certs/mail-ecdsa.pem \
+        /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
+else
+    printf 'ssl_server_alt_cert_file = %s\nssl_server_alt_key_file = %s\n' \
+        /etc/ssl/certs/mail-ecdsa.pem /etc/ssl/private/mail-ecdsa.key >> /etc/dovecot/conf.d/10-ssl.conf
+fi
+""",
+    # ManageSieve (Pigeonhole), as Mail-in-a-Box, iRedMail and mailcow run it: STARTTLS on
+    # 4190 with Dovecot's global TLS settings. Its packages come with the image (VARIANT_DEBS).
+    "managesieve": f"dpkg -i {VARIANT_DEBS}/*.deb >/dev/null\n"
+    # Dovecot 2.3 lists it in `protocols = ...`, 2.4 as `protocols { sieve = yes }`.
+    + r"""doveconf -n | grep -Eq '^protocols = .*sieve|^  sieve = yes$'
 """,
 }
 
