@@ -151,8 +151,9 @@ def release_scope(nodeid: str) -> str | None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's loadscope, with a release's tests as one scope (and every other test by its
-    module), handed out in collection order. xdist's own `loadgroup` marks are lost under pytest 9 (it renames
-    Item._nodeid, which pytest 9 no longer reads), hence a scheduler of our own."""
+    module), handed out in collection order. xdist's own `loadgroup` marks are lost under
+    pytest 9 (it renames Item._nodeid, which pytest 9 no longer reads), hence a scheduler of our
+    own."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ReleaseScheduling(LoadScopeScheduling):

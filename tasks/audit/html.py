@@ -34,9 +34,6 @@ BAR_WIDTH = 360
 LABEL_WIDTH = 220
 # Protocols in the order the chart stacks them (newest first), each with its CSS class; any
 # other (SSLv3, TLSv1, TLSv1.1) is "old".
-# internet.nl levels a port's row names its subtests for; and the CSS class of each level.
-BELOW_SUFFICIENT = ("phase-out", "insufficient")
-INL_CLASS = {"good": "ok", "sufficient": "ok", "phase-out": "warn", "insufficient": "fail"}
 PROTOCOL_CLASS = {"TLSv1.3": "p13", "TLSv1.2": "p12"}
 
 
@@ -248,6 +245,21 @@ def handshake_text(p: dict) -> str:
     )
 
 
+def _internet_nl(levels: dict[str, str]) -> dict[str, Any]:
+    """A port's internet.nl cell: its worst level, that level's CSS class, and the subtests
+    that are not a pass (phase-out, insufficient) with their levels.
+
+    >>> _internet_nl({"version": "sufficient", "cert_public_key": "phase-out"})
+    {'inl_worst': 'phase-out', 'inl_class': 'warn', 'inl_below': {'cert_public_key': 'phase-out'}}
+    """
+    worst = internetnl.worst(levels)
+    return {
+        "inl_worst": worst,
+        "inl_class": internetnl.OUTCOME[worst] if worst else "none",
+        "inl_below": {k: v for k, v in levels.items() if internetnl.OUTCOME.get(v, "ok") != "ok"},
+    }
+
+
 def _host(result: dict) -> dict[str, Any]:
     ports = [
         p
@@ -256,11 +268,7 @@ def _host(result: dict) -> dict[str, Any]:
             "suites_text": suites_text(p),
             "resumption_text": resumption_text(p.get("resumption") or {}),
             "handshake_text": handshake_text(p),
-            "inl_worst": internetnl.worst(p.get("internet_nl") or {}),
-            "inl_class": INL_CLASS.get(internetnl.worst(p.get("internet_nl") or {}) or "", "none"),
-            "inl_below": {
-                k: v for k, v in (p.get("internet_nl") or {}).items() if v in BELOW_SUFFICIENT
-            },
+            **_internet_nl(p.get("internet_nl") or {}),
         }
         for p in result.get("ports", [])
     ]

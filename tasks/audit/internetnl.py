@@ -28,6 +28,9 @@ from tasks.audit.verdict import PortScan
 # Best first: the order internet.nl's evaluation ranks them in.
 LEVELS = ("good", "sufficient", "phase-out", "insufficient")
 NOT_TESTED = "not tested"
+# What each level is on internet.nl's report: a pass, a warning, a failure (the console's
+# colour and the HTML page's cell class follow it).
+OUTCOME = {"good": "ok", "sufficient": "ok", "phase-out": "warn", "insufficient": "fail"}
 
 # Every subtest of internet.nl's mail TLS test that needs no DNS, then the DNS ones; in the
 # order of its report. zero_rtt: internet.nl does not test it on mail either (sslyze's probe
@@ -112,9 +115,9 @@ CIPHERS_PHASE_OUT = frozenset(
 )
 
 # Key exchange: ECDH groups by name (sslyze's: secp256r1; OpenSSL's alias prime256v1 too), and
-# finite-field groups: RFC 7919's
-# from 3072 bits are phase-out; ffdhe2048 and groups of one's own (`openssl dhparam`) are
-# insufficient. Hybrid post-quantum groups are not in internet.nl's tables: not graded.
+# finite-field groups: RFC 7919's from 3072 bits are phase-out; ffdhe2048 and groups of one's
+# own (`openssl dhparam`) are insufficient. Hybrid post-quantum groups are not in internet.nl's
+# tables: not graded.
 GROUPS_GOOD = frozenset(
     {
         "X25519",
@@ -205,26 +208,23 @@ def grade(p: PortScan) -> dict[str, str]:
     if p.state != "open" or not p.protocols:
         return dict.fromkeys(SUBTESTS, NOT_TESTED)
     tls12 = any(proto != "TLSv1.3" for proto in p.protocols)
+
+    def up_to_tls12(value: bool | None, yes: str, no: str) -> str:
+        """A TLS 1.2 feature (SHA-1 signatures, RFC 5746 and client renegotiation, EMS):
+        good where only TLS 1.3 is served, which has none of them."""
+        return _yes_no(value, yes, no) if tls12 else "good"
+
     return {
         "version": _worst_of(PROTOCOLS.get(proto, "insufficient") for proto in p.protocols),
         "ciphers": _worst_of(_cipher(s.name) for s in p.suites),
         "cipher_order": _cipher_order(p),
         "key_exchange": _key_exchange(p),
-        "key_exchange_hash": _yes_no(p.sha1_key_exchange, "insufficient", "good")
-        if tls12
-        else "good",
+        "key_exchange_hash": up_to_tls12(p.sha1_key_exchange, "insufficient", "good"),
         "compression": _yes_no(p.compression, "insufficient", "good"),
-        # RFC 5746 and client-initiated renegotiation exist only up to TLS 1.2.
-        "secure_renegotiation": _yes_no(p.secure_renegotiation, "good", "insufficient")
-        if tls12
-        else "good",
-        "client_renegotiation": _yes_no(p.client_renegotiation, "insufficient", "good")
-        if tls12
-        else "good",
+        "secure_renegotiation": up_to_tls12(p.secure_renegotiation, "good", "insufficient"),
+        "client_renegotiation": up_to_tls12(p.client_renegotiation, "insufficient", "good"),
         "zero_rtt": NOT_TESTED,
-        "extended_master_secret": _yes_no(p.extended_master_secret, "good", "phase-out")
-        if tls12
-        else "good",
+        "extended_master_secret": up_to_tls12(p.extended_master_secret, "good", "phase-out"),
         "cert_public_key": _cert_public_key(p),
         "cert_signature": _cert_signature(p),
         "dane": NOT_TESTED,
@@ -240,5 +240,5 @@ def worst(levels: Mapping[str, str]) -> str | None:
     >>> worst({}) is None
     True
     """
-    graded = [LEVELS.index(v) for v in levels.values() if v in LEVELS]
-    return LEVELS[max(graded)] if graded else None
+    level = _worst_of(levels.values())
+    return None if level == NOT_TESTED else level

@@ -193,16 +193,11 @@ def _cert_cell(p) -> str:
     return f"{c.key_type} {c.key_bits or ''} {c.not_after[:10]}"
 
 
-LEVEL_STYLES = {
-    "good": "green",
-    "sufficient": "green",
-    "phase-out": "yellow",
-    "insufficient": "red",
-}
+OUTCOME_STYLES = {"ok": "green", "warn": "yellow", "fail": "red"}  # internetnl.OUTCOME's
 
 
 def _level_cell(level: str | None) -> Text:
-    return _styled(LEVEL_STYLES[level], level) if level else Text("-")
+    return _styled(OUTCOME_STYLES[internetnl.OUTCOME[level]], level) if level else Text("-")
 
 
 def _kex_cell(scan) -> str:
