@@ -46,11 +46,14 @@ class Malformed(ValueError):
 
 @contextlib.contextmanager
 def deadline(sock: socket.socket, seconds: float) -> Iterator[None]:
-    """Shut `sock` down after `seconds`, whatever is reading from it then."""
+    """Shut `sock`'s connection down after `seconds`, whatever is reading from it then. Also
+    once ssl's wrap_socket() has detached `sock` (the SSLSocket takes its descriptor): the timer
+    holds a duplicate descriptor, and shutdown() acts on the connection, not the descriptor."""
+    guard = sock.dup()
 
     def expire() -> None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):  # also when `guard` is closed already
+            guard.shutdown(socket.SHUT_RDWR)
 
     timer = threading.Timer(seconds, expire)
     timer.daemon = True
@@ -59,6 +62,7 @@ def deadline(sock: socket.socket, seconds: float) -> Iterator[None]:
         yield
     finally:
         timer.cancel()
+        guard.close()
 
 
 class ConnectionClosed(ConnectionError):

@@ -185,3 +185,24 @@ def test_a_trickled_greeting_ends_the_psk_probe(hostile):
                 "127.0.0.1", port, lambda sock: wire.starttls(sock, "smtp"), timeout=2
             )
         )
+
+
+def test_deadline_bounds_a_handshake_after_wrap_socket(hostile):
+    """wrap_socket() detaches the socket the deadline was set on: the deadline must still end a
+    handshake that a server stalls (a record that never completes) well before
+    the socket's own timeout."""
+
+    def stall(conn: socket.socket) -> None:
+        conn.recv(4096)  # the ClientHello
+        conn.sendall(b"\x16\x03\x03")  # a handshake record's first bytes, never the rest
+        time.sleep(HANG)
+
+    port = hostile(stall)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=HANG)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    start = time.monotonic()
+    with pytest.raises(OSError), wire.deadline(sock, 0.5):
+        ctx.wrap_socket(sock).close()
+    # The socket timeout (HANG) would end it otherwise: an order of magnitude between them.
+    assert time.monotonic() - start < HANG / 4
