@@ -35,6 +35,7 @@ from tasks.audit.report import (  # noqa: E402
     json_path,
     judged_against,
     run_file_path,
+    start_scan,
 )
 from tasks.settings import SettingsError, inventory_settings  # noqa: E402
 
@@ -45,8 +46,11 @@ try:
 except SettingsError as exc:
     raise PyinfraError(f"invalid settings: {exc}") from None
 
-log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
 policy, expect = judged_against(settings, host.get_fact(AuditHost))
+# The scan runs from here on, while the log is read over SSH and the other hosts get ready.
+address = host.data.get("ssh_hostname") or host.name
+scanning = start_scan(address, policy, settings.audit_ports)
+log = host.get_fact(MailTlsLog, hours=settings.audit_log_hours)
 
 
 def _audit(state, host) -> bool:
@@ -57,7 +61,7 @@ def _audit(state, host) -> bool:
     try:
         result = audit_host(
             host.name,
-            host.data.get("ssh_hostname") or host.name,
+            address,
             policy,
             log,
             expected_ports=settings.audit_ports,
@@ -65,6 +69,7 @@ def _audit(state, host) -> bool:
             json_file=settings.audit_json,
             exclude_self=settings.audit_exclude_self,
             expect=expect,
+            scanning=scanning,
         )
     finally:
         # Also when the audit raised: the other hosts' page must not wait for this one forever.

@@ -228,20 +228,22 @@ def resumption_text(r: dict) -> str:
 
 def handshake_text(p: dict) -> str:
     """What else the handshakes showed: client-initiated renegotiation, compression, extended
-    master secret, secure renegotiation (RFC 5746) and whose suite order wins.
+    master secret, secure renegotiation (RFC 5746), whose suite order wins and whether a
+    command injected after STARTTLS was answered.
 
     >>> handshake_text({"client_renegotiation": False, "compression": False,
     ...                 "extended_master_secret": True, "secure_renegotiation": True,
-    ...                 "server_order": None})
-    'client reneg: refused; compression: no; EMS: yes; secure reneg: yes; server order: -'
+    ...                 "server_order": None, "starttls_injection": False})
+    'client reneg: refused; compression: no; EMS: yes; secure reneg: yes; server order: -; STARTTLS injection: no'
     """
     mark = {True: "yes", False: "no", None: "-"}
     reneg = {True: "ACCEPTED", False: "refused", None: "-"}[p.get("client_renegotiation")]
+    injection = {True: "ANSWERED", False: "no", None: "-"}[p.get("starttls_injection")]
     return (
         f"client reneg: {reneg}; compression: {mark[p.get('compression')]}; "
         f"EMS: {mark[p.get('extended_master_secret')]}; "
         f"secure reneg: {mark[p.get('secure_renegotiation')]}; "
-        f"server order: {mark[p.get('server_order')]}"
+        f"server order: {mark[p.get('server_order')]}; STARTTLS injection: {injection}"
     )
 
 

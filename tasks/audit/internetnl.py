@@ -242,3 +242,34 @@ def worst(levels: Mapping[str, str]) -> str | None:
     """
     level = _worst_of(levels.values())
     return None if level == NOT_TESTED else level
+
+
+# What internet.nl does not test, graded with its levels by the audit's own rules (its verdicts
+# fail the same findings): JSON ports[i].beyond_internet_nl, next to internet_nl.
+BEYOND = ("pq_group", "resumption_bound", "starttls_injection")
+
+
+def beyond(p: PortScan, window_seconds: int | None, resumption_failed: bool) -> dict[str, str]:
+    """{check: level} of BEYOND for one port: the hybrid post-quantum group X25519MLKEM768
+    negotiated good, not sufficient (classic ECDHE is still forward-secret); resumption
+    within the host's tls_resumption sufficient, none at all (window 0) good, outside it
+    insufficient; a command injected after STARTTLS answered insufficient, not good (implicit
+    TLS ports: not tested).
+
+    >>> from tasks.audit.verdict import PortScan
+    >>> p = PortScan(port=25, service="smtp", state="open", protocols=["TLSv1.3"],
+    ...              pq_hybrid=True, starttls_injection=False)
+    >>> beyond(p, 3600, resumption_failed=False)
+    {'pq_group': 'good', 'resumption_bound': 'sufficient', 'starttls_injection': 'good'}
+    """
+    if p.state != "open" or not p.protocols:
+        return dict.fromkeys(BEYOND, NOT_TESTED)
+    if resumption_failed:
+        bound = "insufficient"
+    else:
+        bound = {None: NOT_TESTED, 0: "good"}.get(window_seconds, "sufficient")
+    return {
+        "pq_group": _yes_no(p.pq_hybrid, "good", "sufficient"),
+        "resumption_bound": bound,
+        "starttls_injection": _yes_no(p.starttls_injection, "insufficient", "good"),
+    }

@@ -44,11 +44,17 @@ def _retry(probe, delays=(1.0, 3.0)):
 # --- our own probes: what sslyze does not measure ----------------------------------------------
 
 
-def _client_context(version: ssl.TLSVersion, ciphers: str | None = None) -> ssl.SSLContext:
+def _client_context(
+    version: ssl.TLSVersion, ciphers: str | None = None, tickets: bool = True
+) -> ssl.SSLContext:
+    """tickets=False: the client asks for no session ticket, so only the server's session
+    cache (session IDs) can resume it."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the certificate is judged from sslyze's CERTIFICATE_INFO
     ctx.minimum_version = ctx.maximum_version = version
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
     if ciphers:
         ctx.set_ciphers(ciphers)
     return ctx
@@ -82,10 +88,10 @@ def _tls_connect(
 
 
 def _resume_once(
-    ip: str, port: int, server_name: str, version: ssl.TLSVersion
+    ip: str, port: int, server_name: str, version: ssl.TLSVersion, tickets: bool = True
 ) -> tuple[bool | None, bool, int | None]:
     """(resumed, ticket issued, lifetime hint) from two connections sharing one client context."""
-    ctx = _client_context(version)
+    ctx = _client_context(version, tickets=tickets)
     with _tls_connect(ctx, ip, port, server_name) as first:
         session = first.session
     with _tls_connect(ctx, ip, port, server_name, session=session) as second:
@@ -101,19 +107,22 @@ def _resume_once(
 
 def probe_resumption(scan: PortScan, server_name: str) -> None:
     """TLS 1.3 resumption and the lifetime hints (TLS 1.2 and 1.3) of `scan`'s port, with Python's
-    ssl (OpenSSL offers psk_dhe_ke). sslyze's SESSION_RESUMPTION gave the TLS 1.2 results."""
+    ssl (OpenSSL offers psk_dhe_ke). The TLS 1.2 results that sslyze's SESSION_RESUMPTION gave
+    are kept; where it did not run (the fold scanner), this probe makes them: session IDs with
+    a client that asks for no ticket, tickets with one that does."""
     res: Resumed = scan.resumption
-    for proto, version in (
-        ("TLSv1.2", ssl.TLSVersion.TLSv1_2),
-        ("TLSv1.3", ssl.TLSVersion.TLSv1_3),
+    for proto, version, tickets in (
+        ("TLSv1.2", ssl.TLSVersion.TLSv1_2, False),
+        ("TLSv1.2", ssl.TLSVersion.TLSv1_2, True),
+        ("TLSv1.3", ssl.TLSVersion.TLSv1_3, True),
     ):
-        if proto not in scan.protocols:
+        if proto not in scan.protocols or (not tickets and res.tls12_session_id is not None):
             continue
         outcome, why = None, ""
         for delay in (0.0, 1.0, 3.0):
             time.sleep(delay)
             try:
-                outcome = _resume_once(_ip(scan), scan.port, server_name, version)
+                outcome = _resume_once(_ip(scan), scan.port, server_name, version, tickets)
                 break
             except (OSError, ssl.SSLError, ConnectionError) as exc:
                 why = f"{type(exc).__name__}: {exc}"
@@ -121,7 +130,9 @@ def probe_resumption(scan: PortScan, server_name: str) -> None:
             scan.incomplete.append(f"{proto} resumption probe did not complete ({why})")
             continue
         resumed, issued, hint = outcome
-        if proto == "TLSv1.2":
+        if not tickets:
+            res.tls12_session_id = bool(resumed)
+        elif proto == "TLSv1.2":
             res.tls12_ticket_issued, res.tls12_lifetime_hint = issued, hint
             if res.tls12_ticket is None:
                 res.tls12_ticket = resumed and issued

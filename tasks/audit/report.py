@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +39,7 @@ from tasks.audit.logreport import (
     worst_destinations,
 )
 from tasks.audit.scan import HostScan, scan_host
-from tasks.audit.verdict import Expect, PortVerdict, judge_host, window
+from tasks.audit.verdict import Expect, PortVerdict, judge_host, judge_resumption, window
 from tasks.policy import REQUIRED_PORTS, HostCaps, Policy, offers_pq_hybrid
 from tasks.settings import Settings
 
@@ -287,8 +289,8 @@ def print_report(
             )
         )
     console.print(
-        f"  sslyze scan time {name}: {scan.seconds:.1f} s, {len(scan.ports)} ports, "
-        f"{len(scan.ips)} address(es), retries included; resumption/order probes "
+        f"  scan time {name} ({scan.scanner}): {scan.seconds:.1f} s, {len(scan.ports)} ports, "
+        f"{len(scan.ips)} address(es), retries included; probes "
         f"{scan.probe_seconds:.2f} s, PQ {scan.pq_seconds:.2f} s"
     )
     logs = _table(
@@ -325,6 +327,25 @@ def print_report(
         console.print(f"  ... and {len(warnings) - WARNINGS_SHOWN} more log warnings (JSON)")
 
 
+def start_scan(address: str, policy: Policy, expected_ports=REQUIRED_PORTS) -> Future[HostScan]:
+    """scan_host in the background (a thread; a greenlet under pyinfra's gevent), so that it
+    runs while the host's log is read over SSH. audit_host(scan=...) waits for it."""
+    future: Future[HostScan] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(
+                scan_host(
+                    address, server_order=policy.server_preference, expected=tuple(expected_ports)
+                )
+            )
+        except BaseException as exc:  # audit_host re-raises it where the host's audit runs
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=f"scan {address}", daemon=True).start()
+    return future
+
+
 def audit_host(
     name: str,
     address: str,
@@ -335,10 +356,12 @@ def audit_host(
     json_file: str | None = None,
     exclude_self: bool = True,
     expect: Expect | None = None,
+    scanning: Future[HostScan] | None = None,
 ) -> dict:
-    """Scan, judge and summarise one host; print the tables, write the JSON, return its dict."""
+    """Scan (or wait for start_scan's `scanning`), judge and summarise one host; print the
+    tables, write the JSON, return its dict."""
     expect = expect or Expect()
-    scan = scan_host(address, server_order=policy.server_preference, expected=tuple(expected_ports))
+    scan = (scanning or start_scan(address, policy, expected_ports)).result()
     verdicts = judge_host(scan.ports, policy, tuple(expected_ports), expect)
     excluded = frozenset([log["ssh_client"]] if exclude_self and log.get("ssh_client") else [])
     report = summarize(
@@ -351,6 +374,7 @@ def audit_host(
         "profile": policy.name,
         "ok": all(v.ok for v in verdicts),
         "expected_ports": list(expected_ports),
+        "scanner": scan.scanner,
         "scan_seconds": round(scan.seconds, 2),
         "pq_probe_seconds": round(scan.pq_seconds, 3),
         "probe_seconds": round(scan.probe_seconds, 3),
@@ -367,6 +391,11 @@ def audit_host(
             | {
                 "window_seconds": window(p.port, p.resumption, policy.resumption),
                 "internet_nl": internetnl.grade(p),
+                "beyond_internet_nl": internetnl.beyond(
+                    p,
+                    window(p.port, p.resumption, policy.resumption),
+                    bool(judge_resumption(p.port, p.resumption, policy.resumption)[0]),
+                ),
                 "ok": v.ok,
                 "failures": v.failures,
                 "warnings": v.warnings,

@@ -1,8 +1,11 @@
-"""Scan a mail host's TLS ports from the controller: the sslyze adapter, then our own probes
-(tasks/audit/probes.py) for what sslyze does not measure.
+"""Scan a mail host's TLS ports from the controller: accepted suites and groups by folding
+(tasks/audit/fold.py), sslyze for the rest, then our own probes (tasks/audit/probes.py) for what
+sslyze does not measure.
 
-All ports of a host go into ONE sslyze Scanner run (it scans them in parallel). The result is a
-list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
+All ports of a host go into ONE sslyze Scanner run (it scans them in parallel), then the folds
+of the ports it reached, FOLD_WORKERS connections at a time. scanner="sslyze" has sslyze
+enumerate the suites too, one handshake each: the reference the folds are held to in tests. The
+result is a list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
 
     >>> hs = scan_host("10.213.0.2")            # doctest: +SKIP
     >>> [(p.port, p.state) for p in hs.ports]   # doctest: +SKIP
@@ -13,11 +16,13 @@ from __future__ import annotations
 
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache, partial
+from operator import attrgetter
 from typing import Any
 
-from nassl.ephemeral_key_info import OpenSslEvpPkeyEnum
+from nassl.ephemeral_key_info import EcDhEphemeralKeyInfo, OpenSslEvpPkeyEnum
 from nassl.ssl_client import OpenSslDigestNidEnum, SslClient
 from sslyze import (
     ClientAuthRequirementEnum,
@@ -36,11 +41,14 @@ from sslyze.errors import (
     ServerHostnameCouldNotBeResolved,
     ServerRejectedTlsHandshake,
 )
+from sslyze.plugins.elliptic_curves_plugin import SupportedEllipticCurvesScanResult
 from sslyze.plugins.session_resumption.implementation import TlsResumptionSupportEnum
 from sslyze.scanner.scan_command_attempt import ScanCommandAttemptStatusEnum
 from sslyze.server_connectivity import ServerConnectivityInfo
 
 from tasks.assets import FILES
+from tasks.audit.fold import fold_groups, fold_suites, info_for, reached
+from tasks.audit.injection import probe_starttls_injection
 from tasks.audit.probes import (
     _ip,
     _retry,
@@ -64,14 +72,34 @@ SUITE_COMMANDS = {  # scan command -> protocol name as tasks.policy spells it
     ScanCommand.TLS_1_2_CIPHER_SUITES: "TLSv1.2",
     ScanCommand.TLS_1_3_CIPHER_SUITES: "TLSv1.3",
 }
-COMMANDS = frozenset(SUITE_COMMANDS) | {
-    ScanCommand.SESSION_RENEGOTIATION,
-    ScanCommand.ELLIPTIC_CURVES,
-    ScanCommand.CERTIFICATE_INFO,
-    ScanCommand.SESSION_RESUMPTION,
-    ScanCommand.TLS_COMPRESSION,
-    ScanCommand.TLS_EXTENDED_MASTER_SECRET,
+SUITE_VERSIONS = {  # scan command -> the version its fold offers
+    ScanCommand.SSL_2_0_CIPHER_SUITES: TlsVersionEnum.SSL_2_0,
+    ScanCommand.SSL_3_0_CIPHER_SUITES: TlsVersionEnum.SSL_3_0,
+    ScanCommand.TLS_1_0_CIPHER_SUITES: TlsVersionEnum.TLS_1_0,
+    ScanCommand.TLS_1_1_CIPHER_SUITES: TlsVersionEnum.TLS_1_1,
+    ScanCommand.TLS_1_2_CIPHER_SUITES: TlsVersionEnum.TLS_1_2,
+    ScanCommand.TLS_1_3_CIPHER_SUITES: TlsVersionEnum.TLS_1_3,
 }
+# What tasks/audit/fold.py enumerates (the fast scanner); sslyze keeps the rest, where one or a
+# few handshakes answer (certificate and its validation, renegotiation, resumption, ...).
+FOLDED = frozenset(SUITE_COMMANDS) | {ScanCommand.ELLIPTIC_CURVES}
+REST = frozenset(
+    {
+        ScanCommand.SESSION_RENEGOTIATION,
+        ScanCommand.CERTIFICATE_INFO,
+        ScanCommand.SESSION_RESUMPTION,
+        ScanCommand.TLS_COMPRESSION,
+        ScanCommand.TLS_EXTENDED_MASTER_SECRET,
+    }
+)
+COMMANDS = FOLDED | REST
+# What the fold scanner leaves to sslyze: its SESSION_RESUMPTION takes some twenty connections a
+# port, our own probe (probes.probe_resumption) four.
+FOLD_REST = REST - {ScanCommand.SESSION_RESUMPTION}
+SCANNERS = ("fold", "sslyze")  # fold: FOLDED by folding, REST by sslyze; sslyze: all by sslyze
+# Fold connections open at once per host, whatever its ports: Dovecot forks a login process per
+# connection, and a burst over its limits costs timeouts that are then retried.
+FOLD_WORKERS = 4
 # Connectivity errors that mean "nothing listens here" rather than "TLS is broken here".
 CLOSED_ERRORS = {"ServerRejectedConnection", "ConnectionToServerTimedOut"}
 # Not worth a retry: a refused TCP connection or STARTTLS is an answer, not a hiccup.
@@ -91,7 +119,8 @@ RETRY_LIMITS = {"per_server_concurrent_connections_limit": 1, "concurrent_server
 class HostScan:
     address: str
     ports: list[PortScan] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the sslyze runs (all ports, retries included)
+    seconds: float = 0.0  # wall time of the enumeration (sslyze and folds, all ports, retries)
+    scanner: str = "fold"
     pq_seconds: float = 0.0
     probe_seconds: float = 0.0  # resumption and server-order probes
     ips: list[str] = field(default_factory=list)
@@ -107,17 +136,21 @@ class _Gathered:
     runs: int = 0
 
 
-def _request(address: str, ip: str, port: int, commands=COMMANDS) -> ServerScanRequest:
+def _configuration(address: str, port: int) -> ServerNetworkConfiguration:
+    """How every connection to `port` is made: SNI, the port's STARTTLS, timeouts."""
     starttls = PORTS[port].starttls
-    config = ServerNetworkConfiguration(
+    return ServerNetworkConfiguration(
         tls_server_name_indication=address,
         tls_opportunistic_encryption=OPT_TLS[starttls] if starttls else None,
         network_timeout=10,
         network_max_retries=2,
     )
+
+
+def _request(address: str, ip: str, port: int, commands=COMMANDS) -> ServerScanRequest:
     return ServerScanRequest(
         server_location=ServerNetworkLocation(hostname=address, port=port, ip_address=ip),
-        network_configuration=config,
+        network_configuration=_configuration(address, port),
         scan_commands=set(commands),
     )
 
@@ -335,6 +368,7 @@ def run_sslyze(
     scanner_factory=Scanner,
     sleep=time.sleep,
     expected: tuple[int, ...] | None = None,
+    commands: frozenset = COMMANDS,
 ) -> dict[tuple[str, int], _Gathered]:
     """All targets in one sslyze run, then what did not complete again (fewer connections).
 
@@ -342,7 +376,7 @@ def run_sslyze(
     filtered at once: waiting out a firewall's DROP three times would only slow the audit.
     """
     gathered = {t: _Gathered() for t in targets}
-    pending = {t: set(COMMANDS) for t in targets}
+    pending = {t: set(commands) for t in targets}
     for attempt, delay in enumerate((0.0, *delays)):
         if not pending:
             break
@@ -372,19 +406,142 @@ def run_sslyze(
     return gathered
 
 
+def _has_ecdh(results: dict[str, Any]) -> bool:
+    """Did the folds find an elliptic-curve key exchange (TLS 1.3, or an ECDHE suite)?"""
+    return any(
+        isinstance(a.ephemeral_key, EcDhEphemeralKeyInfo)
+        for command in SUITE_COMMANDS
+        if (r := results.get(command.value)) is not None
+        for a in r.accepted_cipher_suites
+    )
+
+
+def _highest(results: dict[str, Any]) -> TlsVersionEnum | None:
+    found = [
+        version
+        for command, version in SUITE_VERSIONS.items()
+        if (r := results.get(command.value)) is not None and r.accepted_cipher_suites
+    ]
+    return max(found, key=attrgetter("value")) if found else None
+
+
+def _fold_into(g: _Gathered, command: ScanCommand, fold) -> None:
+    """Run one fold; its result, or why it did not complete, goes where sslyze's would."""
+    try:
+        g.results[command.value] = fold()
+    except Exception as exc:  # as sslyze does with a plugin's error: incomplete, not a crash
+        g.errors[command.value] = f"fold: {type(exc).__name__}: {exc}"
+
+
+def run_folds(
+    address: str,
+    targets: list[tuple[str, int]],
+    workers: int = FOLD_WORKERS,
+) -> dict[tuple[str, int], _Gathered]:
+    """FOLDED for every target that answers TLS, by folding: the suites of each version, then
+    the groups at the highest version found, `workers` connections at a time for the whole
+    host. A target that does not answer gets nothing (sslyze's run says why)."""
+    gathered = {t: _Gathered() for t in targets}
+    infos = {(ip, p): info_for(address, ip, p, _configuration(address, p)) for ip, p in targets}
+    tls13 = ScanCommand.TLS_1_3_CIPHER_SUITES
+    with ThreadPoolExecutor(workers) as pool:
+        first = dict(zip(targets, pool.map(lambda t: reached(infos[t]), targets), strict=True))
+        reachable = [t for t, result in first.items() if result is not None]
+        for t in reachable:
+            gathered[t].runs = 1
+            gathered[t].results[tls13.value] = first[t]
+        jobs = [(t, c, v) for t in reachable for c, v in SUITE_VERSIONS.items() if c != tls13]
+        list(
+            pool.map(
+                lambda job: _fold_into(
+                    gathered[job[0]], job[1], partial(fold_suites, infos[job[0]], job[2])
+                ),
+                jobs,
+            )
+        )
+
+        def groups(t: tuple[str, int]) -> None:
+            g = gathered[t]
+            version = _highest(g.results)
+            if version is None or not _has_ecdh(g.results):
+                g.results[ScanCommand.ELLIPTIC_CURVES.value] = SupportedEllipticCurvesScanResult(
+                    supports_ecdh_key_exchange=False, supported_curves=None, rejected_curves=None
+                )
+                return
+            _fold_into(g, ScanCommand.ELLIPTIC_CURVES, partial(fold_groups, infos[t], version))
+
+        list(pool.map(groups, reachable))
+    return gathered
+
+
+def run_fold_scan(
+    address: str, targets: list[tuple[str, int]], expected: tuple[int, ...] | None
+) -> dict[tuple[str, int], _Gathered]:
+    """sslyze's run of FOLD_REST beside the folds of FOLDED, merged. A target sslyze reached that the
+    folds did not (a hiccup on their connectivity check) is folded again after."""
+    with ThreadPoolExecutor(1) as side:
+        rest = side.submit(run_sslyze, address, targets, expected=expected, commands=FOLD_REST)
+        folded = run_folds(address, targets)
+        gathered = rest.result()
+    missed = [t for t, g in gathered.items() if g.connectivity is None and not folded[t].runs]
+    folded.update(run_folds(address, missed) if missed else {})
+    for t, g in gathered.items():
+        if g.connectivity is None:
+            g.results.update(folded[t].results)
+            g.errors.update(folded[t].errors)
+            if not folded[t].runs:
+                g.errors.update(dict.fromkeys((c.value for c in FOLDED), "fold: not reached"))
+    return gathered
+
+
+def _probe(address: str, server_order: bool, scan: PortScan) -> None:
+    """Our own probes of one open port but the PQ one: resumption, SHA-1 key exchange, order."""
+    probe_resumption(scan, address)
+    if "TLSv1.2" in scan.protocols:
+        scan.sha1_key_exchange, scan.sha1_key_exchange_note = _retry(
+            partial(probe_sha1_key_exchange, address, _ip(scan), scan.port)
+        )
+    if server_order:
+        scan.server_order, scan.server_order_note = _retry(
+            partial(probe_server_order, _ip(scan), scan.port)
+        )
+        if scan.server_order is None and "TLSv1.2" in scan.protocols:
+            scan.incomplete.append(
+                f"server order probe did not complete ({scan.server_order_note})"
+            )
+
+
+def _probe_injection(address: str, target: tuple[str, int]) -> tuple[bool | None, str]:
+    ip, port = target
+    service = PORTS[port].starttls
+    assert service is not None
+    return _retry(partial(probe_starttls_injection, ip, port, service, address))
+
+
+def _probe_pq(scan: PortScan) -> None:
+    scan.pq_hybrid, scan.pq_note = _retry(partial(probe_pq_hybrid, _ip(scan), scan.port))
+    if scan.pq_hybrid is None:
+        scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
+
+
 def scan_host(
     address: str,
     ports: tuple[int, ...] = tuple(PORTS),
     pq: bool = True,
     server_order: bool = False,
     expected: tuple[int, ...] | None = None,
+    scanner: str = "fold",
 ) -> HostScan:
     """Scan `ports` on every address of `address`; unresolvable -> every port in state 'error'.
 
     server_order: also probe whether a client preferring DHE still gets ECDHE (legacy-dhe).
     expected: the ports that must answer (the others are not waited for when filtered).
+    scanner: "fold" enumerates suites and groups by folding (tasks/audit/fold.py), "sslyze"
+    with sslyze's one handshake per suite (the reference the folds are tested against).
     """
-    host = HostScan(address)
+    if scanner not in SCANNERS:
+        raise ValueError(f"scanner {scanner!r}: one of {', '.join(SCANNERS)}")
+    host = HostScan(address, scanner=scanner)
     try:
         host.ips = addresses_of(address)
     except (OSError, ServerHostnameCouldNotBeResolved) as exc:
@@ -394,32 +551,33 @@ def scan_host(
         ]
         return host
     targets = [(ip, p) for ip in host.ips for p in ports]
-    start = time.monotonic()
-    gathered = run_sslyze(address, targets, expected=expected)
-    host.seconds = time.monotonic() - start
-    host.ports = [port_scan(p, ip, gathered[(ip, p)]) for ip, p in targets]
-    start = time.monotonic()
-    for scan in host.ports:
-        if scan.state == "open":
-            probe_resumption(scan, address)
-            if "TLSv1.2" in scan.protocols:
-                scan.sha1_key_exchange, scan.sha1_key_exchange_note = _retry(
-                    partial(probe_sha1_key_exchange, address, _ip(scan), scan.port)
-                )
-            if server_order:
-                scan.server_order, scan.server_order_note = _retry(
-                    partial(probe_server_order, _ip(scan), scan.port)
-                )
-                if scan.server_order is None and "TLSv1.2" in scan.protocols:
-                    scan.incomplete.append(
-                        f"server order probe did not complete ({scan.server_order_note})"
-                    )
-    host.probe_seconds = time.monotonic() - start
-    start = time.monotonic()
-    for scan in host.ports:
-        if pq and scan.state == "open":
-            scan.pq_hybrid, scan.pq_note = _retry(partial(probe_pq_hybrid, _ip(scan), scan.port))
-            if scan.pq_hybrid is None:
-                scan.incomplete.append(f"hybrid PQ probe did not complete ({scan.pq_note})")
-    host.pq_seconds = time.monotonic() - start
+    # The injection probes mostly wait (INJECTION_WAIT for an answer that should not come):
+    # they run beside the enumeration, and count only for the ports it finds open.
+    starttls = [t for t in targets if PORTS[t[1]].starttls]
+    with ThreadPoolExecutor(max(len(starttls), 1)) as side:
+        injections = {t: side.submit(_probe_injection, address, t) for t in starttls}
+        start = time.monotonic()
+        if scanner == "sslyze":
+            gathered = run_sslyze(address, targets, expected=expected)
+        else:
+            gathered = run_fold_scan(address, targets, expected)
+        host.seconds = time.monotonic() - start
+        host.ports = [port_scan(p, ip, gathered[(ip, p)]) for ip, p in targets]
+        for scan in host.ports:
+            target = (_ip(scan), scan.port) if scan.ip else None
+            if scan.state == "open" and target in injections:
+                found, note = injections[target].result()
+                scan.starttls_injection, scan.starttls_injection_note = found, note
+                if found is None:
+                    scan.incomplete.append(f"STARTTLS injection probe did not complete ({note})")
+    open_ports = [scan for scan in host.ports if scan.state == "open"]
+    # The probes of different ports at once, FOLD_WORKERS connections for the host as the folds.
+    with ThreadPoolExecutor(FOLD_WORKERS) as pool:
+        start = time.monotonic()
+        list(pool.map(partial(_probe, address, server_order), open_ports))
+        host.probe_seconds = time.monotonic() - start
+        start = time.monotonic()
+        if pq:
+            list(pool.map(_probe_pq, open_ports))
+        host.pq_seconds = time.monotonic() - start
     return host

@@ -180,6 +180,10 @@ class PortScan:
     # refused (False); None: not probed (no TLS 1.2) or could not tell (the note says why).
     sha1_key_exchange: bool | None = None
     sha1_key_exchange_note: str = ""
+    # A command sent behind STARTTLS in the same write was answered inside TLS (True:
+    # CVE-2011-0411's family), not (False); None: implicit TLS, or could not tell (the note).
+    starttls_injection: bool | None = None
+    starttls_injection_note: str = ""
     resumption: Resumed = field(default_factory=Resumed)
     retries: int = 0  # sslyze re-runs this port needed
 
@@ -350,6 +354,11 @@ def judge_port(
         v.failures.append("no secure renegotiation (RFC 5746)")
     if scan.compression:
         v.failures.append("TLS compression on (CRIME)")
+    if scan.starttls_injection:
+        v.failures.append(
+            "answers a command injected after STARTTLS (CVE-2011-0411 family): "
+            f"{scan.starttls_injection_note}"
+        )
     if scan.extended_master_secret is False and tls12:
         v.failures.append("no extended master secret (RFC 7627)")
     if policy.server_preference and scan.server_order is False:

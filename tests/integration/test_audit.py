@@ -27,7 +27,7 @@ def run_audit(host, tmp_path, *args) -> tuple[subprocess.CompletedProcess, dict]
     assert path.exists(), f"no JSON written:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
     result = json.loads(path.read_text())
     print(res.stdout[-6000:])
-    print(f"sslyze scan time {host.name} ({host.suite}): {result['scan_seconds']} s")
+    print(f"scan time {host.name} ({host.suite}): {result['scan_seconds']} s")
     return res, result
 
 
@@ -89,7 +89,7 @@ def test_deployed_host_passes(deployed, suite, tmp_path):
         assert set(p["protocols"]) <= {"TLSv1.2", "TLSv1.3"}
     # The demo host's own certificate names it (testhosts reissues the image's snakeoil one).
     assert [w for p in result["ports"] for w in p["warnings"]] == [], result["ports"]
-    assert "sslyze scan time" in res.stdout
+    assert f"scan time {host.name} (fold)" in res.stdout
 
 
 SMTP_SESSIONS = [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3"), ("-tls1_3", "TLSv1.3")]
@@ -261,3 +261,61 @@ def test_audit_fails_legacy_dhe_without_server_order(fresh_host, tmp_path):
     for number in (143, 993):
         p = port(result, number)
         assert p["server_order"] is True and "got ECDHE-" in p["server_order_note"] and p["ok"], p
+
+
+def _answers(scan) -> list[tuple]:
+    """What the verdicts read of a scan, port by port: the two scanners must agree on all of it
+    (the resumption probes and the certificate come from the same code in both)."""
+    return [
+        (
+            p.port,
+            p.ip,
+            p.state,
+            p.protocols,
+            [(s.protocol, s.name, s.kex_type, s.group, s.key_bits, s.dh_group) for s in p.suites],
+            p.curves,
+            p.secure_renegotiation,
+            p.client_renegotiation,
+            p.compression,
+            p.extended_master_secret,
+            p.cert_key_type,
+            p.cert_key_bits,
+            p.resumption.tls12_session_id,
+            p.resumption.tls12_ticket,
+            p.sha1_key_exchange,
+            p.starttls_injection,
+            p.pq_hybrid,
+        )
+        for p in scan.ports
+    ]
+
+
+@pytest.mark.parametrize("kind", ["stock", "deployed", "legacy-dhe"])
+def test_the_fold_scanner_answers_as_sslyze_does(stock, deployed, fresh_host, suite, kind):
+    """Folding (the audit's scanner) and sslyze's one handshake per suite, on the same host one
+    after the other: the same suites with the same keys, groups and every other answer, and
+    verdicts, on a stock host (TLS 1.0 up, RSA key exchange, anonymous suites), a deployed one
+    and a legacy-dhe one (DHE with its RFC 7919 group)."""
+    from tasks.audit.scan import scan_host
+    from tasks.audit.verdict import judge_host
+    from tasks.policy import HostCaps, resolve
+
+    if kind == "legacy-dhe":
+        host = fresh_host(suite)
+        run_pyinfra(host, "deploy.py", "--data", "tls_profile=legacy-dhe")
+    else:
+        host = (stock if kind == "stock" else deployed)[suite]
+    folded = scan_host(host.address, scanner="fold")
+    reference = scan_host(host.address, scanner="sslyze")
+    print(f"{kind} {suite}: fold {folded.seconds:.1f} s, sslyze {reference.seconds:.1f} s")
+    assert [p.incomplete for p in folded.ports] == [[] for _ in folded.ports]
+    assert [p.incomplete for p in reference.ports] == [[] for _ in reference.ports]
+    assert _answers(folded) == _answers(reference)
+    # One policy for both: what matters is that both scans are judged alike.
+    policy = resolve("intermediate", HostCaps(postfix=None, dovecot=None, openssl=(3, 0)))
+    assert [(v.failures, v.warnings) for v in judge_host(folded.ports, policy)] == [
+        (v.failures, v.warnings) for v in judge_host(reference.ports, policy)
+    ]
+    # Something was enumerated: the comparison is not of two empty scans.
+    open_ports = [p for p in folded.ports if p.state == "open"]
+    assert len(open_ports) >= 5 and all(p.suites and p.curves for p in open_ports)

@@ -3,13 +3,11 @@ default-profile port, a legacy-dhe port and a stock Debian port grade, subtest b
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from dataclasses import replace
 
 import pytest
 from auditresults import ECDHE, RSA_KX, certificate, open_port
+from s_server import s_server
 
 from tasks.audit.internetnl import LEVELS, NOT_TESTED, SUBTESTS, grade, worst
 from tasks.audit.verdict import AcceptedSuite, PortScan
@@ -114,36 +112,6 @@ def test_key_exchange_hash_grades_what_the_sha1_probe_found():
     assert grade(ecdsa_port(protocols=["TLSv1.3"]))["key_exchange_hash"] == "good"
 
 
-def _s_server(tmp_path, *args: str):
-    """openssl s_server on a free loopback port (implicit TLS, as on 465), with `args`."""
-    from datetime import UTC, datetime, timedelta
-
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from selfsigned import self_signed
-
-    now = datetime.now(UTC)
-    cert, key = self_signed(
-        rsa.generate_private_key(65537, 2048), "mx.test", now - timedelta(1), now + timedelta(1)
-    )
-    (tmp_path / "c.pem").write_bytes(cert)
-    (tmp_path / "k.pem").write_bytes(key)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-cert", str(tmp_path / "c.pem"),
-         "-key", str(tmp_path / "k.pem"), "-quiet", *args],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return server, port
-        time.sleep(0.05)
-    server.kill()
-    raise RuntimeError("s_server did not start")
-
-
 @pytest.mark.parametrize(
     ("server_args", "signs_sha1"),
     [
@@ -155,11 +123,7 @@ def test_the_sha1_probe_against_a_real_server(tmp_path, monkeypatch, server_args
     from tasks.audit import scan
     from tasks.policy import PORTS
 
-    server, port = _s_server(tmp_path, *server_args)
-    monkeypatch.setitem(scan.PORTS, port, PORTS[465])  # implicit TLS, like 465
-    try:
+    with s_server(tmp_path, *server_args) as port:
+        monkeypatch.setitem(scan.PORTS, port, PORTS[465])  # implicit TLS, like 465
         found, note = scan.probe_sha1_key_exchange("127.0.0.1", "127.0.0.1", port)
-    finally:
-        server.kill()
-        server.wait()
     assert found is signs_sha1, note
