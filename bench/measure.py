@@ -47,7 +47,8 @@ class Sample(dict):
 
 
 def container_cpu(name: str) -> float | None:
-    """CPU seconds used so far by every process of test host `name` (its cgroup's cpu.stat)."""
+    """CPU seconds used so far by every process of the test host whose resources are `name`
+    (Host.owned; its cgroup's cpu.stat)."""
     for root in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
         try:
             text = Path(f"{root}/testhosts/{name}/cpu.stat").read_text()
@@ -67,7 +68,7 @@ def timed(
     hosts: list | None = None,
 ) -> tuple[Sample, subprocess.CompletedProcess]:
     """Run argv; wall time, controller CPU of the child, and CPU used on `hosts` meanwhile."""
-    names = [h.name for h in hosts or []]
+    names = [h.owned for h in hosts or []]  # the cgroup is named as the host's resources
     cpu0 = [container_cpu(n) for n in names]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t_wall0 = time.time()
