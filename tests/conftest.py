@@ -37,6 +37,8 @@ from testhosts import hosts as th  # noqa: E402
 pytest_plugins = ["auditresults"]
 
 SUITES = ("bookworm", "trixie", "forky")  # every release the deploy supports
+# The releases whose OpenSSL (3.5, 3.6) has X25519MLKEM768: the hybrid group is promised there.
+PQ_SUITES = ("trixie", "forky")
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 _counter = itertools.count(1)
 

@@ -73,6 +73,7 @@ GROUP_REFUSED = (
 # A connection that failed for another reason (reset, timeout on connect, STARTTLS hiccup) is
 # tried again after these pauses; only then is the fold given up as incomplete.
 STEP_DELAYS = (0.5, 2.0)
+UNSAID_PAUSE = 0.0  # before asking again a server that hung up on a fold step (_refusal)
 _PROBED = ServerTlsProbingResult(  # what the fold's connections need of sslyze's probing
     highest_tls_version_supported=TlsVersionEnum.TLS_1_3,
     cipher_suite_supported="",
@@ -168,6 +169,34 @@ def _pick(
         conn.close()
 
 
+def _timed_out(exc: Exception) -> bool:
+    return isinstance(exc, TlsHandshakeTimedOut)
+
+
+def _unsaid(exc: Exception) -> bool:
+    """A refusal without the server's word: a timeout, or a connection closed or reset in the
+    handshake (sslyze names those two "rejected" too), not a TLS alert."""
+    return isinstance(exc, TlsHandshakeTimedOut) or getattr(exc, "error_message", "") in (
+        "Server rejected the connection",
+        "Server interrupted the TLS handshake",
+    )
+
+
+def _refusal(exc: Exception, tries: int) -> bool:
+    """Whether a fold step's failure ends the fold as the server's refusal. A TLS alert does. A
+    handshake the server ended without a word is how Dovecot refuses (it hangs up), but also
+    what a server over its limits does to a connection it drops (Dovecot over its login
+    process limit): taking that for a refusal would leave the rest of the suites unseen, a
+    weak one among them. So it is asked again once, after UNSAID_PAUSE, and then taken as the
+    server's answer (sslyze counts those as refusals too). A timeout where nothing was accepted
+    yet is not waited out again (a server that ignores a version it does not speak). False:
+    paused, ask again."""
+    if not _unsaid(exc) or tries >= 1:
+        return True
+    time.sleep(UNSAID_PAUSE)
+    return False
+
+
 def fold_suites(
     info: ServerConnectivityInfo, version: TlsVersionEnum, delays: Iterable[float] = STEP_DELAYS
 ) -> CipherSuitesScanResult:
@@ -175,27 +204,16 @@ def fold_suites(
     whose connection fails is tried again after each of `delays`."""
     accepted: list[CipherSuiteAcceptedByServer] = []
     left_over: list[CipherSuite] = []
-    pauses = list(delays)
     for legacy, suites in _suite_groups(version):
         left = {s.openssl_name: s for s in suites}
-        timeouts = 0
+        unsaid = 0  # steps in a row that ended without the server's word
         while left:
             try:
                 name, key = _step(partial(_pick, info, version, legacy, list(left)), delays)
-            except ServerRejectedTlsHandshake:
-                break
-            except TlsHandshakeTimedOut as exc:
-                # sslyze counts a timeout as a refusal (a server that ignores a version it does
-                # not speak). After an accepted suite it may be the load of the moment instead,
-                # and stopping would leave the rest unseen, a weak suite among them.
-                if not accepted:
+            except REFUSED as exc:
+                if (not accepted and _timed_out(exc)) or _refusal(exc, unsaid):
                     break
-                if timeouts == len(pauses):
-                    raise FoldIncomplete(
-                        f"{len(accepted)} suites accepted, then handshakes timed out ({exc})"
-                    ) from exc
-                time.sleep(pauses[timeouts])
-                timeouts += 1
+                unsaid += 1
                 continue
             except _NotOffered:
                 name = ""
@@ -207,6 +225,7 @@ def fold_suites(
                         del left[suite.openssl_name]
                 break
             accepted.append(CipherSuiteAcceptedByServer(left.pop(name), key))
+            unsaid = 0
         left_over += left.values()
     rejected = [
         CipherSuiteRejectedByServer(s, "not picked when offered with the rest") for s in left_over
@@ -258,21 +277,14 @@ def fold_groups(
     port's highest, as sslyze's elliptic_curves plugin asks), by folding."""
     left = list(OpenSslEcNidEnum.get_supported_by_ssl_client())
     supported: list[EllipticCurve] = []
-    timeouts = 0
+    unsaid = 0
     while left:
         try:
             nid = _step(partial(_pick_group, info, version, list(left)))
-        except ServerRejectedTlsHandshake:
-            break
-        except TlsHandshakeTimedOut as exc:  # as in fold_suites
-            if not supported:
+        except REFUSED as exc:  # as in fold_suites
+            if (not supported and _timed_out(exc)) or _refusal(exc, unsaid):
                 break
-            if timeouts == len(STEP_DELAYS):
-                raise FoldIncomplete(
-                    f"{len(supported)} groups accepted, then handshakes timed out ({exc})"
-                ) from exc
-            time.sleep(STEP_DELAYS[timeouts])
-            timeouts += 1
+            unsaid += 1
             continue
         if nid is None:
             break
@@ -280,6 +292,7 @@ def fold_groups(
             raise FoldIncomplete(f"the server picked group {nid.name}, which was not offered")
         left.remove(nid)
         supported.append(_curve(nid))
+        unsaid = 0
     return SupportedEllipticCurvesScanResult(
         supports_ecdh_key_exchange=True,
         supported_curves=supported,

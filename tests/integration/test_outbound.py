@@ -29,7 +29,7 @@ from pathlib import Path
 import peers
 import pytest
 
-from conftest import PREFIX, _up, run_pyinfra
+from conftest import PQ_SUITES, PREFIX, _up, run_pyinfra
 from testhosts import hosts as th
 
 # Hosts of every release in one module fixture: one xdist scope (tests/conftest.py, CROSS_RELEASE).
@@ -211,7 +211,7 @@ def outbound(tmp_path_factory) -> Iterator[Outbound]:
         for suite in SENDERS:
             host = hosts[suite]
             wanted = {kind: (kind, PORTS[kind]) for kind in peers.KINDS}
-            if suite == "trixie":
+            if suite in PQ_SUITES:
                 wanted[PQ_SHARE_PEER] = ("recorder", PQ_SHARE_PORT)
             peer_sets[suite] = {
                 name: stack.enter_context(
@@ -534,19 +534,20 @@ def result_ok(audit: Audit) -> bool:
     return audit.result["ok"] and audit.run.returncode == 0
 
 
-def test_outbound_pq_share_sends_the_ml_kem_share(outbound):
-    """With mailtls_outbound_pq_share=true the trixie client sends its X25519MLKEM768 share in
-    the first ClientHello (two packets, no retry from a PQ server); the default comes back
-    after, for whatever runs next on these hosts."""
-    host = outbound.hosts["trixie"]
-    recorder = outbound.peer("trixie", PQ_SHARE_PEER)
+@pytest.mark.parametrize("sender", PQ_SUITES)
+def test_outbound_pq_share_sends_the_ml_kem_share(outbound, sender):
+    """With mailtls_outbound_pq_share=true the Debian 13 and 14 clients send their
+    X25519MLKEM768 share in the first ClientHello (two packets, no retry from a PQ server); the
+    default comes back after, for whatever runs next on these hosts."""
+    host = outbound.hosts[sender]
+    recorder = outbound.peer(sender, PQ_SHARE_PEER)
     run_pyinfra(host, "deploy.py", "--data", "mailtls_outbound_pq_share=true")
     try:
-        subject = outbound.subject("trixie", PQ_SHARE_PEER)
+        subject = outbound.subject(sender, PQ_SHARE_PEER)
         _submit(host, [(f"mailtest@{recorder.name}", subject)])
         hello = recorder.wait(subject, WAIT).hello
         assert hello is not None
-        print(f"trixie ClientHello with mailtls_outbound_pq_share=true: {hello}")
+        print(f"{sender} ClientHello with mailtls_outbound_pq_share=true: {hello}")
         assert "X25519MLKEM768" in hello.key_share_names, hello
         assert hello.group_names[0] == "X25519MLKEM768", hello
     finally:

@@ -1,4 +1,4 @@
-"""The commit's outbound check on real Debian 12 and 13 hosts: Postfix's own TLS client
+"""The commit's outbound check on real Debian 12, 13 and 14 hosts: Postfix's own TLS client
 (posttls-finger) with each client transport's groups, to the host's port 25, read from its own
 packet dump. A client hello over one TCP segment, or one without the hybrid group where it is
 due, fails the commit and rolls it back."""
@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 
-from conftest import run_pyinfra
+import pytest
+
+from conftest import PQ_SUITES, run_pyinfra
 
 APPLY = "/usr/local/sbin/mailtls-apply"
 VERIFY = "/etc/mailtls/verify.conf"
@@ -40,8 +42,9 @@ def test_the_default_deploy_checks_every_client_transport(fresh_host, suite):
     ]
 
 
-def test_a_client_hello_over_one_segment_fails_the_commit(fresh_host):
-    host = fresh_host("trixie")
+@pytest.mark.parametrize("pq_suite", PQ_SUITES)
+def test_a_client_hello_over_one_segment_fails_the_commit(fresh_host, pq_suite):
+    host = fresh_host(pq_suite)
     run_pyinfra(host, "deploy.py")
     before = host.ssh("postconf -P").stdout
     res = commit_client_groups(host, SERVER_LIST)
@@ -54,8 +57,9 @@ def test_a_client_hello_over_one_segment_fails_the_commit(fresh_host):
     assert host.ssh("postconf -P").stdout == before
 
 
-def test_a_client_that_does_not_offer_the_hybrid_group_fails_where_it_is_due(fresh_host):
-    host = fresh_host("trixie")
+@pytest.mark.parametrize("pq_suite", PQ_SUITES)
+def test_a_client_that_does_not_offer_the_hybrid_group_fails_where_it_is_due(fresh_host, pq_suite):
+    host = fresh_host(pq_suite)
     run_pyinfra(host, "deploy.py")
     res = commit_client_groups(host, "X25519:prime256v1")
     assert res.returncode == 1, res.stdout + res.stderr
@@ -63,8 +67,9 @@ def test_a_client_that_does_not_offer_the_hybrid_group_fails_where_it_is_due(fre
     assert "rolled back" in res.stderr, res.stderr
 
 
-def test_the_hybrid_share_setting_lifts_the_bound(fresh_host):
-    host = fresh_host("trixie")
+@pytest.mark.parametrize("pq_suite", PQ_SUITES)
+def test_the_hybrid_share_setting_lifts_the_bound(fresh_host, pq_suite):
+    host = fresh_host(pq_suite)
     run_pyinfra(host, "deploy.py", "--data", "mailtls_outbound_pq_share=true")
     assert host.ssh(f"postconf -Ph {CURVES}").stdout.strip() == "DEFAULT"
     assert "outbound smtp/unix 0 X25519MLKEM768" in host.ssh(f"cat {VERIFY}").stdout
