@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -172,6 +173,19 @@ def _up(specs: list[str]) -> list[th.Host]:
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (systemd-nspawn, network namespaces)")
     return th.up(specs, log=lambda m: print(m, file=sys.stderr))
+
+
+def printed(out: str, host: th.Host, text: str) -> bool:
+    """Whether pyinfra printed the line `[HOST] TEXT...` for `host`: it pads the prefix to the
+    run's longest host name (w2fb12x9 beside w2ft12x10 gets two spaces).
+
+    >>> class H:
+    ...     name = "w2fb12x9"
+    >>> printed("    [w2fb12x9]  Success", H(), "Success"), printed("[w2fb12x9] Error", H(), "Success")
+    (True, False)
+    """
+    prefix = rf"\[{re.escape(host.name)}\] +"
+    return re.search(prefix + re.escape(text), out) is not None
 
 
 def run_pyinfra(

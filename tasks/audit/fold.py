@@ -9,8 +9,9 @@ reads them unchanged and a test holds both scanners to the same answers
 (tests/integration/test_audit.py). A server that does not pick from what was offered, or a DH
 group sslyze's client refuses to finish, is asked the rest one suite at a time as sslyze does.
 
-    >>> fold_suites(info_for("mx.example.org", "10.0.0.2", 25), TlsVersionEnum.TLS_1_3)  # doctest: +SKIP
-    CipherSuitesScanResult(tls_version_used=<TlsVersionEnum.TLS_1_3: 6>, accepted_cipher_suites=[...
+    >>> info = info_for("mx.example.org", "10.0.0.2", 465, ServerNetworkConfiguration("mx.example.org"))
+    >>> fold_suites(info, TlsVersionEnum.TLS_1_3).accepted_cipher_suites    # doctest: +SKIP
+    [CipherSuiteAcceptedByServer(cipher_suite=CipherSuite(name='TLS_CHACHA20_POLY1305_SHA256', ...
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import subprocess
 
 from test_safety import established, grand_total, hosts_file_line, output, pending, snapshot
 
-from conftest import PYINFRA, ROOT, run_pyinfra
+from conftest import PYINFRA, ROOT, printed, run_pyinfra
 
 
 def no_traceback(out: str) -> None:
@@ -25,11 +25,11 @@ def test_a_host_that_fails_at_run_time_does_not_stop_the_others(fresh_host, tmp_
     assert res.returncode != 0, out[-3000:]
     no_traceback(out)
     said = [line for line in out.splitlines() if "Postfix is not installed" in line]
-    assert len(said) == 1 and f"[{bad.name}] {bad.name}: Postfix is not installed" in said[0], out[
+    assert len(said) == 1 and printed(said[0], bad, f"{bad.name}: Postfix is not installed"), out[
         -3000:
     ]
     assert pending(good) == "" and established(good.address, 25)[0] == "TLSv1.3"
-    assert "Mail TLS" in out and f"[{good.name}] Success" in out, out[-3000:]
+    assert "Mail TLS" in out and printed(out, good, "Success"), out[-3000:]
     assert not bad.ssh("ls /usr/local/sbin/mailtls-apply 2>/dev/null; true").stdout  # untouched
 
     # An unsupported Dovecot: the same.
@@ -41,7 +41,7 @@ def test_a_host_that_fails_at_run_time_does_not_stop_the_others(fresh_host, tmp_
     out = output(res)
     assert res.returncode != 0, out[-3000:]
     no_traceback(out)
-    assert f"[{bad.name}] {bad.name}: Dovecot 2.2 is not supported (2.3 and 2.4 are)" in out, out[
+    assert printed(out, bad, f"{bad.name}: Dovecot 2.2 is not supported (2.3 and 2.4 are)"), out[
         -3000:
     ]
     assert grand_total(run_pyinfra(good))[3] == "-"
