@@ -331,12 +331,29 @@ def port_scan(port: int, ip: str | None, g: _Gathered) -> PortScan:
     return scan
 
 
+# The RFC 7919 groups the deploy does not ship (files/dh has 2048-4096 bits), by the X of each
+# in the RFC's appendix A; rfc7919_prime() makes their primes. A server may still serve them.
+RFC7919_X = {6144: 15705020, 8192: 10965728}
+
+
+def rfc7919_prime(bits: int, x: int) -> int:
+    """The prime of RFC 7919's `bits`-bit group (its appendix A): p = 2^b - 2^(b-64) +
+    {[2^(b-130) e] + X} * 2^64 - 1, [.] the floor; e to b - 130 bits, from its series."""
+    guard = 64
+    total, term, n = 0, 1 << (bits - 130 + guard), 0
+    while term:
+        total, n = total + term, n + 1
+        term //= n
+    return 2**bits - 2 ** (bits - 64) + ((total >> guard) + x) * 2**64 - 1
+
+
 @cache
 def _known_primes() -> dict[int, str]:
-    """The primes of the RFC 7919 groups the deploy ships (files/dh/ffdheBITS.pem)."""
+    """The primes of the RFC 7919 groups: those the deploy ships (files/dh/ffdheBITS.pem), and
+    the larger ones (RFC7919_X)."""
     from cryptography.hazmat.primitives.serialization import load_pem_parameters
 
-    out = {}
+    out = {rfc7919_prime(bits, x): f"ffdhe{bits}" for bits, x in RFC7919_X.items()}
     for pem in sorted((FILES / "dh").glob("ffdhe*.pem")):
         numbers = load_pem_parameters(pem.read_bytes()).parameter_numbers()
         out[numbers.p] = pem.stem
@@ -345,12 +362,14 @@ def _known_primes() -> dict[int, str]:
 
 def dh_group(prime: bytes) -> str:
     """The name of the RFC 7919 group with this prime (big-endian bytes, as sslyze gives it),
-    else 'custom' (a group of one's own, `openssl dhparam`; also ffdhe6144/8192, not shipped).
+    else 'custom' (a group of one's own, `openssl dhparam`).
 
     >>> from cryptography.hazmat.primitives.serialization import load_pem_parameters
     >>> p = load_pem_parameters((FILES / "dh" / "ffdhe3072.pem").read_bytes()).parameter_numbers().p
     >>> dh_group(p.to_bytes(384, "big")), dh_group(b"\\x17")
     ('ffdhe3072', 'custom')
+    >>> dh_group(rfc7919_prime(8192, RFC7919_X[8192]).to_bytes(1024, "big"))
+    'ffdhe8192'
     """
     return _known_primes().get(int.from_bytes(prime, "big"), "custom")
 

@@ -531,3 +531,24 @@ def test_readme_lists_every_json_key_of_a_port():
     )
     keys |= {"window_seconds", "ok", "failures", "warnings"}
     assert sorted(k for k in keys if f"`{k}`" not in readme) == []
+
+
+def test_rfc7919_formula_gives_the_shipped_groups_and_safe_primes_past_them():
+    """rfc7919_prime() is RFC 7919's appendix A: with each shipped group's X it gives that
+    group's prime as files/dh has it, and with 6144's and 8192's a prime (Fermat, base 2: a
+    wrong X, off by one even, would fail it)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_parameters
+
+    from tasks.assets import FILES
+    from tasks.audit.scan import RFC7919_X, dh_group, rfc7919_prime
+
+    shipped_x = {2048: 560316, 3072: 2625351, 4096: 5736041}  # RFC 7919 A.1-A.3
+    for bits, x in shipped_x.items():
+        pem = (FILES / "dh" / f"ffdhe{bits}.pem").read_bytes()
+        assert rfc7919_prime(bits, x) == load_pem_parameters(pem).parameter_numbers().p, bits
+    for bits, x in RFC7919_X.items():
+        p = rfc7919_prime(bits, x)
+        assert p.bit_length() == bits
+        assert pow(2, p - 1, p) == 1, bits
+        assert dh_group(p.to_bytes(bits // 8, "big")) == f"ffdhe{bits}"
+    assert dh_group(rfc7919_prime(6144, RFC7919_X[6144] + 1).to_bytes(768, "big")) == "custom"
