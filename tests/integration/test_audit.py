@@ -356,6 +356,12 @@ def _only(x, y):
     return [v for v in x if v not in y] if isinstance(x, list) and isinstance(y, list) else x
 
 
+# Each daemon with STARTTLS and with TLS from the first byte: sslyze's reference scan, one
+# handshake per suite, is what this test's time goes to (the other listeners are the same
+# daemons' settings).
+COMPARED_PORTS = (25, 465, 143, 995)
+
+
 @pytest.mark.parametrize("kind", ["stock", "deployed", "legacy-dhe"])
 def test_the_fold_scanner_answers_as_sslyze_does(stock, deployed, fresh_host, suite, kind):
     """Folding (the audit's scanner) and sslyze's one handshake per suite, on the same host one
@@ -371,8 +377,8 @@ def test_the_fold_scanner_answers_as_sslyze_does(stock, deployed, fresh_host, su
         run_pyinfra(host, "deploy.py", "--data", "tls_profile=legacy-dhe")
     else:
         host = (stock if kind == "stock" else deployed)[suite]
-    folded = scan_host(host.address, scanner="fold")
-    reference = scan_host(host.address, scanner="sslyze")
+    folded = scan_host(host.address, COMPARED_PORTS, scanner="fold")
+    reference = scan_host(host.address, COMPARED_PORTS, scanner="sslyze")
     print(f"{kind} {suite}: fold {folded.seconds:.1f} s, sslyze {reference.seconds:.1f} s")
     assert [p.incomplete for p in folded.ports] == [[] for _ in folded.ports]
     assert [p.incomplete for p in reference.ports] == [[] for _ in reference.ports]
@@ -391,6 +397,7 @@ def test_the_fold_scanner_answers_as_sslyze_does(stock, deployed, fresh_host, su
     assert [(v.failures, v.warnings) for v in judge_host(folded.ports, policy)] == [
         (v.failures, v.warnings) for v in judge_host(reference.ports, policy)
     ]
-    # Something was enumerated: the comparison is not of two empty scans.
+    # Something was enumerated: the comparison is not of two empty scans (stock Postfix has
+    # no 465).
     open_ports = [p for p in folded.ports if p.state == "open"]
-    assert len(open_ports) >= 5 and all(p.suites and p.curves for p in open_ports)
+    assert len(open_ports) >= 3 and all(p.suites and p.curves for p in open_ports)
