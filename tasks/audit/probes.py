@@ -108,15 +108,19 @@ def _resume_once(
 def probe_resumption(scan: PortScan, server_name: str) -> None:
     """TLS 1.3 resumption and the lifetime hints (TLS 1.2 and 1.3) of `scan`'s port, with Python's
     ssl (OpenSSL offers psk_dhe_ke). The TLS 1.2 results that sslyze's SESSION_RESUMPTION gave
-    are kept; where it did not run (the fold scanner), this probe makes them: session IDs with
-    a client that asks for no ticket, tickets with one that does."""
+    are kept; where it did not run (the fold scanner), this probe makes them: tickets with a
+    client that asks for them; session IDs from that same pair where the server issued no
+    ticket, else with a client that asks for none."""
     res: Resumed = scan.resumption
     for proto, version, tickets in (
-        ("TLSv1.2", ssl.TLSVersion.TLSv1_2, False),
         ("TLSv1.2", ssl.TLSVersion.TLSv1_2, True),
+        # Only where a ticket was issued: without one, the first pair resumed by session ID.
+        ("TLSv1.2", ssl.TLSVersion.TLSv1_2, False),
         ("TLSv1.3", ssl.TLSVersion.TLSv1_3, True),
     ):
-        if proto not in scan.protocols or (not tickets and res.tls12_session_id is not None):
+        if proto not in scan.protocols:
+            continue
+        if not tickets and (res.tls12_session_id is not None or not res.tls12_ticket_issued):
             continue
         outcome, why = None, ""
         for delay in (0.0, 1.0, 3.0):
@@ -133,6 +137,8 @@ def probe_resumption(scan: PortScan, server_name: str) -> None:
         if not tickets:
             res.tls12_session_id = bool(resumed)
         elif proto == "TLSv1.2":
+            if not issued and res.tls12_session_id is None:
+                res.tls12_session_id = bool(resumed)
             res.tls12_ticket_issued, res.tls12_lifetime_hint = issued, hint
             if res.tls12_ticket is None:
                 res.tls12_ticket = resumed and issued
