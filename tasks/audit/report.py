@@ -39,7 +39,14 @@ from tasks.audit.logreport import (
     worst_destinations,
 )
 from tasks.audit.scan import HostScan, scan_host
-from tasks.audit.verdict import Expect, PortVerdict, judge_host, judge_resumption, window
+from tasks.audit.verdict import (
+    Expect,
+    PortScan,
+    PortVerdict,
+    judge_host,
+    judge_resumption,
+    window,
+)
 from tasks.policy import REQUIRED_PORTS, HostCaps, Policy, offers_pq_hybrid
 from tasks.settings import Settings
 
@@ -327,9 +334,23 @@ def print_report(
         console.print(f"  ... and {len(warnings) - WARNINGS_SHOWN} more log warnings (JSON)")
 
 
+def _port_result(p: PortScan, v: PortVerdict, policy: Policy) -> dict:
+    """One port of the JSON: its scan, its resumption window, its grades, its verdict."""
+    seconds = window(p.port, p.resumption, policy.resumption)
+    resumption_failed = bool(judge_resumption(p.port, p.resumption, policy.resumption)[0])
+    return p.to_dict() | {
+        "window_seconds": seconds,
+        "internet_nl": internetnl.grade(p),
+        "beyond_internet_nl": internetnl.beyond(p, seconds, resumption_failed),
+        "ok": v.ok,
+        "failures": v.failures,
+        "warnings": v.warnings,
+    }
+
+
 def start_scan(address: str, policy: Policy, expected_ports=REQUIRED_PORTS) -> Future[HostScan]:
     """scan_host in the background (a thread; a greenlet under pyinfra's gevent), so that it
-    runs while the host's log is read over SSH. audit_host(scan=...) waits for it."""
+    runs while the host's log is read over SSH. audit_host(scanning=...) waits for it."""
     future: Future[HostScan] = Future()
 
     def run() -> None:
@@ -386,22 +407,7 @@ def audit_host(
             "postfix_window_seconds": policy.resumption.postfix_window,
             "postfix_lifetime_hint_seconds": policy.resumption.postfix_lifetime_hint,
         },
-        "ports": [
-            p.to_dict()
-            | {
-                "window_seconds": window(p.port, p.resumption, policy.resumption),
-                "internet_nl": internetnl.grade(p),
-                "beyond_internet_nl": internetnl.beyond(
-                    p,
-                    window(p.port, p.resumption, policy.resumption),
-                    bool(judge_resumption(p.port, p.resumption, policy.resumption)[0]),
-                ),
-                "ok": v.ok,
-                "failures": v.failures,
-                "warnings": v.warnings,
-            }
-            for p, v in zip(scan.ports, verdicts, strict=False)
-        ],
+        "ports": [_port_result(p, v, policy) for p, v in zip(scan.ports, verdicts, strict=False)],
         "unscanned_failures": [f for v in verdicts[len(scan.ports) :] for f in v.failures],
         # Findings not of a port and never failures: today the weak outbound destinations.
         "warnings": log_warnings(report),

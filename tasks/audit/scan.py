@@ -2,8 +2,8 @@
 (tasks/audit/fold.py), sslyze for the rest, then our own probes (tasks/audit/probes.py) for what
 sslyze does not measure.
 
-All ports of a host go into ONE sslyze Scanner run (it scans them in parallel), then the folds
-of the ports it reached, FOLD_WORKERS connections at a time. scanner="sslyze" has sslyze
+All ports of a host go into ONE sslyze Scanner run (it scans them in parallel), and beside it
+the folds of every port that gets as far as a TLS handshake, FOLD_WORKERS connections at a time. scanner="sslyze" has sslyze
 enumerate the suites too, one handshake each: the reference the folds are held to in tests. The
 result is a list of tasks.audit.verdict.PortScan, judged by tasks.audit.verdict.judge_host.
 
@@ -496,8 +496,8 @@ def run_folds(
 def run_fold_scan(
     address: str, targets: list[tuple[str, int]], expected: tuple[int, ...] | None
 ) -> dict[tuple[str, int], _Gathered]:
-    """sslyze's run of FOLD_REST beside the folds of FOLDED, merged. A target sslyze reached that the
-    folds did not (a hiccup on their connectivity check) is folded again after."""
+    """sslyze's run of FOLD_REST beside the folds of FOLDED, merged. A target sslyze reached
+    that the folds did not (a hiccup on their connectivity check) is folded again after."""
     with ThreadPoolExecutor(1) as side:
         rest = side.submit(run_sslyze, address, targets, expected=expected, commands=FOLD_REST)
         folded = run_folds(address, targets)
@@ -570,7 +570,7 @@ def scan_host(
         ]
         return host
     targets = [(ip, p) for ip in host.ips for p in ports]
-    # The injection probes mostly wait (INJECTION_WAIT for an answer that should not come):
+    # The injection probes mostly wait (injection.WAIT for an answer that should not come):
     # they run beside the enumeration, and count only for the ports it finds open.
     starttls = [t for t in targets if PORTS[t[1]].starttls]
     with ThreadPoolExecutor(max(len(starttls), 1)) as side:
