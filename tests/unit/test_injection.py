@@ -5,7 +5,6 @@ STARTTLS but not a plain one, one that refuses STARTTLS, and ones that stall the
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import socket
 import ssl
@@ -17,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from loopback import Loopback
 from selfsigned import self_signed
 
 from tasks.audit.injection import PIPELINED, probe_starttls_injection
@@ -98,24 +98,9 @@ class FakeMail:
         self.buffered: list[bytes] = []  # what followed each STARTTLS line in the same read
         self.answered: list[bytes] = []  # replies to buffered commands, sent inside TLS
         self.inside: list[bytes] = []  # commands the client itself sent inside TLS
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.server.getsockname()[1]
-        self.stop = threading.Event()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        self.server.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        conn.settimeout(10)  # a fake left behind by a failing probe must not live on
-        with conn, contextlib.suppress(OSError):
-            self._dialogue(conn)
+        # Each read bounded: a fake left behind by a failing probe must not live on.
+        self.loop = Loopback(self._dialogue, timeout=10)
+        self.port, self.stop = self.loop.port, self.loop.stop
 
     def _dialogue(self, conn: socket.socket) -> None:
         service = self.service
@@ -169,8 +154,7 @@ class FakeMail:
                 tls.sendall(ANSWER[service])
 
     def close(self) -> None:
-        self.stop.set()
-        self.server.close()
+        self.loop.close()
 
 
 @pytest.fixture

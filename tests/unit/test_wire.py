@@ -4,7 +4,6 @@ end in a named "could not tell" result within its bound, never hang or raise."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import ssl
 import struct
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import pytest
+from loopback import Loopback
 
 from tasks.audit import probes, wire
 from tasks.audit.psk_probe import ProbeError, probe_psk_modes
@@ -26,41 +26,13 @@ HANG = 60
 T = TypeVar("T")
 
 
-class Hostile:
-    """A loopback TCP server that runs `behave(conn)` for each connection, in a thread."""
-
-    def __init__(self, behave: Callable[[socket.socket], None]):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.stop = threading.Event()
-        self.behave = behave
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        self.server.settimeout(0.2)
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                continue
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        with conn, contextlib.suppress(OSError):
-            self.behave(conn)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.server.close()
-
-
 @pytest.fixture
 def hostile(monkeypatch):
     """hostile(behave, starttls) -> port: a server, known to the probes as a mail port."""
     made = []
 
     def make(behave, starttls: str | None = None) -> int:
-        server = Hostile(behave)
+        server = Loopback(behave)
         made.append(server)
         monkeypatch.setitem(
             PORTS, server.port, Port(server.port, "dovecot", "hostile", starttls, ())
